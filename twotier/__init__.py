@@ -1,0 +1,1 @@
+"""Machinery behind tasks.py: images, manifests, apply, rollout, exec, local cluster."""
