@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the local cluster's binaries from upstream sources through the Go module proxy.
 #
-#   cluster/build-binaries.sh [kubernetes|etcd|containerd|coredns|tilt|all]
+#   cluster/build-binaries.sh [kubernetes|etcd|containerd|critools|coredns|tilt|cluster|all]
 #
 # Each component is built in a small wrapper module under $TWOTIER_CACHE/src and installed into
 # $TWOTIER_CACHE/bin/<component>-<version>/. A component whose directory already holds a
@@ -33,7 +33,7 @@ text = open(sys.argv[1]).read()
 lines = []
 for block in re.findall(r'^replace \((.*?)^\)', text, re.S | re.M):
     lines += block.strip().splitlines()
-lines += re.findall(r'^replace (\S.*)$', text, re.M)
+lines += re.findall(r'^replace ([^(\s].*)$', text, re.M)
 for line in lines:
     line = line.split('//')[0].strip()
     if line and '=> ./' not in line and '=> ../' not in line:
@@ -125,23 +125,60 @@ build_coredns() {
   log "coredns $v: done"
 }
 
-build_tilt() {
-  local v=$TILT_VERSION out=$CACHE/bin/tilt-$TILT_VERSION dir=$CACHE/src/tilt-$TILT_VERSION
+build_critools() {
+  local v=$CRITOOLS_VERSION out=$CACHE/bin/cri-tools-$CRITOOLS_VERSION dir=$CACHE/src/cri-tools-$CRITOOLS_VERSION
   [ -f "$out/.complete" ] && return 0
-  log "tilt $v: building"
-  wrapper "$dir" github.com/tilt-dev/tilt "$v"
-  copy_replaces "$dir" github.com/tilt-dev/tilt "$v"
-  echo "tool github.com/tilt-dev/tilt/cmd/tilt" >>"$dir/go.mod"
+  log "crictl $v: building"
+  wrapper "$dir" sigs.k8s.io/cri-tools "$v"
+  copy_replaces "$dir" sigs.k8s.io/cri-tools "$v"
+  echo "tool sigs.k8s.io/cri-tools/cmd/crictl" >>"$dir/go.mod"
   (cd "$dir" && go mod tidy >/dev/null)
   mkdir -p "$out"
-  (cd "$dir" && go build -trimpath -ldflags "-s -w -X main.version=${v#v}" -o "$out/tilt" github.com/tilt-dev/tilt/cmd/tilt)
+  (cd "$dir" && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$v" -o "$out/crictl" sigs.k8s.io/cri-tools/cmd/crictl)
+  touch "$out/.complete"
+  log "crictl $v: done"
+}
+
+build_tilt() {
+  # Tilt is built from a writable copy of its module, not a wrapper: the module ships without its
+  # web UI (pkg/assets/build holds only robots.txt), and a release build (main.version set) serves
+  # only embedded assets, so the UI is compiled with the module's own pinned yarn and copied into
+  # pkg/assets/build before `go build` embeds it. Building in the copy uses Tilt's own go.mod and
+  # go.sum, replace directives included.
+  local v=$TILT_VERSION out=$CACHE/bin/tilt-$TILT_VERSION dir=$CACHE/src/tilt-$TILT_VERSION
+  [ -f "$out/.complete" ] && return 0
+  command -v node >/dev/null || { echo "error: tilt's web UI needs Node.js >= 20 (apt-get install nodejs)" >&2; return 1; }
+  log "tilt $v: fetching the module source"
+  local json moddir date
+  json=$(cd "$CACHE/src" && go mod download -json "github.com/tilt-dev/tilt@$v")
+  moddir=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])' <<<"$json")
+  date=$(python3 -c 'import json,sys; print(json.load(open(json.load(sys.stdin)["Info"]))["Time"])' <<<"$json")
+  rm -rf "$dir" && cp -r "$moddir" "$dir" && chmod -R u+w "$dir"
+  log "tilt $v: building the web UI with yarn (a few minutes)"
+  [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ] && export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+  (cd "$dir/web" &&
+    export YARN_ENABLE_TELEMETRY=0 YARN_ENABLE_PROGRESS_BARS=0 YARN_CACHE_FOLDER=$CACHE/src/yarn-cache &&
+    node .yarn/releases/yarn-*.cjs install --immutable >"$dir/yarn-install.log" 2>&1 &&
+    GENERATE_SOURCEMAP=false node .yarn/releases/yarn-*.cjs build >"$dir/yarn-build.log" 2>&1) ||
+    { echo "error: tilt web UI build failed, see $dir/yarn-*.log" >&2; return 1; }
+  cp -r "$dir/web/build/." "$dir/pkg/assets/build/"
+  rm -rf "$dir/web/node_modules"
+  log "tilt $v: compiling"
+  mkdir -p "$out"
+  (cd "$dir" && go build -trimpath -tags osusergo \
+      -ldflags "-s -w -X main.version=${v#v} -X main.date=$date" -o "$out/tilt" ./cmd/tilt)
+  "$out/tilt" version >&2
   touch "$out/.complete"
   log "tilt $v: done"
 }
 
 what=${1:-all}
+# One build at a time per cache: a second caller waits, then finds the .complete markers.
+exec 9>"$CACHE/.build.lock"
+flock 9
 case $what in
-  all) build_etcd; build_containerd; build_coredns; build_kubernetes; build_tilt ;;
-  kubernetes|etcd|containerd|coredns|tilt) "build_$what" ;;
-  *) echo "usage: $0 [kubernetes|etcd|containerd|coredns|tilt|all]" >&2; exit 2 ;;
+  cluster) build_etcd; build_containerd; build_critools; build_coredns; build_kubernetes ;;
+  all) build_etcd; build_containerd; build_critools; build_coredns; build_kubernetes; build_tilt ;;
+  kubernetes|etcd|containerd|critools|coredns|tilt) "build_$what" ;;
+  *) echo "usage: $0 [kubernetes|etcd|containerd|critools|coredns|tilt|cluster|all]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,356 @@
+"""A real single-node Kubernetes cluster on this machine, the way hack/local-up-cluster.sh does it.
+
+etcd, the control plane, containerd, kubelet and kube-proxy run as host processes built from
+upstream sources (cluster/build-binaries.sh); CoreDNS runs as a Deployment; Debian's registry
+serves images on localhost:5000. ``up()`` is idempotent, ``down()`` leaves the host as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from twotier.errors import UserError
+from twotier.localcluster import addons, configs, netclean, pki, procs
+from twotier.localcluster import layout as L
+from twotier.localcluster.layout import kubectl_path  # noqa: F401  (public API)
+
+COMPONENTS = ["containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+              "kubelet", "kube-proxy"]
+CLUSTER_BUILDS = ["etcd", "containerd", "cri-tools", "coredns", "kubernetes"]
+APT_PACKAGES = {"runc": "runc", "iptables": "iptables", "openssl": "openssl", "gcc": "gcc", "docker": "docker.io",
+                "dockerd": "docker.io", "docker-registry": "docker-registry", "ip": "iproute2",
+                "conntrack": "conntrack", "go": "golang (or Go from go.dev)"}
+
+
+def kubeconfig_path() -> Path:
+    return L.KUBECONFIG
+
+
+def is_up() -> bool:
+    return L.KUBECONFIG.exists() and all(procs.running(c) for c in COMPONENTS)
+
+
+# ------------------------------------------------------------------------------------------ build
+
+def missing_builds(components=CLUSTER_BUILDS) -> list[str]:
+    return [c for c in components if not (L.bin_dir(c) / ".complete").exists()]
+
+
+def ensure_binaries(components=CLUSTER_BUILDS, progress=print) -> None:
+    """Build what is not cached yet (cold: tens of minutes on 2 cores; warm: nothing to do)."""
+    for comp in missing_builds(components):
+        if not shutil.which("go"):
+            raise UserError(f"{comp} is not built and the Go toolchain is missing",
+                            hint="install Go 1.24+ (the build uses the Go module proxy)")
+        progress(f"building {comp} {L.versions()[{'cri-tools': 'CRITOOLS'}.get(comp, comp.upper()) + '_VERSION']} "
+                 "from source (cached afterwards) ...")
+        script_name = {"cri-tools": "critools"}.get(comp, comp)
+        start = time.monotonic()
+        res = subprocess.run(["bash", str(L.BUILD_SCRIPT), script_name])
+        if res.returncode != 0:
+            raise UserError(f"building {comp} failed (exit {res.returncode})",
+                            hint="read the output above; the Go module proxy must be reachable")
+        progress(f"built {comp} in {time.monotonic() - start:.0f}s")
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+def preflight() -> None:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("the local cluster needs root (containerd, kubelet, iptables)")
+    missing = sorted({APT_PACKAGES[c] for c in APT_PACKAGES if not shutil.which(c) and c != "go"})
+    if missing:
+        problems.append("missing host tools; install: apt-get install -y " + " ".join(missing))
+    if not (L.CNI_BIN_DIR / "bridge").exists():
+        problems.append("CNI plugins missing; install: apt-get install -y containernetworking-plugins")
+    if not Path("/proc/sys/net/bridge").exists():
+        problems.append("br_netfilter is not available (modprobe br_netfilter)")
+    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        problems.append("no memory cgroup controller is mounted")
+    if not is_up():
+        for comp, ports in L.PORTS.items():
+            if procs.running(comp):
+                continue
+            busy = [p for p in ports if procs.port_in_use(p)]
+            if busy:
+                problems.append(f"port(s) {busy} needed by {comp} are in use by another process")
+    if problems:
+        raise UserError("the host is not ready for the local cluster:\n  - " + "\n  - ".join(problems),
+                        hint="fix the items above and run `invoke cluster.up` again")
+
+
+def _sysctl(key: str, value: str) -> None:
+    path = Path("/proc/sys") / key.replace(".", "/")
+    if path.read_text().strip() != value:
+        path.write_text(value)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+def write_configs(node_ip: str) -> None:
+    for d in (L.STATE, L.LOGS, L.PIDS, L.CNI_CONF_DIR, L.CNI_IPAM_DIR, L.KUBELET_ROOT, L.POD_LOGS,
+              L.CONTAINERD_ROOT / "certs.d" / L.REGISTRY_HOST, L.REGISTRY_DATA):
+        d.mkdir(parents=True, exist_ok=True)
+    L.ETCD_DATA.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pki.ensure_all(L.PKI, L.NODE_NAME, node_ip, L.KUBERNETES_SVC_IP, L.DNS_DOMAIN)
+    server = f"https://127.0.0.1:{L.APISERVER_PORT}"
+    files = {
+        L.KUBECONFIG: configs.kubeconfig("admin", server),
+        L.STATE / "controller-manager.kubeconfig": configs.kubeconfig("controller-manager", server),
+        L.STATE / "scheduler.kubeconfig": configs.kubeconfig("scheduler", server),
+        L.STATE / "kubelet.kubeconfig": configs.kubeconfig("kubelet", server),
+        L.STATE / "kube-proxy.kubeconfig": configs.kubeconfig("kube-proxy", server),
+        L.STATE / "containerd.toml": configs.containerd_toml(shutil.which("runc") or "runc"),
+        L.CONTAINERD_ROOT / "certs.d" / L.REGISTRY_HOST / "hosts.toml": configs.registry_hosts_toml(),
+        L.CNI_CONF_DIR / "10-twotier.conflist": configs.cni_conflist(),
+        L.STATE / "kubelet.json": configs.kubelet_config(),
+        L.STATE / "kube-proxy.json": configs.kube_proxy_config(L.STATE / "kube-proxy.kubeconfig"),
+        L.STATE / "registry.yml": configs.registry_config(),
+    }
+    for path, text in files.items():
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        if path.suffix == ".kubeconfig" or path == L.KUBECONFIG:
+            path.chmod(0o600)
+
+
+def argv(component: str, node_ip: str) -> list[str]:
+    p, s = L.PKI, L.STATE
+    k8s = lambda name: str(L.binary("kubernetes", name))  # noqa: E731
+    if component == "containerd":
+        return [str(L.binary("containerd")), "--config", str(s / "containerd.toml")]
+    if component == "etcd":
+        return [str(L.binary("etcd")), "--name", "twotier", "--data-dir", str(L.ETCD_DATA),
+                "--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
+                "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                "--initial-cluster", "twotier=http://127.0.0.1:2380", "--log-level", "warn",
+                "--quota-backend-bytes", str(2 * 1024**3)]
+    if component == "kube-apiserver":
+        return [k8s("kube-apiserver"), "--etcd-servers", "http://127.0.0.1:2379",
+                "--bind-address", "0.0.0.0", "--secure-port", str(L.APISERVER_PORT), "--advertise-address", node_ip,
+                "--service-cluster-ip-range", L.SERVICE_CIDR, "--service-node-port-range", "30000-32767",
+                "--tls-cert-file", str(p / "apiserver.crt"), "--tls-private-key-file", str(p / "apiserver.key"),
+                "--client-ca-file", str(p / "ca.crt"),
+                "--kubelet-client-certificate", str(p / "apiserver-kubelet-client.crt"),
+                "--kubelet-client-key", str(p / "apiserver-kubelet-client.key"),
+                "--kubelet-certificate-authority", str(p / "ca.crt"),
+                "--kubelet-preferred-address-types", "InternalIP,Hostname",
+                "--service-account-key-file", str(p / "sa.pub"),
+                "--service-account-signing-key-file", str(p / "sa.key"),
+                "--service-account-issuer", f"https://kubernetes.default.svc.{L.DNS_DOMAIN}",
+                "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
+                "--allow-privileged=true", "--profiling=false", "--v=1"]
+    if component == "kube-controller-manager":
+        kc = str(s / "controller-manager.kubeconfig")
+        return [k8s("kube-controller-manager"), "--kubeconfig", kc, "--authentication-kubeconfig", kc,
+                "--authorization-kubeconfig", kc, "--bind-address", "127.0.0.1", "--leader-elect=false",
+                "--service-account-private-key-file", str(p / "sa.key"), "--root-ca-file", str(p / "ca.crt"),
+                "--cluster-signing-cert-file", str(p / "ca.crt"), "--cluster-signing-key-file", str(p / "ca.key"),
+                "--use-service-account-credentials=true", "--service-cluster-ip-range", L.SERVICE_CIDR,
+                "--controllers", "*,bootstrapsigner,tokencleaner", "--v=1"]
+    if component == "kube-scheduler":
+        kc = str(s / "scheduler.kubeconfig")
+        return [k8s("kube-scheduler"), "--kubeconfig", kc, "--authentication-kubeconfig", kc,
+                "--authorization-kubeconfig", kc, "--bind-address", "127.0.0.1", "--leader-elect=false", "--v=1"]
+    if component == "kubelet":
+        return [k8s("kubelet"), "--kubeconfig", str(s / "kubelet.kubeconfig"), "--config", str(s / "kubelet.json"),
+                "--hostname-override", L.NODE_NAME, "--node-ip", node_ip, "--root-dir", str(L.KUBELET_ROOT),
+                "--v=1"]
+    if component == "kube-proxy":
+        return [k8s("kube-proxy"), "--config", str(s / "kube-proxy.json"), "--v=1"]
+    raise KeyError(component)
+
+
+# ------------------------------------------------------------------------------------------ health
+
+def _tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(L.PKI / "ca.crt"))
+    ctx.load_cert_chain(str(L.PKI / "admin.crt"), str(L.PKI / "admin.key"))
+    return ctx
+
+
+def api_get(path: str, timeout: float = 3):
+    with urllib.request.urlopen(f"https://127.0.0.1:{L.APISERVER_PORT}{path}", context=_tls(), timeout=timeout) as r:
+        body = r.read().decode()
+        return json.loads(body) if body.startswith("{") else body
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return r.status == 200
+
+
+def node_ready() -> bool:
+    node = api_get(f"/api/v1/nodes/{L.NODE_NAME}")
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
+
+
+def deployment_available(ns: str, name: str) -> bool:
+    d = api_get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
+    return d.get("status", {}).get("availableReplicas", 0) >= d["spec"].get("replicas", 1)
+
+
+def docker_ok() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def registry_ok() -> bool:
+    return _http_ok(f"http://{L.REGISTRY_HOST}/v2/")
+
+
+# ------------------------------------------------------------------------------------------ up
+
+def _start(name: str, node_ip: str, progress) -> bool:
+    if procs.running(name):
+        return False
+    progress(f"starting {name}")
+    env = {"PATH": f"{L.bin_dir('containerd')}:{os.environ.get('PATH', '')}"} if name == "containerd" else None
+    procs.start(name, argv(name, node_ip), env=env)
+    return True
+
+
+def up(progress=print) -> float:
+    """Bring the cluster up (or repair it); returns the seconds it took."""
+    t0 = time.monotonic()
+    if is_up():
+        try:
+            if node_ready():
+                progress(f"the local cluster is already up (context {L.CONTEXT})")
+                return time.monotonic() - t0
+        except Exception:  # noqa: BLE001 - fall through and repair
+            pass
+    preflight()
+    ensure_binaries(progress=progress)
+    node_ip = L.node_ip()
+    _sysctl("net.ipv4.ip_forward", "1")
+    _sysctl("net.bridge.bridge-nf-call-iptables", "1")
+    write_configs(node_ip)
+
+    if not docker_ok():
+        progress("starting dockerd")
+        procs.start("dockerd", ["dockerd"])
+        procs.wait_for(docker_ok, "dockerd", 60, progress, name="dockerd")
+    # Docker sets the FORWARD policy to DROP, which would cut pod traffic off.
+    subprocess.run(["iptables", "-P", "FORWARD", "ACCEPT"], check=False)
+    try:
+        registry_ok()
+    except Exception:  # noqa: BLE001
+        if procs.port_in_use(5000):
+            raise UserError("port 5000 is in use by something that is not a container registry",
+                            hint="stop it (e.g. an `invoke serve` storage API) and run `invoke cluster.up` again")
+        progress(f"starting the local registry on {L.REGISTRY_HOST}")
+        procs.start("registry", ["docker-registry", "serve", str(L.STATE / "registry.yml")])
+        procs.wait_for(registry_ok, "the registry", 30, progress, name="registry")
+
+    if _start("containerd", node_ip, progress):
+        procs.wait_for(lambda: subprocess.run(addons.ctr("version"), capture_output=True).returncode == 0,
+                       "containerd", 30, progress, name="containerd")
+    addons.ensure_images()
+    if _start("etcd", node_ip, progress):
+        procs.wait_for(lambda: _http_ok("http://127.0.0.1:2379/health"), "etcd", 30, progress, name="etcd")
+    if _start("kube-apiserver", node_ip, progress):
+        procs.wait_for(lambda: api_get("/readyz") == "ok", "kube-apiserver /readyz", 90, progress,
+                       name="kube-apiserver")
+    for name in ("kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
+        _start(name, node_ip, progress)
+    procs.wait_for(node_ready, f"node {L.NODE_NAME} Ready", 120, progress, name="kubelet")
+    progress("applying CoreDNS and the local-registry-hosting ConfigMap")
+    res = subprocess.run([str(L.kubectl_path()), "--kubeconfig", str(L.KUBECONFIG), "apply", "--server-side",
+                          "--force-conflicts", "--field-manager", "twotier-cluster", "-f", "-"],
+                         input=addons.manifests(), capture_output=True, text=True)
+    if res.returncode != 0:
+        raise UserError(f"applying the cluster addons failed: {res.stderr.strip()}")
+    procs.wait_for(lambda: deployment_available("kube-system", "coredns"), "CoreDNS available", 120, progress)
+    elapsed = time.monotonic() - t0
+    progress(f"the local cluster is up in {elapsed:.0f}s: context {L.CONTEXT}, kubeconfig {L.KUBECONFIG}")
+    progress(f"  export KUBECONFIG={L.KUBECONFIG}")
+    return elapsed
+
+
+# ------------------------------------------------------------------------------------------ down
+
+def crictl(*args: str) -> list[str]:
+    ep = f"unix://{L.CONTAINERD_SOCK}"
+    return [str(L.binary("cri-tools", "crictl")), "--runtime-endpoint", ep, "--image-endpoint", ep,
+            "--timeout", "30s", *args]
+
+
+def down(progress=print, purge: bool = False) -> None:
+    """Stop everything up() started and remove the host state it created."""
+    for name in ("kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+        if procs.stop(name):
+            progress(f"stopped {name}")
+    if procs.running("containerd"):
+        progress("removing pod sandboxes (CNI teardown)")
+        subprocess.run(crictl("rmp", "--all", "--force"), capture_output=True)
+        procs.stop("containerd", timeout=20)
+        progress("stopped containerd")
+    # Shims outlive containerd by design: end the ones that belong to our containerd.
+    for pid in _our_shims():
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    for name in ("registry", "dockerd"):
+        if procs.stop(name, timeout=20):
+            progress(f"stopped {name}")
+    kp = L.binary("kubernetes", "kube-proxy")
+    if kp.exists():
+        subprocess.run([str(kp), "--cleanup", "--v=0"], capture_output=True)
+    rules = netclean.iptables_chains_removed(("CNI-", "KUBE-"))
+    ns = netclean.remove_cni_netns()
+    br = netclean.remove_bridge()
+    mounts = netclean.unmount_all(L.STATE, L.RUN)
+    cg = netclean.remove_kubepods_cgroups()
+    progress(f"network and host state removed: {rules} iptables rules, {ns} netns, bridge {'removed' if br else 'absent'}, "
+             f"{mounts} mounts, {cg} cgroups")
+    shutil.rmtree(L.STATE, ignore_errors=True)
+    shutil.rmtree(L.RUN, ignore_errors=True)
+    if purge:
+        shutil.rmtree(L.REGISTRY_DATA, ignore_errors=True)
+        progress("registry data removed")
+    progress("the local cluster is down")
+
+
+def _our_shims() -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"containerd-shim-runc-v2") and str(L.CONTAINERD_SOCK).encode() in b" ".join(cmd):
+            pids.append(int(p.name))
+    return pids
+
+
+# ------------------------------------------------------------------------------------------ status
+
+def status_rows() -> list[tuple[str, str, str]]:
+    rows = []
+    for name in ["registry", "dockerd", *COMPONENTS]:
+        pid = procs.pid_of(name)
+        state = "running" if pid else "stopped"
+        if name == "dockerd" and not pid and docker_ok():
+            state = "running (not ours)"
+        if name == "registry" and not pid:
+            try:
+                state = "running (not ours)" if registry_ok() else state
+            except Exception:  # noqa: BLE001
+                pass
+        rows.append((name, str(pid or "-"), state))
+    try:
+        ready = "Ready" if node_ready() else "NotReady"
+    except Exception:  # noqa: BLE001
+        ready = "unreachable"
+    rows.append((f"node/{L.NODE_NAME}", "-", ready))
+    return rows

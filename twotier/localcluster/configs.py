@@ -1,0 +1,164 @@
+"""The configuration files of each component, as text (pure functions of the layout)."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from twotier.localcluster import layout as L
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def kubeconfig(user: str, server: str, context: str = L.CONTEXT) -> str:
+    """A kubeconfig that authenticates with the client cert <user>.crt of the cluster's PKI."""
+    pki = L.PKI
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": context, "cluster": {
+            "server": server, "certificate-authority-data": _b64(pki / "ca.crt")}}],
+        "users": [{"name": f"{context}-{user}", "user": {
+            "client-certificate-data": _b64(pki / f"{user}.crt"),
+            "client-key-data": _b64(pki / f"{user}.key")}}],
+        "contexts": [{"name": context, "context": {
+            "cluster": context, "user": f"{context}-{user}", "namespace": "default"}}],
+        "current-context": context,
+    }, indent=2) + "\n"
+
+
+def containerd_toml(runc: str) -> str:
+    return f"""\
+# containerd for the twotier local cluster: its own socket, root and state, beside Docker's.
+version = 3
+root = "{L.CONTAINERD_ROOT}"
+state = "{L.CONTAINERD_STATE}"
+
+[grpc]
+  address = "{L.CONTAINERD_SOCK}"
+
+[ttrpc]
+  address = "{L.CONTAINERD_SOCK}.ttrpc"
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "{L.PAUSE_IMAGE}"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "{L.CONTAINERD_ROOT / 'certs.d'}"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  enable_selinux = false
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "{runc}"
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{L.CNI_BIN_DIR}"]
+    conf_dir = "{L.CNI_CONF_DIR}"
+"""
+
+
+def registry_hosts_toml() -> str:
+    return f"""\
+server = "http://{L.REGISTRY_HOST}"
+
+[host."http://{L.REGISTRY_HOST}"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+"""
+
+
+def cni_conflist() -> str:
+    return json.dumps({
+        "cniVersion": "1.0.0",
+        "name": "twotier",
+        "plugins": [
+            {"type": "bridge", "bridge": L.BRIDGE, "isGateway": True, "ipMasq": True, "hairpinMode": True,
+             "ipam": {"type": "host-local", "dataDir": str(L.CNI_IPAM_DIR),
+                      "ranges": [[{"subnet": L.POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }, indent=2) + "\n"
+
+
+def kubelet_config() -> str:
+    pki = L.PKI
+    return json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(pki / "ca.crt")}},
+        "authorization": {"mode": "Webhook"},
+        "tlsCertFile": str(pki / "kubelet-serving.crt"),
+        "tlsPrivateKeyFile": str(pki / "kubelet-serving.key"),
+        "cgroupDriver": "cgroupfs",
+        "failCgroupV1": False,              # this host is cgroup v1 (hybrid)
+        "failSwapOn": False,
+        "containerRuntimeEndpoint": f"unix://{L.CONTAINERD_SOCK}",
+        "clusterDNS": [L.DNS_IP],
+        "clusterDomain": L.DNS_DOMAIN,
+        "resolvConf": "/etc/resolv.conf",
+        "podLogsDir": str(L.POD_LOGS),
+        "serializeImagePulls": False,
+        "imageGCHighThresholdPercent": 95,
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 10248,
+        "staticPodPath": "",
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "5s",
+        "rotateCertificates": False,
+        "serverTLSBootstrap": False,
+        "maxPods": 60,
+    }, indent=2) + "\n"
+
+
+def kube_proxy_config(kubeconfig_path: Path) -> str:
+    return json.dumps({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig_path)},
+        "hostnameOverride": L.NODE_NAME,
+        "mode": "iptables",
+        "clusterCIDR": L.CLUSTER_CIDR,
+        "conntrack": {"maxPerCore": 0},     # leave the host's nf_conntrack_max alone
+        "healthzBindAddress": "127.0.0.1:10256",
+        "metricsBindAddress": "127.0.0.1:10249",
+        "iptables": {"localhostNodePorts": True},
+    }, indent=2) + "\n"
+
+
+def registry_config() -> str:
+    return f"""\
+# Debian's docker-registry (distribution v2), without the packaged htpasswd auth.
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {L.REGISTRY_DATA}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:5000
+"""
+
+
+def local_registry_hosting() -> str:
+    """KEP-1755: tells Tilt (and other tools) where the cluster's local registry is."""
+    return f"""\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: local-registry-hosting
+  namespace: kube-public
+data:
+  localRegistryHosting.v1: |
+    host: "{L.REGISTRY_HOST}"
+    help: "twotier local cluster registry: push to {L.REGISTRY_HOST}/<name>:<tag>"
+"""
