@@ -20,6 +20,137 @@ from twotier.taskutil import friendly, settings
 # Deploy, inspect, debug, clean
 # ---------------------------------------------------------------------------------------------
 
+_KUBE_HELP = {
+    "context": "kube context to act on (default: twotier.context, else the kubeconfig's current one)",
+    "namespace": "namespace to act in (default: twotier.namespace)",
+    "allow_context": "allow this context although it does not look local (safety override)",
+}
+_STAGE_HELP = "hello | storage | full: the seed's step 1-2, deploy1.yaml, deploy2.yaml (default: twotier.stage)"
+
+
+def _settings(c, **flags):
+    """invoke.yaml < INVOKE_TWOTIER_* < these flags (None = not given)."""
+    from twotier.project import check_stage, effective
+
+    s = effective(settings(c), {k.replace("__", "."): v for k, v in flags.items()})
+    check_stage(s["stage"])
+    return s
+
+
+@task(help={"stage": _STAGE_HELP,
+            "dry_run": "show what would change (server-side dry run) without changing anything",
+            "timeout": "seconds to wait for the rollout (default: twotier.timeouts.rollout)", **_KUBE_HELP})
+@friendly
+def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=None, allow_context=None):
+    """Apply a stage to the cluster (server-side apply) and wait until it has rolled out."""
+    from twotier import project
+
+    s = _settings(c, stage=stage, context=context, namespace=namespace,
+                  timeouts__rollout=float(timeout) if timeout else None)
+    cluster = project.connect(s, allow_context)
+    objs = project.render(s, s["stage"])
+    project.deploy_objects(cluster, objs, dry_run=dry_run, timeout=float(s["timeouts"]["rollout"]))
+
+
+@task(help=dict(_KUBE_HELP))
+@friendly
+def status(c, context=None, namespace=None, allow_context=None):
+    """Show the project's objects in the cluster: readiness, age, NodePort URLs."""
+    from twotier import project
+    from twotier.status import status_report
+
+    s = _settings(c, context=context, namespace=namespace)
+    cluster = project.connect(s, allow_context)
+    print(status_report(cluster, project.project_targets(s, cluster.namespace)))
+
+
+@task(help={"tier": "storage | app | hello | loader (default: every pod of the project)",
+            "follow": "keep streaming new lines (Ctrl-C stops)",
+            "tail": "lines per pod to show first (default 50)", **_KUBE_HELP})
+@friendly
+def logs(c, tier=None, follow=False, tail=50, context=None, namespace=None, allow_context=None):
+    """Show the logs of the project's pods, one tier or all, each line prefixed by its pod."""
+    import shlex
+
+    from twotier import kube, project
+
+    s = _settings(c, context=context, namespace=namespace)
+    kubectl = kube.kubectl_binary()
+    cluster = project.connect(s, allow_context)
+    argv = project.logs_argv(kubectl, cluster, project.tier_selector(cluster, tier), follow, int(tail))
+    result = c.run(shlex.join(argv), env=cluster.kubectl_env(), warn=True, pty=False)
+    if result is not None and result.exited:
+        from twotier.errors import UserError
+
+        raise UserError(f"kubectl logs exited with {result.exited}", "see its message above",
+                        code=result.exited)
+
+
+@task(help={"shell": "shell to run in the pod (default sh)", **_KUBE_HELP})
+@friendly
+def loader_shell(c, shell="sh", context=None, namespace=None, allow_context=None):
+    """Open an interactive shell in the `loader` pod (created if missing) to curl the services."""
+    from twotier import kube, loader, project
+
+    loader.require_tty()
+    kubectl = kube.kubectl_binary()
+    s = _settings(c, context=context, namespace=namespace)
+    cluster = project.connect(s, allow_context)
+    loader.ensure_loader(cluster, project.loader_image(s), timeout=float(s["timeouts"]["rollout"]))
+    print("try: curl -s in-svc:5000/items   (exit or Ctrl-D leaves the shell; the pod stays)")
+    code = loader.hand_over(loader.shell_argv(kubectl, cluster, shell), cluster.kubectl_env())
+    if code:
+        from twotier.errors import UserError
+
+        raise UserError(f"the loader shell exited with {code}", code=code)
+
+
+@task(help={"stage": _STAGE_HELP, **_KUBE_HELP})
+@friendly
+def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
+    """Run the seed's functional checks from the host and the loader pod; one PASS/FAIL line each."""
+    from twotier import loader, project, smoke as smoke_checks
+
+    s = _settings(c, stage=stage, context=context, namespace=namespace)
+    cluster = project.connect(s, allow_context)
+    loader.ensure_loader(cluster, project.loader_image(s), timeout=float(s["timeouts"]["rollout"]))
+    smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
+
+
+@task(help={"timeout": "seconds to wait for each deletion phase (default: twotier.timeouts.delete)",
+            **_KUBE_HELP})
+@friendly
+def clean(c, timeout=None, context=None, namespace=None, allow_context=None):
+    """Delete everything the project created (all stages, loader pod, PVC, PV) and wait until gone."""
+    from twotier import cleanup, project
+
+    s = _settings(c, context=context, namespace=namespace,
+                  timeouts__delete=float(timeout) if timeout else None)
+    cluster = project.connect(s, allow_context)
+    cleanup.clean(cluster, project.project_targets(s, cluster.namespace),
+                  timeout=float(s["timeouts"]["delete"]))
+
+
+@task(help={"stage": _STAGE_HELP,
+            "timeout": "seconds to wait for the rollout (default: twotier.timeouts.rollout)", **_KUBE_HELP})
+@friendly
+def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=None):
+    """The main job: build and push the images, deploy the stage, run the smoke checks."""
+    from twotier import images, loader, project, smoke as smoke_checks
+
+    s = _settings(c, stage=stage, context=context, namespace=namespace,
+                  timeouts__rollout=float(timeout) if timeout else None)
+    cluster = project.connect(s, allow_context)  # fail fast, before minutes of building
+    print(f"== build and push ({s['stage']})")
+    built = images.push(s, s["stage"])
+    print(f"== deploy ({s['stage']})")
+    objs = project.render(s, s["stage"], images.image_map(built))
+    project.deploy_objects(cluster, objs, dry_run=False, timeout=float(s["timeouts"]["rollout"]))
+    print(f"== smoke ({s['stage']})")
+    loader_ref = next(img.ref for img in built if img.role == "loader")
+    loader.ensure_loader(cluster, loader_ref, timeout=float(s["timeouts"]["rollout"]))
+    smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
+
 # ---------------------------------------------------------------------------------------------
 # The local cluster (cluster.*)
 # ---------------------------------------------------------------------------------------------
@@ -79,3 +210,10 @@ cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluste
 
 ns = Collection()
 ns.add_collection(cluster)
+ns.add_task(up)
+ns.add_task(deploy)
+ns.add_task(status)
+ns.add_task(logs)
+ns.add_task(loader_shell)
+ns.add_task(smoke)
+ns.add_task(clean)
