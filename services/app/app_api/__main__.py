@@ -1,0 +1,8 @@
+"""``python -m app_api`` runs the application API with gunicorn; ``--dev`` with reload."""
+import sys
+
+from . import create_app
+from .serving import main
+
+sys.exit(main(package="app_api", title="application API", prefix="API", default_port=5001,
+              factory=create_app))

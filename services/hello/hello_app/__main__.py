@@ -1,0 +1,8 @@
+"""``python -m hello_app`` runs the hello app with gunicorn; ``--dev`` with reload."""
+import sys
+
+from . import create_app
+from .serving import main
+
+sys.exit(main(package="hello_app", title="hello app", prefix="HELLO", default_port=5000,
+              factory=create_app))

@@ -1,0 +1,72 @@
+"""Storage API: items are files in one directory (``STO_STORAGE``), as in the seed's Step 3.
+
+``create_app(config=None)`` builds the Flask app. With ``config=None`` settings come from the
+environment; a mapping (tests) replaces the environment. Settings:
+
+  STO_STORAGE    directory holding the items (required; created if missing)
+  STO_MAX_BATCH  most names one ``POST /items:batch`` may carry (default 100000)
+  STO_MAX_BODY   largest request body in bytes (default 8388608 = 8 MiB)
+
+Listening address and server settings (``STO_HOST``, ``STO_PORT`` = 5000, workers, ...) are
+read by ``python -m storage_api`` (see serving.py). The HTTP contract is in ../openapi.yaml.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+
+from .jsonapi import add_probes, install_error_handlers
+from .serving import ConfigError, env_int
+from .store import Store
+
+__all__ = ["create_app", "ConfigError"]
+
+
+def create_app(config: Mapping | None = None) -> Flask:
+    settings = dict(os.environ if config is None else config)
+    storage_dir = _storage_dir(settings.get("STO_STORAGE"))
+
+    app = Flask(__name__)
+    app.config.update(
+        STO_STORAGE=storage_dir,
+        STO_MAX_BATCH=env_int(settings, "STO_MAX_BATCH", 100_000, 1),
+        MAX_CONTENT_LENGTH=env_int(settings, "STO_MAX_BODY", 8 * 1024 * 1024, 1024),
+        RELOAD_EXCLUDE=[storage_dir],  # dev reloader: items are data, not code
+        TESTING=bool(settings.get("TESTING", False)),
+    )
+    store = Store(storage_dir)
+    app.extensions["store"] = store
+    try:
+        store.remove_stale_temp_files()
+    except OSError as err:
+        app.logger.warning("could not sweep stale temporary files in %s: %s", storage_dir, err)
+
+    install_error_handlers(app)
+    add_probes(app, readiness=lambda: _readiness(store))
+
+    from . import routes
+
+    app.register_blueprint(routes.bp)
+    return app
+
+
+def _storage_dir(raw: str | None) -> str:
+    if not raw:
+        raise ConfigError("STO_STORAGE is not set: it names the directory holding the items "
+                          "(e.g. STO_STORAGE=/var/lib/storage)")
+    path = os.path.abspath(raw)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"STO_STORAGE={raw} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create STO_STORAGE={raw}: {err.strerror or err}") from None
+    return path
+
+
+def _readiness(store: Store) -> tuple[bool, dict]:
+    if store.is_writable():
+        return True, {}
+    return False, {"reason": f"storage directory {store.root} is missing or not writable"}

@@ -1,0 +1,92 @@
+"""Shared pytest fixtures (flaskr style): each service's Flask app built by its factory with a
+fresh temporary storage directory, and a test client for each.
+
+  storage_dir     an empty directory for the storage API's items (under tmp_path)
+  storage_app     storage_api.create_app on storage_dir          storage_client: its test client
+  api_app         app_api.create_app wired to storage_app in-process (through a requests
+                  transport adapter, so the app's real StorageClient code runs)
+                                                                  api_client: its test client
+  hello_app_      hello_app.create_app()                          hello_client: its test client
+
+Add fixtures for other parts of the project below; keep them generic.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from requests.structures import CaseInsensitiveDict
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_PROCESS_STORAGE = "http://storage.test"
+
+
+class WSGIAdapter(requests.adapters.BaseAdapter):
+    """A requests transport that hands each request to a WSGI app in this process."""
+
+    def __init__(self, app):
+        super().__init__()
+        self.client = app.test_client()
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        url = urlsplit(request.url)
+        answer = self.client.open(url.path, method=request.method, query_string=url.query,
+                                  data=request.body, headers=dict(request.headers))
+        resp = requests.Response()
+        resp.status_code = answer.status_code
+        resp.headers = CaseInsensitiveDict(answer.headers)
+        resp._content = answer.get_data()
+        resp.encoding = "utf-8"
+        resp.url = request.url
+        resp.request = request
+        return resp
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def storage_dir(tmp_path) -> Path:
+    path = tmp_path / "storage"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def storage_app(storage_dir):
+    from storage_api import create_app
+
+    return create_app({"STO_STORAGE": str(storage_dir), "TESTING": True})
+
+
+@pytest.fixture
+def storage_client(storage_app):
+    return storage_app.test_client()
+
+
+@pytest.fixture
+def api_app(storage_app):
+    from app_api import create_app
+
+    app = create_app({"STO_API": IN_PROCESS_STORAGE, "TESTING": True})
+    app.extensions["storage"].session.mount(IN_PROCESS_STORAGE, WSGIAdapter(storage_app))
+    return app
+
+
+@pytest.fixture
+def api_client(api_app):
+    return api_app.test_client()
+
+
+@pytest.fixture
+def hello_app_():
+    from hello_app import create_app
+
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def hello_client(hello_app_):
+    return hello_app_.test_client()
