@@ -1,0 +1,205 @@
+"""Render a stage's Kubernetes objects from the kustomize sources in ``k8s/``.
+
+``render_stage(settings, stage, images=...)`` returns the objects that ``deploy`` applies, in
+apply order (PersistentVolume and PersistentVolumeClaim before the Deployments that mount them,
+as the seed warns), and ``to_yaml(objs)`` prints them. Rendering needs no cluster: it runs
+``kubectl kustomize`` on a small generated kustomization that points at the stage, adds the
+chosen components (``overlay`` in settings, comma-separated names under ``k8s/components/``),
+sets the namespace and substitutes the image references with kustomize's ``images:``.
+
+``images`` maps the names the sources use (``first-app``, ``sto-img``, ``api-img``, ``loader``) to
+full references; ``None`` computes the content-derived references ``invoke build`` produces
+(see twotier.images), and ``{}`` keeps the bare names (for tools such as Tilt that substitute
+their own).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+from twotier import images as imagesmod
+from twotier.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+COMPONENTS = K8S / "components"
+STAGES = ("hello", "storage", "full")
+LOADER = "loader"
+PINNED_KUBECTL = Path("/var/cache/twotier/bin/kubernetes-v1.34.4/kubectl")
+SEED_NAMESPACE = "default"
+#: apply order by kind; kinds not listed go last, in the order kustomize gave them
+APPLY_ORDER = (
+    "Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Secret",
+    "PersistentVolume", "PersistentVolumeClaim", "Service", "Deployment", "StatefulSet", "Pod",
+    "PodDisruptionBudget", "NetworkPolicy",
+)
+#: kinds without a namespace among those the sources use
+CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding"}
+
+
+def kubectl_path() -> str:
+    """The kubectl used for `kubectl kustomize`: the project's pinned build, else PATH's."""
+    if PINNED_KUBECTL.exists() and os.access(PINNED_KUBECTL, os.X_OK):
+        return str(PINNED_KUBECTL)
+    found = shutil.which("kubectl")
+    if not found:
+        raise UserError("kubectl is not installed (it renders the kustomize sources in k8s/)",
+                        hint="`invoke cluster.up` builds the pinned one; or apt-get install -y kubernetes-client")
+    return found
+
+
+def available_components() -> list[str]:
+    return sorted(p.name for p in COMPONENTS.iterdir() if (p / "kustomization.yaml").exists())
+
+
+def parse_overlay(value: str | Iterable[str] | None) -> list[str]:
+    """Component names from an ``overlay`` setting ("a,b" or a list); each must exist."""
+    if value is None:
+        return []
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [n.strip() for n in names if n and n.strip()]
+    known = available_components()
+    for name in names:
+        if name not in known:
+            raise UserError(f"unknown overlay component {name!r}",
+                            hint="overlay takes comma-separated names among: " + ", ".join(known)
+                            + " (see k8s/README.md)")
+    return names
+
+
+def split_ref(ref: str) -> dict:
+    """A kustomize ``images:`` entry's new* fields for REF (name[:tag] or name@digest)."""
+    if "@" in ref:
+        name, digest = ref.split("@", 1)
+        return {"newName": name, "digest": digest}
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return {"newName": ref[:colon], "newTag": ref[colon + 1:]}
+    return {"newName": ref}
+
+
+def kustomize(source: Path, *, components: list[str] = (), namespace: str | None = None,
+              images: Mapping[str, str] | None = None) -> list[dict]:
+    """Objects of kustomization SOURCE with COMPONENTS, NAMESPACE and IMAGES applied."""
+    with tempfile.TemporaryDirectory(prefix="twotier-render-") as tmp:
+        rel = lambda p: os.path.relpath(p, tmp)  # kustomize refuses absolute resource paths
+        kustomization: dict = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [rel(source)],
+        }
+        if components:
+            kustomization["components"] = [rel(COMPONENTS / c) for c in components]
+        if namespace:
+            kustomization["namespace"] = namespace
+        if images:
+            kustomization["images"] = [{"name": name, **split_ref(ref)} for name, ref in sorted(images.items())]
+        Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        proc = subprocess.run([kubectl_path(), "kustomize", tmp], capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = re.sub(r"^E\d{4} [\d:.]+\s+\d+ \S+\] ", "", proc.stderr.strip())
+        raise UserError(f"rendering {source.relative_to(ROOT)} failed: {detail}",
+                        hint="check the kustomize sources under k8s/ (kubectl kustomize k8s/<stage>)")
+    return [obj for obj in yaml.safe_load_all(proc.stdout) if obj]
+
+
+def sort_for_apply(objs: list[dict]) -> list[dict]:
+    """Stable sort into apply order: volumes and claims first, then Services, then workloads."""
+    rank = {kind: i for i, kind in enumerate(APPLY_ORDER)}
+    return sorted(objs, key=lambda o: rank.get(o.get("kind"), len(APPLY_ORDER)))
+
+
+def _setting(settings: Mapping, key: str, default=None):
+    try:
+        value = settings[key]
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+def _namespace(settings: Mapping) -> str:
+    return str(_setting(settings, "namespace", SEED_NAMESPACE) or SEED_NAMESPACE)
+
+
+def _retarget_cluster_dns(objs: list[dict], namespace: str) -> None:
+    """STO_API names in-svc in the seed's namespace; point it at the namespace we deploy to."""
+    if namespace == SEED_NAMESPACE:
+        return
+    for obj in objs:
+        for container in pod_containers(obj):
+            for env in container.get("env") or []:
+                value = env.get("value")
+                if isinstance(value, str):
+                    env["value"] = value.replace(f".{SEED_NAMESPACE}.svc.", f".{namespace}.svc.")
+
+
+def pod_spec(obj: dict) -> dict | None:
+    """The pod spec inside a workload object (Deployment, StatefulSet, Pod, ...), if any."""
+    if obj.get("kind") == "Pod":
+        return obj.get("spec")
+    return ((obj.get("spec") or {}).get("template") or {}).get("spec")
+
+
+def pod_containers(obj: dict) -> list[dict]:
+    spec = pod_spec(obj) or {}
+    return [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+
+
+def _images_for(settings: Mapping, stage: str, images: Mapping[str, str] | None) -> dict[str, str]:
+    if images is None:
+        return imagesmod.image_map(imagesmod.plan(settings, stage))
+    return dict(images)
+
+
+def _check_images(objs: list[dict], images: Mapping[str, str]) -> None:
+    if not images:
+        return
+    bare = set(imagesmod.DEFAULT_NAMES.values())
+    for obj in objs:
+        for container in pod_containers(obj):
+            if container.get("image") in bare:
+                raise UserError(f"no image reference given for {container['image']!r} "
+                                f"({obj['kind']} {obj['metadata']['name']})",
+                                hint="pass images={name: ref} for every image the stage uses")
+
+
+def render(source: Path, settings: Mapping, *, images: Mapping[str, str],
+           overlay: str | Iterable[str] | None = None) -> list[dict]:
+    components = parse_overlay(_setting(settings, "overlay", "") if overlay is None else overlay)
+    namespace = _namespace(settings)
+    objs = kustomize(source, components=components, namespace=namespace, images=images)
+    _retarget_cluster_dns(objs, namespace)
+    _check_images(objs, images)
+    return sort_for_apply(objs)
+
+
+def render_stage(settings: Mapping, stage: str, images: Mapping[str, str] | None = None,
+                 overlay: str | Iterable[str] | None = None) -> list[dict]:
+    """The objects of STAGE (hello | storage | full) in apply order, as `deploy` applies them.
+
+    ``images``: {name used in k8s/: reference}; None = the content-derived references of
+    `invoke build`; {} = keep the bare names. ``overlay``: component names (default: settings).
+    """
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}", hint="use one of: " + ", ".join(STAGES))
+    return render(K8S / stage, settings, images=_images_for(settings, stage, images), overlay=overlay)
+
+
+def render_loader(settings: Mapping, images: Mapping[str, str] | None = None) -> list[dict]:
+    """The in-cluster probe pod `loader` (shell + curl), with its image reference."""
+    if images is None:
+        images = {img.seed_name: img.ref for img in imagesmod.plan(settings, "hello") if img.role == "loader"}
+    return render(K8S / LOADER, settings, images=images, overlay=[])
+
+
+def to_yaml(objs: Iterable[dict]) -> str:
+    """A multi-document YAML stream of OBJS ("---" between documents)."""
+    return "---\n".join(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False) for obj in objs)
