@@ -16,6 +16,50 @@ from twotier.taskutil import friendly, settings
 # Images and manifests
 # ---------------------------------------------------------------------------------------------
 
+_STAGES_HELP = "hello | storage | full: the seed's step 1-2, deploy1.yaml, deploy2.yaml (default: twotier.stage)"
+_OVERLAY_HELP = "comma-separated components of k8s/components/ (default: twotier.overlay; see k8s/README.md)"
+
+
+@task(help={"stage": _STAGES_HELP, "overlay": _OVERLAY_HELP,
+            "namespace": "namespace to render for (default: twotier.namespace)"})
+@friendly
+def render(c, stage=None, overlay=None, namespace=None):
+    """Print the exact YAML that deploy applies for a stage (image tags from the sources' content)."""
+    from twotier import manifests, project
+
+    s = _settings(c, stage=stage, overlay=overlay, namespace=namespace)
+    print(manifests.to_yaml(project.render(s, s["stage"])), end="")
+
+
+@task(help={"stage": _STAGES_HELP, "target": "Dockerfile target: '' = production, dev = reloading server"})
+@friendly
+def build(c, stage=None, target=""):
+    """Build the stage's images (content-derived tags; unchanged images are not rebuilt)."""
+    from twotier import images
+
+    s = _settings(c, stage=stage)
+    for img in images.build(s, s["stage"], target=target):
+        print(f"{img.ref}  {images.image_size(img.ref) / 1e6:.0f} MB")
+
+
+@task(help={"stage": _STAGES_HELP, "target": "Dockerfile target: '' = production, dev = reloading server"})
+@friendly
+def push(c, stage=None, target=""):
+    """Build (if needed) and push the stage's images to twotier.registry."""
+    from twotier import images
+
+    s = _settings(c, stage=stage)
+    images.push(s, s["stage"], target=target)
+
+
+@task(name="base-image", help={"force": "rebuild even if the image exists from the same recipe"})
+@friendly
+def base_image(c, force=False):
+    """Build the local Debian base image (debootstrap + docker import) used when base_image is `local`."""
+    from twotier import images
+
+    images.ensure_local_base(force=force)
+
 # ---------------------------------------------------------------------------------------------
 # Deploy, inspect, debug, clean
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +255,10 @@ cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluste
 ns = Collection()
 ns.add_collection(cluster)
 ns.add_task(up)
+ns.add_task(render)
+ns.add_task(build)
+ns.add_task(push)
+ns.add_task(base_image)
 ns.add_task(deploy)
 ns.add_task(status)
 ns.add_task(logs)
