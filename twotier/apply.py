@@ -3,7 +3,8 @@
 ``apply_objects(cluster, objs)`` applies each object with the field manager ``twotier`` (conflicts
 forced: the project owns its fields) and reports, like kubectl, ``created`` / ``configured`` /
 ``unchanged`` per object. A second deploy of the same render changes nothing: the API server skips
-no-op applies, so the resourceVersion stays the same and we say ``unchanged``.
+no-op applies (the resourceVersion stays the same), and the applied result equals the live object
+apart from status and bookkeeping, so we say ``unchanged``.
 
 ``dry_run=True`` sends the same applies with ``dryRun=All``: the server computes the result (with
 defaults and admission) without storing it, and we compare it to the live object to show what
@@ -214,14 +215,13 @@ def apply_one(cluster, obj: dict, dry_run: bool = False) -> Change:
         raise
     if live is None:
         return Change(ref(obj), "would create" if dry_run else "created")
+    # What differs between the live object and the applied result, status and server bookkeeping
+    # aside. (Not resourceVersion alone: a controller writing status between our read and our
+    # apply - a PVC being bound - would make an unchanged object look "configured".)
     changed = diff_paths(comparable(live), comparable(result))
-    if dry_run:
-        return Change(ref(obj), "would change" if changed else "unchanged", changed)
-    same_version = (live.get("metadata") or {}).get("resourceVersion") == \
-        (result.get("metadata") or {}).get("resourceVersion")
-    if same_version:
+    if not changed:
         return Change(ref(obj), "unchanged")
-    return Change(ref(obj), "configured", changed)
+    return Change(ref(obj), "would change" if dry_run else "configured", changed)
 
 
 def apply_objects(cluster, objs: list[dict], dry_run: bool = False, out=print) -> list[Change]:

@@ -210,9 +210,13 @@ class Cluster:
     def to_dict(self, obj) -> dict:
         if obj is None:
             return None
-        if callable(getattr(obj, "to_dict", None)) and not hasattr(obj, "attribute_map"):
-            return obj.to_dict()  # dynamic ResourceInstance: already API-shaped
-        return self.api_client.sanitize_for_serialization(obj)
+        from kubernetes.dynamic.resource import ResourceInstance  # noqa: PLC0415
+
+        if isinstance(obj, ResourceInstance):
+            return obj.to_dict()  # the dynamic client's objects: already API-shaped
+        if isinstance(obj, dict):
+            return obj
+        return self.api_client.sanitize_for_serialization(obj)  # typed models -> camelCase dicts
 
     def resource(self, api_version: str, kind: str):
         key = (api_version, kind)
