@@ -12,6 +12,52 @@ from twotier.taskutil import friendly, settings
 # Run the two services on this machine (the seed's "pre-containerization sanity check")
 # ---------------------------------------------------------------------------------------------
 
+_SERVE_HELP = {
+    "storage_dir": "directory for the items, created if missing (default: twotier.serve.storage_dir; "
+                   "empty = a temporary one, removed on exit)",
+    "storage_port": "storage API port on 127.0.0.1 (default: twotier.serve.storage_port = 5000)",
+    "app_port": "application API port on 127.0.0.1 (default: twotier.serve.app_port = 5001)",
+}
+
+
+def _serve(c, storage_dir, storage_port, app_port, dev):
+    from twotier import servers
+
+    conf = settings(c).get("serve", {})
+    servers.serve(storage_dir if storage_dir is not None else conf.get("storage_dir", ""),
+                  storage_port or conf.get("storage_port", 5000),
+                  app_port or conf.get("app_port", 5001), dev=dev)
+
+
+@task(help=_SERVE_HELP)
+@friendly
+def serve(c, storage_dir=None, storage_port=None, app_port=None):
+    """Run both services with gunicorn on 127.0.0.1 in the foreground; Ctrl-C stops both."""
+    _serve(c, storage_dir, storage_port, app_port, dev=False)
+
+
+@task(help=_SERVE_HELP)
+@friendly
+def dev(c, storage_dir=None, storage_port=None, app_port=None):
+    """Like serve, with the dev server: an edit to a service's code reloads it in ~1 s."""
+    _serve(c, storage_dir, storage_port, app_port, dev=True)
+
+
+@task(name="bench-api", help={
+    "sizes": "comma-separated item counts to time (default 10,100,1000,10000)",
+    "repeat": "runs per measurement; the median is shown (default 3)",
+    "baseline_max": "largest count also timed with the per-item baseline (default 1000)",
+    "check": "exit non-zero unless the goals are met (createlist/1000 >= 20x baseline, "
+             "createlist/10000 < 0.5 s)",
+})
+@friendly
+def bench_api(c, sizes="10,100,1000,10000", repeat=3, baseline_max=1000, check=False):
+    """Time createlist/clear vs a per-item client (the seed's design) on loopback."""
+    from twotier import apibench
+
+    apibench.main(sizes=sizes, repeat=int(repeat), baseline_max=int(baseline_max), check=check)
+
+
 # ---------------------------------------------------------------------------------------------
 # Images and manifests
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +299,9 @@ cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluste
 # ---------------------------------------------------------------------------------------------
 
 ns = Collection()
+ns.add_task(serve)
+ns.add_task(dev)
+ns.add_task(bench_api)
 ns.add_collection(cluster)
 ns.add_task(up)
 ns.add_task(render)
