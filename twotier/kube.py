@@ -103,7 +103,7 @@ def _kubeconfig_files(path: str) -> list[str]:
 def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
     """Read the kubeconfig's contexts and pick the wanted one (or the current one)."""
     from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
-    from kubernetes.config.kube_config import list_kube_config_contexts  # noqa: PLC0415
+    from kubernetes.config.kube_config import KubeConfigMerger  # noqa: PLC0415
 
     files = _kubeconfig_files(kubeconfig)
     if not files or not any(os.path.isfile(f) for f in files):
@@ -113,7 +113,13 @@ def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
             "(INVOKE_TWOTIER_KUBECONFIG) / $KUBECONFIG to your cluster's kubeconfig",
         )
     try:
-        contexts, current = list_kube_config_contexts(config_file=kubeconfig)
+        merged = KubeConfigMerger(kubeconfig).config  # the client's own merge of KUBECONFIG lists
+        raw = merged.value if merged is not None else None
+        if not isinstance(raw, dict):
+            raise ValueError("not a kubeconfig (no mapping at the top)")
+        items = [getattr(c, "value", c) for c in raw.get("contexts") or []]  # merged: ConfigNodes
+        contexts = [c for c in items if isinstance(c, dict) and c.get("name")]
+        current = {"name": raw.get("current-context") or ""}
     except (ConfigException, OSError, ValueError, TypeError, KeyError) as err:
         raise UserError(
             f"cannot read kubeconfig {kubeconfig}: {err}",
@@ -424,8 +430,10 @@ def probe(cluster: Cluster, check_namespace: bool = True) -> None:
     from kubernetes import client  # noqa: PLC0415
 
     try:
+        # a short read timeout too: a server that accepts but never answers is as good as down
         cluster._call(lambda: client.VersionApi(cluster.api_client).get_code(
-            _request_timeout=cluster.timeout), "reach the API")
+            _request_timeout=(cluster.timeout[0], cluster.timeout[0]), _preload_content=False),
+            "reach the API")
     except ApiError as err:
         if err.status in (401, 403):
             raise UserError(
@@ -444,7 +452,7 @@ def probe(cluster: Cluster, check_namespace: bool = True) -> None:
     if not check_namespace:
         return
     try:
-        cluster._call(lambda: cluster.core.read_namespace(cluster.namespace,
+        cluster._call(lambda: cluster.core.read_namespace(cluster.namespace, _preload_content=False,
                                                           _request_timeout=cluster.timeout),
                       f"read namespace {cluster.namespace}")
     except ApiError as err:
