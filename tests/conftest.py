@@ -90,3 +90,34 @@ def hello_app_():
 @pytest.fixture
 def hello_client(hello_app_):
     return hello_app_.test_client()
+
+
+# ------------------------------------------------------------------------------------------
+# The services as real processes (gunicorn, as in production) on free loopback ports
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def live_storage(tmp_path_factory):
+    """The storage API as a real process; ``.url``, ``.storage_dir`` (a fresh directory)."""
+    from twotier.servers import STORAGE, ServiceProcess, free_port
+
+    directory = tmp_path_factory.mktemp("live-storage")
+    with ServiceProcess(STORAGE, free_port(), {"STO_STORAGE": str(directory)}) as proc:
+        proc.storage_dir = directory
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def live_app(live_storage):
+    """The application API as a real process, talking to ``live_storage``."""
+    from twotier.servers import APP, ServiceProcess, free_port
+
+    with ServiceProcess(APP, free_port(), {"STO_API": live_storage.url}) as proc:
+        yield proc
+
+
+@pytest.fixture
+def empty_live_storage(live_storage):
+    """``live_storage`` with no items at the start of the test."""
+    for path in live_storage.storage_dir.iterdir():
+        path.unlink()
+    return live_storage

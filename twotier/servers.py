@@ -55,8 +55,10 @@ class ServiceProcess:
     """A service started as a real process on loopback; use as a context manager."""
 
     def __init__(self, service: Service, port: int, env: dict | None = None, *, dev: bool = False,
-                 host: str = LOOPBACK, echo=None, label: str | None = None):
+                 host: str = LOOPBACK, echo=None, label: str | None = None,
+                 directory: Path | None = None):
         self.service = service
+        self.directory = Path(directory) if directory else service.directory  # where the code is
         self.port = port
         self.host = host
         self.dev = dev
@@ -84,7 +86,7 @@ class ServiceProcess:
                f"{self.service.prefix}_HOST": self.host, f"{self.service.prefix}_PORT": str(self.port)}
         argv = [sys.executable, "-m", self.service.package]
         self.proc = subprocess.Popen(
-            argv, cwd=self.service.directory, env=env, stdin=subprocess.DEVNULL,
+            argv, cwd=self.directory, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
             errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
         self._reader = threading.Thread(target=self._read_output, daemon=True,

@@ -64,7 +64,7 @@ def delete_item(item: str):
 @bp.post("/items:batch")
 def batch():
     body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict) or not body:
+    if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", 'expected a JSON object such as '
                        '{"create": ["a", "b"]} or {"delete": ["a"]}')
     unknown = sorted(set(body) - {"create", "delete"})
