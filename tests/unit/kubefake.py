@@ -251,3 +251,22 @@ def pod(name, run, ip="10.244.0.5", phase="Running", ready=True, waiting=None, r
             "spec": {"containers": [{"name": run, "image": "img"}]},
             "status": {"phase": phase, "podIP": ip, "containerStatuses": [cs],
                        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+# -- Invoke contexts with the project's real invoke.yaml ----------------------------------------
+def project_context(monkeypatch=None, env=None, run=None):
+    """A MockContext carrying the project's config (invoke.yaml + INVOKE_TWOTIER_* env)."""
+    import os
+    from pathlib import Path
+
+    from invoke import Config, MockContext
+
+    if monkeypatch is not None:
+        for key in [k for k in os.environ if k.startswith("INVOKE_")]:
+            monkeypatch.delenv(key)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+    cfg = Config(project_location=str(Path(__file__).resolve().parents[2]))
+    cfg.load_project()
+    cfg.load_shell_env()
+    return MockContext(config=cfg, run=run if run is not None else {}, repeat=False)
