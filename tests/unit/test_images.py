@@ -1,0 +1,210 @@
+"""Image planning without Docker: .dockerignore semantics, content-derived tags, references, and
+what every Dockerfile must (not) contain."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from twotier import images
+from twotier.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = {"registry": "localhost:5000", "base_image": ""}
+DOCKERFILES = sorted((ROOT / "services").glob("*/Dockerfile"))
+SERVICE_DOCKERFILES = [d for d in DOCKERFILES if d.parent.name != "loader"]
+PORTS = {"storage": 5000, "app": 5001, "hello": 5000}
+PACKAGES = {"storage": "storage_api", "app": "app_api", "hello": "hello_app"}
+
+
+# ---------------------------------------------------------------------------------------------
+# .dockerignore
+# ---------------------------------------------------------------------------------------------
+
+def rules(*lines):
+    return [(line.startswith("!"), images._pattern_regex(line.lstrip("!"))) for line in lines]
+
+
+@pytest.mark.parametrize(("patterns", "path", "ignored"), [
+    (["*"], "a.py", True),
+    (["*", "!pkg"], "pkg/mod.py", False),
+    (["*", "!pkg", "**/__pycache__"], "pkg/__pycache__/mod.cpython-311.pyc", True),
+    (["*", "!pkg", "**/*.py[co]"], "pkg/sub/mod.pyc", True),
+    (["*.md"], "docs/readme.md", False),  # * does not cross "/"
+    (["**/*.md"], "docs/readme.md", True),
+    (["docs"], "docs/deep/file.txt", True),  # a matching parent folder excludes its content
+    (["tests", "!tests/keep.txt"], "tests/keep.txt", False),
+    (["?.txt"], "a.txt", True),
+    (["?.txt"], "ab.txt", False),
+])
+def test_dockerignore_rules_follow_docker(patterns, path, ignored):
+    assert images.is_ignored(path, rules(*patterns)) is ignored
+
+
+def copy_service(tmp_path, name="storage") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(ROOT / "services" / name, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def test_context_is_only_what_the_image_needs(tmp_path):
+    ctx = copy_service(tmp_path)
+    (ctx / "storage_api" / "__pycache__").mkdir()
+    (ctx / "storage_api" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (ctx / "notes.txt").write_text("not for the image")
+    (ctx / ".venv").mkdir()
+    (ctx / ".venv" / "junk").write_text("x")
+    files = images.context_files(ctx)
+    assert "requirements.txt" in files and "storage_api/__init__.py" in files
+    assert not [f for f in files if "__pycache__" in f or f.startswith(".venv") or f == "notes.txt"]
+
+
+@pytest.mark.parametrize("service", sorted(PACKAGES))
+def test_each_service_context_holds_its_package_and_requirements(service):
+    files = images.context_files(ROOT / "services" / service)
+    assert "requirements.txt" in files
+    assert f"{PACKAGES[service]}/__main__.py" in files
+    assert all(f.split("/")[0] in {PACKAGES[service], "requirements.txt", "openapi.yaml", "Dockerfile",
+                                   ".dockerignore"} for f in files), files
+
+
+# ---------------------------------------------------------------------------------------------
+# Content hashes and references
+# ---------------------------------------------------------------------------------------------
+
+def test_hash_changes_with_what_goes_into_the_image_and_only_with_that(tmp_path):
+    ctx = copy_service(tmp_path)
+    first = images.content_hash(ctx, base_image="b:1", base_id="sha256:1")
+    assert images.content_hash(ctx, base_image="b:1", base_id="sha256:1") == first
+    (ctx / "README.local").write_text("ignored by .dockerignore")
+    (ctx / "storage_api" / "__pycache__").mkdir(exist_ok=True)
+    (ctx / "storage_api" / "__pycache__" / "y.pyc").write_bytes(b"1")
+    assert images.content_hash(ctx, base_image="b:1", base_id="sha256:1") == first
+    seen = {first}
+    for change in (lambda: (ctx / "storage_api" / "routes.py").write_text("# changed\n", "utf-8"),
+                   lambda: (ctx / "requirements.txt").write_text("Flask==3.1.3\n"),
+                   lambda: (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text() + "\n# x\n"),
+                   lambda: (ctx / "storage_api" / "names.py").chmod(0o755)):
+        change()
+        new = images.content_hash(ctx, base_image="b:1", base_id="sha256:1")
+        assert new not in seen
+        seen.add(new)
+    current = images.content_hash(ctx, base_image="b:1", base_id="sha256:1")
+    assert images.content_hash(ctx, base_image="b:1", base_id="sha256:2") != current  # base rebuilt
+    assert images.content_hash(ctx, base_image="b:2", base_id="sha256:1") != current
+    assert images.content_hash(ctx, base_image="b:1", base_id="sha256:1", target="dev") != current
+
+
+@pytest.mark.parametrize(("stage", "names"), [
+    ("hello", ["first-app", "loader"]),
+    ("storage", ["sto-img", "loader"]),
+    ("full", ["sto-img", "api-img", "loader"]),
+])
+def test_plan_names_the_stage_images_under_the_registry(stage, names):
+    plan = images.plan(SETTINGS, stage, inspect_base=False)
+    assert [i.name for i in plan] == names
+    for img in plan:
+        assert re.fullmatch(rf"localhost:5000/{img.name}:[0-9a-f]{{12}}", img.ref)
+    assert images.plan(SETTINGS, stage, inspect_base=False) == plan  # deterministic
+
+
+def test_registry_and_names_come_from_settings():
+    plan = images.plan({"registry": "ghcr.io/me/", "images": {"storage": "storage-api"}}, "storage",
+                       inspect_base=False)
+    assert plan[0].ref.startswith("ghcr.io/me/storage-api:") and plan[0].seed_name == "sto-img"
+    assert images.image_map(plan) == {"sto-img": plan[0].ref, "loader": plan[1].ref}
+
+
+def test_target_and_base_image_setting_change_the_tags():
+    base = images.plan(SETTINGS, "full", inspect_base=False)
+    dev = images.plan(SETTINGS, "full", target="dev", inspect_base=False)
+    local = images.plan({**SETTINGS, "base_image": "local"}, "full", inspect_base=False)
+    assert all(d.tag.endswith("-dev") for d in dev)
+    assert not {i.ref for i in base} & {i.ref for i in dev}
+    assert not {i.ref for i in base} & {i.ref for i in local}
+
+
+def test_base_image_setting():
+    assert images.resolve_base_image({"base_image": ""}) == ""
+    assert images.resolve_base_image({"base_image": "local"}) == images.LOCAL_BASE
+    assert images.resolve_base_image({"base_image": "debian:bookworm"}) == "debian:bookworm"
+    assert images.resolve_base_image({}) == ""
+
+
+def test_unknown_stage_is_an_error():
+    with pytest.raises(UserError) as err:
+        images.plan(SETTINGS, "all", inspect_base=False)
+    assert "full" in err.value.hint
+
+
+def test_missing_docker_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError) as err:
+        images.build(SETTINGS, "hello")
+    assert "docker is not installed" in err.value.message and "apt-get install -y docker.io" in err.value.hint
+    # planning (and so `invoke render`) still works without Docker
+    assert images.plan(SETTINGS, "hello")[0].name == "first-app"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfiles
+# ---------------------------------------------------------------------------------------------
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_pulls_nothing_but_the_base_image(dockerfile):
+    text = dockerfile.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    assert instructions(dockerfile)[0] == ("ARG", "BASE_IMAGE=python:3.12-slim")
+    stages = set()
+    for word, rest in instructions(dockerfile):
+        if word == "FROM":
+            source, *alias = rest.split()
+            assert source == "${BASE_IMAGE}" or source in stages, f"FROM {source} would pull an image"
+            if alias:
+                stages.add(alias[-1])
+        if word in ("COPY", "ADD") and "--from=" in rest:
+            assert rest.split("--from=")[1].split()[0] in stages
+        assert word != "ADD" or "http" not in rest
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_runs_as_non_root_with_an_exec_form_command(dockerfile):
+    ins = instructions(dockerfile)
+    users = [rest for word, rest in ins if word == "USER"]
+    assert users and all(u == "10001:10001" for u in users)
+    cmds = [rest for word, rest in ins if word == "CMD"]
+    assert cmds and all(c.startswith("[") for c in cmds)
+    assert ins[-1][0] == "CMD" and ins[-2] == ("USER", "10001:10001")  # default target ends non-root
+
+
+@pytest.mark.parametrize("dockerfile", SERVICE_DOCKERFILES, ids=lambda p: p.parent.name)
+def test_service_dockerfile_layout(dockerfile):
+    service = dockerfile.parent.name
+    ins = instructions(dockerfile)
+    text = dockerfile.read_text()
+    assert "python3 -m venv /opt/venv" in text
+    # requirements are installed before the code is copied: their layer survives code edits
+    req = next(i for i, (w, r) in enumerate(ins) if w == "RUN" and "requirements.txt" in r)
+    code = next(i for i, (w, r) in enumerate(ins) if w == "COPY" and r.startswith(". "))
+    assert req < code
+    assert any(w == "ENV" and "PYTHONUNBUFFERED=1" in r for w, r in ins)
+    assert ("EXPOSE", str(PORTS[service])) in ins
+    froms = [r.split()[-1] for w, r in ins if w == "FROM"]
+    assert froms[-1] == "runtime" and "dev" in froms  # production is the default target
+    pkg = PACKAGES[service]
+    assert f'CMD ["python", "-m", "{pkg}"]' in text
+    assert f'CMD ["python", "-m", "{pkg}", "--dev"]' in text
+    assert "chown -R 10001:10001 /app" in text  # dev: Tilt syncs into /app as the runtime user
