@@ -162,7 +162,7 @@ def argv(component: str, node_ip: str) -> list[str]:
     if component == "kubelet":
         return [k8s("kubelet"), "--kubeconfig", str(s / "kubelet.kubeconfig"), "--config", str(s / "kubelet.json"),
                 "--hostname-override", L.NODE_NAME, "--node-ip", node_ip, "--root-dir", str(L.KUBELET_ROOT),
-                "--v=1"]
+                "--oom-score-adj=0", "--v=1"]
     if component == "kube-proxy":
         return [k8s("kube-proxy"), "--config", str(s / "kube-proxy.json"), "--v=1"]
     raise KeyError(component)

@@ -50,6 +50,9 @@ state = "{L.CONTAINERD_STATE}"
 
 [plugins.'io.containerd.cri.v1.runtime']
   enable_selinux = false
+  # This host withholds CAP_SYS_RESOURCE: nobody may lower oom_score_adj below its own (0).
+  # Without this, every sandbox (-998) and Guaranteed pod (-997) fails in runc.
+  restrict_oom_score_adj = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -130,6 +133,7 @@ def kube_proxy_config(kubeconfig_path: Path) -> str:
         "healthzBindAddress": "127.0.0.1:10256",
         "metricsBindAddress": "127.0.0.1:10249",
         "iptables": {"localhostNodePorts": True},
+        "oomScoreAdj": 0,                   # no CAP_SYS_RESOURCE here: -999 cannot be set
     }, indent=2) + "\n"
 
 

@@ -1,0 +1,70 @@
+"""cluster.up is idempotent; cluster.down leaves no process, interface, rule or mount behind."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from twotier import localcluster
+from twotier.localcluster import layout as L, netclean
+
+pytestmark = pytest.mark.cluster
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["invoke", *args], cwd=L.REPO, capture_output=True, text=True, timeout=900)
+
+
+def our_processes() -> list[str]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith(str(L.CACHE / "bin")) or str(L.RUN) in cmd or "docker-registry serve" in cmd:
+            found.append(f"{p.name}: {cmd[:120]}")
+    return found
+
+
+def leftovers() -> dict[str, list]:
+    rules = []
+    for table in ("nat", "filter", "mangle"):
+        out = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
+        rules += [r for r in out.splitlines() if "KUBE-" in r or "CNI-" in r]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {
+        "processes": our_processes(),
+        "iptables": rules,
+        "bridge": [L.BRIDGE] if f" {L.BRIDGE}:" in links else [],
+        "veths": [ln for ln in links.splitlines() if f"master {L.BRIDGE}" in ln],
+        "netns": [p.name for p in Path("/var/run/netns").glob("cni-*")] if Path("/var/run/netns").exists() else [],
+        "mounts": netclean.mounts_under(L.STATE, L.RUN),
+    }
+
+
+def test_up_is_idempotent_and_fast_when_up(cluster):
+    t0 = time.monotonic()
+    res = invoke("cluster.up")
+    assert res.returncode == 0, res.stderr
+    assert "already up" in res.stdout
+    assert time.monotonic() - t0 < 10
+
+
+def test_down_leaves_nothing_then_up_again(cluster):
+    res = invoke("cluster.down")
+    assert res.returncode == 0, res.stdout + res.stderr
+    left = leftovers()
+    assert left == {k: [] for k in left}, left
+    assert not L.STATE.exists()
+    res = invoke("cluster.down")          # a second down is a no-op, not an error
+    assert res.returncode == 0, res.stderr
+    t0 = time.monotonic()
+    res = invoke("cluster.up")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert localcluster.node_ready()
+    print(f"warm cluster.up after down: {time.monotonic() - t0:.1f}s")
