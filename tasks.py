@@ -298,11 +298,36 @@ cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluste
 # Dev loop, tests and benchmarks
 # ---------------------------------------------------------------------------------------------
 
+
+@task(help={"tier": "unit, integration, e2e or all (default)", "k": "only tests matching this pytest -k expression",
+            "exitfirst": "stop at the first failure"})
+@friendly
+def test(c, tier="all", k="", exitfirst=False):
+    """Run the test suite; for e2e/all, bring the local cluster up first (the README's test command)."""
+    import shlex
+    import sys
+
+    from invoke.exceptions import Exit
+
+    from twotier import localcluster
+
+    paths = {"unit": "tests/unit", "integration": "tests/integration", "e2e": "tests/e2e", "all": "tests"}
+    if tier not in paths:
+        raise Exit(f"error: unknown tier {tier!r}; choose one of {', '.join(paths)}", code=2)
+    if tier in ("e2e", "all"):
+        localcluster.up()
+        localcluster.ensure_binaries(["tilt"])
+    args = [sys.executable, "-m", "pytest", paths[tier]] + (["-k", k] if k else []) + (["-x"] if exitfirst else [])
+    res = c.run(shlex.join(args), warn=True, pty=False)
+    if res.exited:
+        raise Exit(code=res.exited)
+
 ns = Collection()
 ns.add_task(serve)
 ns.add_task(dev)
 ns.add_task(bench_api)
 ns.add_collection(cluster)
+ns.add_task(test)
 ns.add_task(up)
 ns.add_task(render)
 ns.add_task(build)
