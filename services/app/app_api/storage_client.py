@@ -57,14 +57,11 @@ class StorageClient:
         if not isinstance(data, dict):
             raise _bad("POST /items:batch", "the body is not a JSON object")
         for key in ("created", "existing", "deleted", "missing"):
-            value = data.get(key, [])
+            value = data.get(key)
             if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
                 raise _bad("POST /items:batch", f'"{key}" is not a list of strings')
-            data[key] = value
-        failed = data.get("failed", {})
-        if not isinstance(failed, dict):
+        if not isinstance(data.get("failed"), dict):
             raise _bad("POST /items:batch", '"failed" is not an object')
-        data["failed"] = failed
         return data
 
     # -- plumbing ----------------------------------------------------------------------------

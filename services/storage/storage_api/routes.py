@@ -14,12 +14,26 @@ from __future__ import annotations
 import errno
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.routing import BaseConverter
 
 from .jsonapi import ApiError
 from .names import RULE, is_valid_name
 from .store import NotAnItem, Store
 
 bp = Blueprint("items", __name__)
+
+
+class AnyNameConverter(BaseConverter):
+    """Everything after ``/items/``, slashes and control characters included, so that every
+    bad name reaches the allowlist (a 400 saying why) instead of falling through to a 404."""
+
+    regex = r"[^/][\s\S]*?"
+    part_isolating = False
+
+
+@bp.record_once
+def _register_converter(state) -> None:
+    state.app.url_map.converters["anyname"] = AnyNameConverter
 
 
 def _store() -> Store:
@@ -34,7 +48,7 @@ def list_items():
         raise _os_error(err, "list the items") from None
 
 
-@bp.put("/items/<path:item>")
+@bp.put("/items/<anyname:item>")
 def create_item(item: str):
     _check_name(item)
     try:
@@ -49,7 +63,7 @@ def create_item(item: str):
     return resp
 
 
-@bp.delete("/items/<path:item>")
+@bp.delete("/items/<anyname:item>")
 def delete_item(item: str):
     _check_name(item)
     try:

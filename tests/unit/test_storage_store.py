@@ -1,0 +1,127 @@
+"""The storage API's filesystem layer (storage_api.store) and its name allowlist."""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+import pytest
+
+from storage_api import create_app, store as store_module
+from storage_api.names import is_valid_name
+from storage_api.store import TEMP_PREFIX, Store
+
+
+def _names(directory) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def test_no_temporary_file_name_can_be_an_item_name():
+    assert not is_valid_name(TEMP_PREFIX + "123-abc")
+    assert not any(is_valid_name(n) for n in (".", "..", "", None, 5, "a/b", "a\x00b"))
+
+
+def test_create_reports_who_created(storage_dir):
+    store = Store(storage_dir)
+    assert store.create("a") is True
+    assert store.create("a") is False
+    assert _names(storage_dir) == ["a"]
+
+
+def test_batch_rolls_over_to_a_new_temporary_file_on_too_many_links(storage_dir, monkeypatch):
+    real_link = os.link
+    links_per_source: dict[str, int] = {}
+
+    def link(src, dst):  # behave like a filesystem allowing 3 links per inode
+        links_per_source[src] = links_per_source.get(src, 0) + 1
+        if links_per_source[src] > 3:
+            raise OSError(errno.EMLINK, "Too many links")
+        real_link(src, dst)
+
+    monkeypatch.setattr(store_module.os, "link", link)
+    names = [str(i) for i in range(10)]
+    result = Store(storage_dir).batch(create=names)
+    assert result.created == names and not result.failed
+    assert _names(storage_dir) == sorted(names)  # every temporary file removed
+    assert len(links_per_source) >= 4
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_filesystems_without_hard_links_fall_back_to_exclusive_create(storage_dir, monkeypatch, code):
+    def no_link(src, dst):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(store_module.os, "link", no_link)
+    store = Store(storage_dir)
+    result = store.batch(create=["a", "b", "a"])
+    assert (result.created, result.existing) == (["a", "b"], ["a"])
+    assert store.create("c") is True and store.create("c") is False
+    assert _names(storage_dir) == ["a", "b", "c"]
+    assert (storage_dir / "a").read_text() == "x"
+
+
+def test_other_errors_are_reported_per_item(storage_dir, monkeypatch):
+    real_link = os.link
+
+    def link(src, dst):
+        if dst.endswith("/bad"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_link(src, dst)
+
+    monkeypatch.setattr(store_module.os, "link", link)
+    result = Store(storage_dir).batch(create=["ok", "bad", "ok2"])
+    assert result.created == ["ok", "ok2"]
+    assert result.failed == {"bad": "No space left on device"}
+
+
+def test_stale_temporary_files_are_swept_at_start_but_fresh_ones_kept(storage_dir):
+    stale = storage_dir / f"{TEMP_PREFIX}1-old"
+    fresh = storage_dir / f"{TEMP_PREFIX}2-new"
+    for path in (stale, fresh):
+        path.write_text("x")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    create_app({"STO_STORAGE": str(storage_dir)})
+    assert _names(storage_dir) == [fresh.name]
+
+
+def test_store_refuses_invalid_names_even_if_a_caller_forgets(storage_dir):
+    store = Store(storage_dir)
+    for bad in ("..", "../x", ".hidden"):
+        with pytest.raises(ValueError):
+            store.create(bad)
+        with pytest.raises(ValueError):
+            store.delete(bad)
+
+
+def test_concurrent_creates_and_deletes_never_double_count(storage_dir):
+    """Threads race on the same names: each name is created by exactly one thread per round
+    and deleted by exactly one; no exception escapes, no temporary file is left."""
+    store = Store(storage_dir)
+    names = [f"n{i}" for i in range(50)]
+    created, deleted, errors = [], [], []
+    lock = threading.Lock()
+
+    def worker():
+        try:
+            for _ in range(3):
+                result = store.batch(create=names)
+                with lock:
+                    created.extend(result.created)
+                for name in names:
+                    if store.delete(name):
+                        with lock:
+                            deleted.append(name)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _names(storage_dir) == []
+    assert len(created) == len(deleted)  # every creation matched by exactly one deletion
+    assert sorted(set(created)) == sorted(names)
