@@ -1,0 +1,207 @@
+"""The seed's walkthrough (first-steps.md, Steps 2-3 and Cleanup), run for real on the local cluster
+with the project's own tasks, as a user would: invoke up / deploy --stage / smoke / clean.
+
+Tests in this module run in file order and build on each other (stage hello, storage, full, faults,
+cleanup), exactly like the tutorial.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.e2e.conftest import kubectl, kubectl_json
+from twotier.localcluster import layout as L
+
+pytestmark = pytest.mark.cluster
+
+
+def invoke(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    res = subprocess.run(["invoke", *args], cwd=L.REPO, capture_output=True, text=True, timeout=timeout)
+    print(res.stdout[-3000:], res.stderr[-3000:])
+    return res
+
+
+def must(*args: str, timeout: float = 900) -> str:
+    res = invoke(*args, timeout=timeout)
+    assert res.returncode == 0, f"invoke {' '.join(args)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    return res.stdout
+
+
+def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def from_loader(url: str, method: str = "GET") -> object:
+    """curl from the throw-away loader pod, as in the seed (`kubectl exec loader -- curl ...`)."""
+    out = kubectl("exec", "loader", "--", "curl", "-sS", "--fail-with-body", "-m", "10", "-X", method, url)
+    return json.loads(out)
+
+
+def pods(selector: str) -> list[dict]:
+    items = kubectl_json("get", "pods", "-l", selector)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp") and p["status"].get("podIP")]
+
+
+def only_kubernetes_service_left() -> list[str]:
+    out = kubectl("get", "pv,pvc,deploy,svc,pods", "-o", "name")
+    return sorted(out.split())
+
+
+@pytest.fixture(scope="module")
+def node_ip(cluster):
+    node = kubectl_json("get", "nodes")["items"][0]
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clean_slate(cluster):
+    must("clean")
+    yield
+    invoke("clean")
+
+
+# ----------------------------------------------------------------------------------- Step 2: hello
+
+def test_hello_stage_answers_through_its_node_port(node_ip):
+    must("up", "--stage", "hello")
+    assert http(f"http://{node_ip}:31000/") == (200, {"a": 1})
+    assert http(f"http://{node_ip}:31000/info") == (200, {"info": True})
+    assert kubectl_json("get", "service", "s-f-webapp")["spec"]["ports"][0]["nodePort"] == 31000
+    must("clean")
+
+
+# ----------------------------------------------------------------------------------- Step 3: storage
+
+def test_storage_stage_deploys_with_seed_names(node_ip):
+    out = must("up", "--stage", "storage")
+    assert "FAIL" not in out
+    names = set(kubectl("get", "deploy,svc,pv,pvc", "-o", "name").split())
+    assert {"deployment.apps/sto-dep", "service/in-svc", "persistentvolume/local-pv",
+            "persistentvolumeclaim/sto-pvc"} <= names
+    assert kubectl_json("get", "pvc", "sto-pvc")["spec"]["volumeName"] == "local-pv"
+    assert len(pods("run=sto-app")) == 2
+
+
+def test_storage_four_access_paths(node_ip):
+    svc_ip = kubectl_json("get", "svc", "in-svc")["spec"]["clusterIP"]
+    pod_ip = pods("run=sto-app")[0]["status"]["podIP"]
+    assert http(f"http://{node_ip}:31000/items") == (200, {"items": []})          # 1. node's NodePort
+    assert from_loader(f"http://{svc_ip}:5000/items") == {"items": []}            # 2. Service IP
+    assert from_loader(f"http://{pod_ip}:5000/items") == {"items": []}            # 3. a pod directly
+    assert from_loader("http://in-svc:5000/items") == {"items": []}               # 4. DNS, short
+    assert from_loader("http://in-svc.default.svc.cluster.local:5000/items") == {"items": []}  # and FQDN
+
+
+def test_two_replicas_share_the_volume():
+    first, second = [p["status"]["podIP"] for p in pods("run=sto-app")]
+    assert first != second
+    assert from_loader(f"http://{first}:5000/items/FromFirst", "PUT") == {"created": {"FromFirst": True}}
+    assert from_loader(f"http://{second}:5000/items") == {"items": ["FromFirst"]}
+    assert from_loader(f"http://{second}:5000/items/FromFirst", "DELETE") == {"deleted": {"FromFirst": True}}
+
+
+# ----------------------------------------------------------------------------------- Step 3: full
+
+def test_full_stage_seed_final_checks(node_ip):
+    out = must("up", "--stage", "full")
+    assert "FAIL" not in out
+    svc_ip = kubectl_json("get", "svc", "out-svc")["spec"]["clusterIP"]
+    api_pod_ip = pods("run=api-app")[0]["status"]["podIP"]
+    seed = lambda created: {"createds": created, "deleteds": [], "faileds": []}  # noqa: E731
+    assert http(f"http://{node_ip}:31001/createlist/3") == (200, seed(["0", "1", "2"]))
+    assert from_loader(f"http://{svc_ip}:5001/createlist/4") == seed(["3"])
+    assert from_loader(f"http://{api_pod_ip}:5001/createlist/5") == seed(["4"])
+    assert from_loader("http://out-svc:5001/createlist/7") == seed(["5", "6"])
+    assert from_loader("http://in-svc.default.svc.cluster.local:5000/items") == {
+        "items": ["0", "1", "2", "3", "4", "5", "6"]}
+
+
+def test_items_survive_deleting_every_storage_pod():
+    kubectl("delete", "pod", "-l", "run=sto-app", "--wait=true")
+    kubectl("rollout", "status", "deployment/sto-dep", "--timeout=120s")
+    assert from_loader("http://in-svc:5000/items") == {"items": ["0", "1", "2", "3", "4", "5", "6"]}
+    assert from_loader("http://out-svc.default.svc.cluster.local:5001/clear") == {
+        "createds": [], "deleteds": ["0", "1", "2", "3", "4", "5", "6"], "faileds": []}
+
+
+# ----------------------------------------------------------------------------------- faults
+
+def test_zero_failed_requests_while_pods_die_and_tiers_roll():
+    failures: list[str] = []
+    done = threading.Event()
+    count = [0]
+
+    def load():
+        i = 0
+        while not done.is_set() and count[0] < 20000:
+            url = "http://127.0.0.1:31001/" + ("createlist/20" if i % 2 == 0 else "clear")
+            try:
+                status, body = http(url, timeout=15)
+                if status != 200 or body.get("faileds"):
+                    failures.append(f"{url}: {status} {body}")
+            except Exception as err:  # noqa: BLE001 - any error is a failed request
+                failures.append(f"{url}: {err!r}")
+            count[0] += 1
+            i += 1
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        time.sleep(3)
+        victim = pods("run=sto-app")[0]["metadata"]["name"]
+        kubectl("delete", "pod", victim, "--wait=true")
+        kubectl("rollout", "status", "deployment/sto-dep", "--timeout=180s")
+        kubectl("rollout", "restart", "deployment/sto-dep", "deployment/api-dep")
+        kubectl("rollout", "status", "deployment/sto-dep", "--timeout=180s")
+        kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s")
+        time.sleep(3)
+    finally:
+        done.set()
+        worker.join(timeout=30)
+    print(f"{count[0]} requests during pod deletion and two rollouts, {len(failures)} failed")
+    assert count[0] > 20
+    assert failures == []
+
+
+def test_storage_scaled_to_zero_app_stays_ready_and_answers_503():
+    kubectl("scale", "deployment/sto-dep", "--replicas=0")
+    deadline = time.monotonic() + 90
+    while kubectl_json("get", "pods", "-l", "run=sto-app")["items"]:
+        assert time.monotonic() < deadline, "storage pods did not go away"
+        time.sleep(1)
+    try:
+        t0 = time.monotonic()
+        status, body = http("http://127.0.0.1:31001/createlist/3")
+        assert status == 503
+        assert "error" in body
+        assert time.monotonic() - t0 < 5
+        time.sleep(12)  # several readiness periods: the app must stay Ready without storage
+        api = kubectl_json("get", "deployment", "api-dep")
+        assert api["status"].get("readyReplicas") == api["spec"]["replicas"]
+    finally:
+        kubectl("scale", "deployment/sto-dep", "--replicas=2")
+        kubectl("rollout", "status", "deployment/sto-dep", "--timeout=180s")
+    assert http("http://127.0.0.1:31001/createlist/1")[0] == 200
+    assert http("http://127.0.0.1:31001/clear")[0] == 200
+
+
+# ----------------------------------------------------------------------------------- Cleanup
+
+def test_clean_leaves_only_the_kubernetes_service_and_is_idempotent():
+    must("clean")
+    assert only_kubernetes_service_left() == ["service/kubernetes"]
+    t0 = time.monotonic()
+    must("clean")
+    assert time.monotonic() - t0 < 30
+    assert only_kubernetes_service_left() == ["service/kubernetes"]
