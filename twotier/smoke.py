@@ -277,19 +277,19 @@ class Smoke:
         steps = []
         if app.node_port:
             steps.append((self.host, f"host -> node {self.node_ip}:{app.node_port}",
-                          f"http://{self.node_ip}:{app.node_port}", 3))
+                          f"http://{self.node_ip}:{app.node_port}", 3, ""))
         steps.append((self.pod, f"loader -> out-svc IP {app.cluster_ip}:{app.port}",
-                      f"http://{app.cluster_ip}:{app.port}", 4))
+                      f"http://{app.cluster_ip}:{app.port}", 4, ""))
         if app.pod_ips:
             steps.append((self.pod, f"loader -> api pod IP {app.pod_ips[0]}:{app.pod_port}",
-                          f"http://{app.pod_ips[0]}:{app.pod_port}", 5))
+                          f"http://{app.pod_ips[0]}:{app.pod_port}", 5, ""))
         else:
             self.record("loader -> api pod IP", False, "no ready api pod")
-        steps.append((self.pod, f"loader -> {app.service}:{app.port} (short DNS name)",
-                      f"http://{app.service}:{app.port}", 7))
-        for via, label, base, n in steps:
+        steps.append((self.pod, f"loader -> {app.service}:{app.port}",
+                      f"http://{app.service}:{app.port}", 7, " (short DNS name)"))
+        for via, label, base, n, note in steps:
             want = [str(i) for i in range(n) if str(i) not in present]
-            data = self.expect(f"{label}/createlist/{n}", via, "GET", f"{base}/createlist/{n}",
+            data = self.expect(f"{label}/createlist/{n}{note}", via, "GET", f"{base}/createlist/{n}",
                                equals({"createds": want, "deleteds": [], "faileds": []}),
                                retry=False)
             present |= {str(i) for i in range(n)} if data is not None else set()
