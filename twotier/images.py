@@ -74,6 +74,7 @@ class Image:
     context: Path  # build context (services/<dir>)
     tag: str
     ref: str  # <registry>/<name>:<tag>
+    target: str = ""  # Dockerfile target ("" = the default, production)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +295,10 @@ def dockerfile_default_base(dockerfile: Path) -> str:
     return match.group(1) if match else ""
 
 
+def dockerfile_stages(dockerfile: Path) -> set[str]:
+    return set(re.findall(r"^\s*FROM\s+\S+\s+AS\s+(\S+)", dockerfile.read_text(), re.MULTILINE | re.IGNORECASE))
+
+
 def plan(settings: Mapping, stage: str, *, target: str = "", inspect_base: bool = True) -> list[Image]:
     """The images STAGE needs, with their content-derived references (nothing is built).
 
@@ -313,12 +318,17 @@ def plan(settings: Mapping, stage: str, *, target: str = "", inspect_base: bool 
         base = base_arg or dockerfile_default_base(dockerfile)
         if base not in base_ids:
             base_ids[base] = _base_id_or_none(base) if inspect_base else None
+        # a target the Dockerfile lacks (the loader has no dev flavour) means its only one
+        img_target = target if target in dockerfile_stages(dockerfile) else ""
         digest = content_hash(context, dockerfile=dockerfile, base_image=base,
-                              base_id=base_ids[base], target=target)
-        tag = digest[:12] + (f"-{target}" if target else "")
+                              base_id=base_ids[base], target=img_target)
+        tag = digest[:12] + (f"-{img_target}" if img_target else "")
         name = names[role]
         images.append(Image(role=role, name=name, seed_name=DEFAULT_NAMES[role], context=context,
-                            tag=tag, ref=f"{reg}/{name}:{tag}"))
+                            tag=tag, ref=f"{reg}/{name}:{tag}", target=img_target))
+    if target and not any(img.target for img in images):
+        raise UserError(f"no Dockerfile of stage {stage} has a target {target!r}",
+                        hint="use '' (production) or dev")
     return images
 
 
@@ -351,7 +361,7 @@ def build(settings: Mapping, stage: str, *, target: str = "", progress: Progress
         if image_id(img.ref):
             progress(f"{img.ref}: up to date")
             continue
-        _build_one(img, base_arg, target, progress)
+        _build_one(img, base_arg, img.target, progress)
     return images
 
 

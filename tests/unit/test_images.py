@@ -121,8 +121,11 @@ def test_target_and_base_image_setting_change_the_tags():
     base = images.plan(SETTINGS, "full", inspect_base=False)
     dev = images.plan(SETTINGS, "full", target="dev", inspect_base=False)
     local = images.plan({**SETTINGS, "base_image": "local"}, "full", inspect_base=False)
-    assert all(d.tag.endswith("-dev") for d in dev)
-    assert not {i.ref for i in base} & {i.ref for i in dev}
+    assert [d.tag.endswith("-dev") for d in dev] == [True, True, False]  # the loader has one flavour
+    assert dev[2] == base[2]
+    with pytest.raises(UserError):
+        images.plan(SETTINGS, "full", target="debug", inspect_base=False)
+    assert not {i.ref for i in base[:2]} & {i.ref for i in dev[:2]}
     assert not {i.ref for i in base} & {i.ref for i in local}
 
 
