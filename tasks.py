@@ -186,7 +186,7 @@ def loader_shell(c, shell="sh", context=None, namespace=None, allow_context=None
     kubectl = kube.kubectl_binary()
     s = _settings(c, context=context, namespace=namespace)
     cluster = project.connect(s, allow_context)
-    loader.ensure_loader(cluster, project.loader_image(s), timeout=float(s["timeouts"]["rollout"]))
+    loader.ensure_loader(cluster, project.loader_manifest(s), timeout=float(s["timeouts"]["rollout"]))
     print("try: curl -s in-svc:5000/items   (exit or Ctrl-D leaves the shell; the pod stays)")
     code = loader.hand_over(loader.shell_argv(kubectl, cluster, shell), cluster.kubectl_env())
     if code:
@@ -203,7 +203,7 @@ def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
 
     s = _settings(c, stage=stage, context=context, namespace=namespace)
     cluster = project.connect(s, allow_context)
-    loader.ensure_loader(cluster, project.loader_image(s), timeout=float(s["timeouts"]["rollout"]))
+    loader.ensure_loader(cluster, project.loader_manifest(s), timeout=float(s["timeouts"]["rollout"]))
     smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
 
 
@@ -238,7 +238,8 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
     project.deploy_objects(cluster, objs, dry_run=False, timeout=float(s["timeouts"]["rollout"]))
     print(f"== smoke ({s['stage']})")
     loader_ref = next(img.ref for img in built if img.role == "loader")
-    loader.ensure_loader(cluster, loader_ref, timeout=float(s["timeouts"]["rollout"]))
+    loader.ensure_loader(cluster, project.loader_manifest(s, loader_ref),
+                         timeout=float(s["timeouts"]["rollout"]))
     smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
 
 # ---------------------------------------------------------------------------------------------
@@ -322,10 +323,31 @@ def test(c, tier="all", k="", exitfirst=False):
     if res.exited:
         raise Exit(code=res.exited)
 
+
+@task(name="tilt-ci", help={"timeout": "seconds tilt ci may take (default: twotier.timeouts.tilt_ci)"})
+@friendly
+def tilt_ci(c, timeout=None):
+    """Run `tilt ci` (build, deploy, smoke) on the configured cluster, then `tilt down`; fail if anything failed."""
+    from twotier import tiltrun
+
+    s = _settings(c)
+    tiltrun.run_ci(s, timeout=float(timeout or s["timeouts"]["tilt_ci"]))
+
+
+@task(name="tilt-smoke")
+@friendly
+def tilt_smoke(c):
+    """Run the smoke checks through the loader pod `tilt up` runs (the Tiltfile's smoke button)."""
+    from twotier import tiltrun
+
+    tiltrun.smoke_in_tilt_loader(_settings(c))
+
 ns = Collection()
 ns.add_task(serve)
 ns.add_task(dev)
 ns.add_task(bench_api)
+ns.add_task(tilt_ci)
+ns.add_task(tilt_smoke)
 ns.add_collection(cluster)
 ns.add_task(test)
 ns.add_task(up)

@@ -19,30 +19,32 @@ from twotier.kube import CLUSTER_SCOPED, ApiError, owned
 
 # The order the seed warns about: the volume and its claim before any pod that mounts it
 # (else a default StorageClass would provision a second volume), config before the pods that read
-# it, Services before Deployments (so DNS names exist when the pods start), workloads last.
+# it, Services before Deployments (so DNS names exist when the pods start), then the workloads and
+# what refers to them. For the kinds the project renders this is twotier.manifests' order, so
+# deploy applies exactly the sequence `invoke render` prints.
 APPLY_ORDER = [
     "Namespace",
     "CustomResourceDefinition",
     "StorageClass",
     "PriorityClass",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "ConfigMap",
+    "Secret",
     "PersistentVolume",
     "PersistentVolumeClaim",
-    "ServiceAccount",
-    "Secret",
-    "ConfigMap",
-    "Role",
-    "ClusterRole",
-    "RoleBinding",
-    "ClusterRoleBinding",
-    "NetworkPolicy",
     "Service",
-    "PodDisruptionBudget",
     "Deployment",
     "StatefulSet",
     "DaemonSet",
     "Job",
     "CronJob",
     "Pod",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
     "HorizontalPodAutoscaler",
     "Ingress",
 ]

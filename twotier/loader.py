@@ -1,12 +1,14 @@
 """The `loader` pod: the seed's alpine probe box, built from the project's loader image.
 
-``ensure_loader`` creates it (or reuses a running one with the same image) and waits until it
-runs; ``exec_in_loader`` runs a command in it without a terminal and returns (rc, output);
+Its manifest is k8s/loader (rendered by twotier.manifests.render_loader: restricted
+securityContext, non-root, read-only root filesystem, the project's label). ``ensure_loader``
+creates it (or reuses a running one with the same image) and waits until it runs; ``exec_in_loader`` runs a command in it without a terminal and returns (rc, output);
 ``shell_argv`` is the `kubectl exec -it loader -- sh` that `invoke loader-shell` hands the
 terminal to (kubectl handles raw mode and window resizing; the Python client has no TTY helper).
 """
 from __future__ import annotations
 
+import copy
 import sys
 import time
 
@@ -15,56 +17,15 @@ from twotier.kube import PROJECT_LABEL
 from twotier.rollout import pod_problem, pod_summary, event_lines
 
 LOADER_NAME = "loader"
-LOADER_UID = 10001
-
-
 def loader_pod(image: str, namespace: str) -> dict:
-    """The loader Pod manifest: restricted securityContext, idles until deleted (fast stop)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": LOADER_NAME,
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/name": LOADER_NAME,
-                "app.kubernetes.io/component": "debug",
-                PROJECT_LABEL[0]: PROJECT_LABEL[1],
-                "app.kubernetes.io/managed-by": "twotier",
-                "run": LOADER_NAME,
-            },
-        },
-        "spec": {
-            "restartPolicy": "Always",
-            "terminationGracePeriodSeconds": 1,
-            "automountServiceAccountToken": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": LOADER_UID,
-                "runAsGroup": LOADER_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [{
-                "name": LOADER_NAME,
-                "image": image,
-                "imagePullPolicy": "IfNotPresent",
-                # sleep in the background so SIGTERM is handled at once (pod deletes in ~1 s)
-                "command": ["sh", "-c", "trap 'exit 0' TERM INT; while true; do sleep 3600 & wait $!; done"],
-                "env": [{"name": "HOME", "value": "/tmp"}],
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "resources": {
-                    "requests": {"cpu": "10m", "memory": "16Mi"},
-                    "limits": {"cpu": "500m", "memory": "64Mi"},
-                },
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
-        },
-    }
+    """The loader Pod manifest (k8s/loader, rendered) for IMAGE in NAMESPACE."""
+    from twotier import manifests  # noqa: PLC0415
+
+    objs = manifests.render_loader({"namespace": namespace, "overlay": ""}, images={"loader": image})
+    pods = [o for o in objs if o.get("kind") == "Pod"]
+    if len(pods) != 1:
+        raise UserError("k8s/loader must render exactly one Pod", "check k8s/loader/kustomization.yaml")
+    return pods[0]
 
 
 def _image_of(pod: dict) -> str:
@@ -79,10 +40,14 @@ def _is_ready(pod: dict) -> bool:
     return all(cs.get("ready") for cs in status.get("containerStatuses") or [{}])
 
 
-def ensure_loader(cluster, image: str, timeout: float, out=print, poll: float = 1.0,
+def ensure_loader(cluster, manifest: dict, timeout: float, out=print, poll: float = 1.0,
                   clock=time.monotonic, sleep=time.sleep) -> dict:
-    """Create the loader pod (or reuse a running one from the same image); wait until ready."""
+    """Create the loader pod from its manifest (or reuse a running one from the same image);
+    wait until it is ready."""
     start = clock()
+    manifest = copy.deepcopy(manifest)
+    manifest["metadata"]["namespace"] = cluster.namespace
+    image = _image_of(manifest)
     live = cluster.get("v1", "Pod", LOADER_NAME)
     if live is not None:
         reusable = (_image_of(live) == image and not (live.get("metadata") or {}).get("deletionTimestamp")
@@ -104,7 +69,7 @@ def ensure_loader(cluster, image: str, timeout: float, out=print, poll: float = 
             _wait_deleted(cluster, timeout, clock, sleep, poll, out)
             live = None
     if live is None:
-        cluster.create(loader_pod(image, cluster.namespace))
+        cluster.create(manifest)
         out(f"pod/{LOADER_NAME} created ({image})")
     last = ""
     while True:

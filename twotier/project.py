@@ -78,22 +78,22 @@ def all_stage_objects(settings: dict) -> list[dict]:
     return objs
 
 
-def loader_image(settings: dict) -> str:
+def loader_manifest(settings: dict, ref: str | None = None) -> dict:
+    """The loader Pod (k8s/loader) with the loader image: ``ref``, else `invoke build`'s tag."""
     from twotier import images  # noqa: PLC0415
+    from twotier.loader import loader_pod  # noqa: PLC0415
 
-    for img in images.plan(settings, "full"):
-        if img.role == "loader":
-            return img.ref
-    raise UserError("no loader image in the image plan", "check twotier/images.py STAGE_ROLES")
+    if not ref:
+        ref = next(i.ref for i in images.plan(settings, "full") if i.role == "loader")
+    return loader_pod(ref, settings.get("namespace") or "default")
 
 
 def project_targets(settings: dict, namespace: str):
     """Delete/status targets: every stage's objects, then the loader pod."""
     from twotier.cleanup import targets_from  # noqa: PLC0415
-    from twotier.loader import loader_pod  # noqa: PLC0415
 
     objs = all_stage_objects(settings)
-    objs.append(loader_pod("unused", namespace))
+    objs.extend(_manifests().render_loader(settings, images={}))  # names only
     return targets_from(objs, namespace)
 
 

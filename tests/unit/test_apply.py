@@ -28,7 +28,6 @@ def test_seed_order_volume_and_claim_before_workloads():
     k = kinds(ordered)
     assert k.index("PersistentVolume") < k.index("PersistentVolumeClaim") < k.index("Deployment")
     assert max(i for i, x in enumerate(k) if x == "Service") < k.index("Deployment")
-    assert k.index("PodDisruptionBudget") < k.index("Deployment")
 
 
 def test_order_is_stable_within_a_kind():
@@ -49,7 +48,7 @@ def test_order_any_shuffle_gives_the_same_kind_sequence():
         got = kinds(order_for_apply(shuffled))
         assert got == expected
     assert expected[-1] == "Widget"  # unknown kinds last
-    assert expected.index("ConfigMap") < expected.index("Service")
+    assert expected.index("ConfigMap") < expected.index("PersistentVolume") < expected.index("Service")
 
 
 def test_apply_order_table_is_sane():
@@ -58,6 +57,20 @@ def test_apply_order_table_is_sane():
                           ("ConfigMap", "Deployment"), ("Service", "Deployment"),
                           ("ServiceAccount", "Deployment")]:
         assert APPLY_ORDER.index(before) < APPLY_ORDER.index(after)
+
+
+@pytest.mark.parametrize("stage", ["hello", "storage", "full"])
+def test_deploy_applies_exactly_the_rendered_order(stage):
+    """`invoke render` prints what deploy applies, in the same order (real kustomize render)."""
+    import yaml
+
+    from twotier import manifests
+
+    from pathlib import Path
+
+    settings = yaml.safe_load((Path(__file__).parents[2] / "invoke.yaml").read_text())["twotier"]
+    objs = manifests.render_stage(settings, stage, images={})
+    assert [ref(o) for o in order_for_apply(objs)] == [ref(o) for o in objs]
 
 
 def test_ref_like_kubectl():

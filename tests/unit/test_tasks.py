@@ -47,7 +47,7 @@ def rec(monkeypatch):
     r.patch(project, "render", result=r.objs)
     r.patch(project, "deploy_objects", result=[])
     r.patch(project, "project_targets", result=["T"])
-    r.patch(project, "loader_image", result="localhost:5000/loader:abc")
+    r.patch(project, "loader_manifest", result={"kind": "Pod", "metadata": {"name": "loader"}})
     r.patch(loader, "ensure_loader", result={})
     r.patch(smoke, "run_smoke", result=None)
     r.patch(cleanup, "clean", result={})
@@ -204,8 +204,8 @@ def test_loader_shell_hands_the_terminal_to_kubectl(rec, monkeypatch):
     monkeypatch.setattr(kube, "kubectl_binary", lambda: KUBECTL)
     rec.patch(loader, "hand_over", result=0)
     tasks.loader_shell(ctx(monkeypatch))
-    assert rec.names() == ["connect", "loader_image", "ensure_loader", "hand_over"]
-    assert rec.call("ensure_loader")[1][1] == "localhost:5000/loader:abc"
+    assert rec.names() == ["connect", "loader_manifest", "ensure_loader", "hand_over"]
+    assert rec.call("ensure_loader")[1][1] == {"kind": "Pod", "metadata": {"name": "loader"}}
     argv, env = rec.call("hand_over")[1]
     assert argv == [KUBECTL, "--kubeconfig", "/tmp/kubeconfig", "--context", "twotier-local",
                     "--namespace", "default", "exec", "-it", "loader", "--", "sh"]
@@ -235,7 +235,7 @@ def test_loader_shell_without_kubectl(rec, monkeypatch):
 # --- smoke, clean ----------------------------------------------------------------------------
 def test_smoke_starts_the_loader_then_checks_the_stage(rec, monkeypatch):
     tasks.smoke(ctx(monkeypatch), stage="storage")
-    assert rec.names() == ["connect", "loader_image", "ensure_loader", "run_smoke"]
+    assert rec.names() == ["connect", "loader_manifest", "ensure_loader", "run_smoke"]
     cluster, stage, execute = rec.call("run_smoke")[1]
     assert (cluster, stage) == (rec.cluster, "storage")
     assert callable(execute)
@@ -269,13 +269,14 @@ def built_images():
 def test_up_builds_pushes_deploys_and_smokes_in_order(rec, monkeypatch):
     rec.patch(images, "push", result=built_images())
     tasks.up(ctx(monkeypatch))
-    assert rec.names() == ["connect", "push", "render", "deploy_objects", "ensure_loader", "run_smoke"]
+    assert rec.names() == ["connect", "push", "render", "deploy_objects", "loader_manifest",
+                           "ensure_loader", "run_smoke"]
     assert rec.call("push")[1][1] == "full"
     assert rec.call("render")[1][2] == {"sto-img": "localhost:5000/sto-img:1",
                                         "api-img": "localhost:5000/api-img:2",
                                         "loader": "localhost:5000/loader:3"}
     assert rec.call("deploy_objects")[2] == {"dry_run": False, "timeout": 180.0}
-    assert rec.call("ensure_loader")[1][1] == "localhost:5000/loader:3"
+    assert rec.call("loader_manifest")[1][1] == "localhost:5000/loader:3"
     assert rec.call("run_smoke")[1][1] == "full"
 
 

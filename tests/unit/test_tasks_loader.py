@@ -1,4 +1,5 @@
 """The loader pod: manifest, create/reuse/replace, fail fast, exit codes, TTY rule."""
+import copy
 import io
 
 import pytest
@@ -21,8 +22,12 @@ class Clock:
         self.t += s
 
 
+MANIFEST = loader_pod(IMG, "default")  # the real k8s/loader render
+
+
 def running(image=IMG, ready=True, phase="Running", waiting=None):
-    p = loader_pod(image, "default")
+    p = copy.deepcopy(MANIFEST)
+    p["spec"]["containers"][0]["image"] = image
     state = {"waiting": waiting} if waiting else {"running": {}}
     p["status"] = {"phase": phase, "containerStatuses": [{"name": "loader", "ready": ready, "state": state,
                                                           "restartCount": 0}]}
@@ -51,18 +56,19 @@ def test_manifest_is_restricted():
     assert spec["automountServiceAccountToken"] is False
     c = spec["containers"][0]
     assert c["image"] == IMG
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}}
+    assert {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}}.items() <= c["securityContext"].items()
+    assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "twotier"
     assert c["resources"]["limits"] and c["resources"]["requests"]
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
-    assert spec["terminationGracePeriodSeconds"] <= 2
+    assert spec["terminationGracePeriodSeconds"] <= 5
 
 
 def test_creates_and_waits_until_running():
     cluster, clock, lines = FakeCluster(), Clock(), []
     pending = running(phase="Pending", ready=False, waiting={"reason": "ContainerCreating"})
     cluster.script("Pod", "loader", [None, pending, pending, running()])
-    ensure_loader(cluster, IMG, timeout=30, out=lines.append, clock=clock, sleep=clock.sleep)
+    ensure_loader(cluster, MANIFEST, timeout=30, out=lines.append, clock=clock, sleep=clock.sleep)
     assert cluster.count("create", "Pod") == 1
     assert lines[0] == f"pod/loader created ({IMG})"
     assert "ContainerCreating" in lines[1]
@@ -72,7 +78,7 @@ def test_creates_and_waits_until_running():
 def test_reuses_a_running_loader_with_the_same_image():
     cluster, lines = FakeCluster(), []
     cluster.put(running())
-    ensure_loader(cluster, IMG, timeout=30, out=lines.append)
+    ensure_loader(cluster, MANIFEST, timeout=30, out=lines.append)
     assert cluster.count("create") == 0 and cluster.count("delete") == 0
     assert lines == [f"pod/loader reused ({IMG})"]
 
@@ -81,7 +87,7 @@ def test_replaces_a_loader_from_another_image():
     cluster, clock, lines = FakeCluster(), Clock(), []
     cluster.put(running(image="localhost:5000/loader:old"))
     comes_up_running(cluster)
-    ensure_loader(cluster, IMG, timeout=30, out=lines.append, clock=clock, sleep=clock.sleep)
+    ensure_loader(cluster, MANIFEST, timeout=30, out=lines.append, clock=clock, sleep=clock.sleep)
     assert lines[0] == "pod/loader replaced (a different image)"
     assert cluster.count("delete", "Pod") == 1 and cluster.count("create", "Pod") == 1
     assert cluster.get("v1", "Pod", "loader")["spec"]["containers"][0]["image"] == IMG
@@ -92,7 +98,7 @@ def test_replaces_a_finished_loader():
     cluster.put(running(phase="Failed", ready=False))
     cluster.linger[("Pod", "default", "loader")] = 2
     comes_up_running(cluster)
-    ensure_loader(cluster, IMG, timeout=30, out=lines.append, clock=clock, sleep=clock.sleep)
+    ensure_loader(cluster, MANIFEST, timeout=30, out=lines.append, clock=clock, sleep=clock.sleep)
     assert lines[0] == "pod/loader replaced (Failed)"
 
 
@@ -102,7 +108,7 @@ def test_refuses_a_foreign_pod_named_loader():
     foreign["metadata"]["labels"] = {"run": "loader"}  # e.g. the seed's `kubectl run loader`
     cluster.put(foreign)
     with pytest.raises(UserError, match="not the project's") as info:
-        ensure_loader(cluster, IMG, timeout=30, out=lambda s: None)
+        ensure_loader(cluster, MANIFEST, timeout=30, out=lambda s: None)
     assert "kubectl delete pod loader" in info.value.hint
     assert cluster.count("delete") == 0
 
@@ -115,7 +121,7 @@ def test_image_pull_failure_is_fast_and_explained():
     cluster.events.append({"involvedObject": {"kind": "Pod", "name": "loader"}, "type": "Warning",
                            "reason": "Failed", "message": "failed to pull: not found"})
     with pytest.raises(UserError) as info:
-        ensure_loader(cluster, IMG, timeout=120, out=lambda s: None, clock=clock, sleep=clock.sleep)
+        ensure_loader(cluster, MANIFEST, timeout=120, out=lambda s: None, clock=clock, sleep=clock.sleep)
     assert clock.t == 0
     assert "ImagePullBackOff" in info.value.message
     assert "failed to pull: not found" in info.value.message
@@ -127,7 +133,7 @@ def test_never_running_times_out_with_status():
     stuck = running(phase="Pending", ready=False, waiting={"reason": "ContainerCreating"})
     cluster.script("Pod", "loader", [None, stuck])
     with pytest.raises(UserError) as info:
-        ensure_loader(cluster, IMG, timeout=10, out=lambda s: None, clock=clock, sleep=clock.sleep)
+        ensure_loader(cluster, MANIFEST, timeout=10, out=lambda s: None, clock=clock, sleep=clock.sleep)
     assert "not running after 10s" in info.value.message
     assert "ContainerCreating" in info.value.message
 
