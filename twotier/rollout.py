@@ -249,7 +249,7 @@ def wait_for_rollouts(cluster, names: list[str], timeout: float, out=print, poll
                         + "\n".join(diagnose_pod(cluster, pod)),
                         _hint_for(reason))
             if msg != last_msg.get(name) or now - last_print >= heartbeat:
-                out(f"[{elapsed:4.0f}s] {msg}")
+                out(f"[{elapsed:4.0f}s] {msg if name in msg else f'{name}: {msg}'}")
                 last_msg[name] = msg
                 last_print = now
         if not pending:

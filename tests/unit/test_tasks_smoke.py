@@ -55,7 +55,7 @@ class SeedSystem:
             item = path.split("/items/", 1)[1]
             if method == "PUT":
                 store.add(item)
-                return self.ok({"created": {item: True}})
+                return Response(201, json.dumps({"created": {item: True}}))  # as the real storage API
             if method == "DELETE":
                 store.discard(item)
                 return self.ok({"deleted": {item: True}})
@@ -285,3 +285,16 @@ def test_run_smoke_storage_passes_and_fails_non_zero_when_a_check_fails(monkeypa
 def test_run_smoke_unknown_stage():
     with pytest.raises(UserError, match="unknown stage"):
         run_smoke(FakeCluster(), "prod", lambda a: (0, ""))
+
+
+def test_a_failed_write_check_still_removes_its_item():
+    class BadPut(SeedSystem):
+        def __call__(self, method, url):
+            resp = super().__call__(method, url)
+            return Response(500, '{"error":"x"}') if method == "PUT" else resp
+
+    system, lines = BadPut(), []
+    make(system, lines).shared_volume(eps()[0])
+    assert lines[0].startswith("FAIL  loader -> PUT") and "HTTP 500" in lines[0]
+    assert [m for m, _ in system.requests] == ["PUT", "DELETE"]
+    assert system.store() == set()
