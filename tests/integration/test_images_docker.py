@@ -114,13 +114,13 @@ def http(method, url, timeout=5.0):
         return err.code, json.loads(err.read() or b"null")
 
 
-def wait_ready(url, timeout=20.0):
+def wait_ready(url, timeout=20.0, expect=200):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
             status, body = http("GET", url, timeout=2)
-            if status == 200:
+            if status == expect:
                 return body
             last = (status, body)
         except (urllib.error.URLError, ConnectionError, socket.timeout) as err:
@@ -280,8 +280,8 @@ def test_storage_owner_init_container_makes_a_root_owned_host_directory_writable
     mount = ["-v", f"{host_dir}:/var/lib/storage"]
     before = run(resources, f"{PREFIX}-sto-rootdir", built["storage"].ref, *mount, "-p", "127.0.0.1::5000", *HARDENED)
     url = f"http://127.0.0.1:{host_port(before, 5000)}"
-    time.sleep(2)
-    assert http("GET", url + "/readyz")[0] == 503  # the seed's layout cannot work as non-root ...
+    body = wait_ready(url + "/readyz", expect=503)  # the seed's layout cannot work as non-root ...
+    assert "not writable" in body["reason"]
     docker("rm", "-f", before)
     proc = docker("run", "--rm", "--user", f"{sc['runAsUser']}:{sc['runAsGroup']}", "--cap-drop", "ALL", *caps,
                   "--read-only", "--security-opt", "no-new-privileges", *mount, "--entrypoint", init["command"][0],
