@@ -64,6 +64,11 @@ CONTENT_LABEL = "io.twotier.content-hash"
 Progress = Callable[[str], None]
 
 
+def say(line: str) -> None:
+    """Default progress: one line on stdout, flushed at once (builds take a while)."""
+    print(line, flush=True)
+
+
 @dataclass(frozen=True)
 class Image:
     """One image of a stage: where it is built from and the reference it gets."""
@@ -350,7 +355,7 @@ def image_map(images: Iterable[Image]) -> dict[str, str]:
 # Build and push
 # ---------------------------------------------------------------------------------------------
 
-def build(settings: Mapping, stage: str, *, target: str = "", progress: Progress = print) -> list[Image]:
+def build(settings: Mapping, stage: str, *, target: str = "", progress: Progress = say) -> list[Image]:
     """Build every image of STAGE that Docker does not already have; return them all."""
     docker(["version", "--format", "{{.Server.Version}}"])  # fails clearly if no engine
     if base_image_setting(settings) == LOCAL_BASE_SETTING:
@@ -394,7 +399,7 @@ def _build_one(img: Image, base_arg: str, target: str, progress: Progress) -> No
     progress(f"{img.ref}: built in {time.monotonic() - start:.1f}s")
 
 
-def push(settings: Mapping, stage: str, *, target: str = "", progress: Progress = print) -> list[Image]:
+def push(settings: Mapping, stage: str, *, target: str = "", progress: Progress = say) -> list[Image]:
     """Build (if needed) and push every image of STAGE to the registry."""
     images = build(settings, stage, target=target, progress=progress)
     for img in images:
@@ -424,7 +429,7 @@ def local_base_recipe() -> str:
     return hashlib.sha256(text.encode() + ca).hexdigest()[:16]
 
 
-def ensure_local_base(*, progress: Progress = print, force: bool = False,
+def ensure_local_base(*, progress: Progress = say, force: bool = False,
                       mirror: str = DEBIAN_MIRROR) -> str:
     """Build ``twotier-base:bookworm`` unless Docker already has it from the same recipe."""
     recipe = local_base_recipe()
