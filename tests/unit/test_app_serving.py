@@ -112,5 +112,5 @@ def test_dev_mode_uses_werkzeugs_watchdog_reloader_without_watching_python_itsel
                         factory=create_app, argv=argv) == 0
     assert captured["port"] == 5000 and captured["host"] == "0.0.0.0"
     assert captured["use_reloader"] and captured["reloader_type"] == "watchdog"
-    assert sys.prefix + "*" in captured["exclude_patterns"]
-    assert str(tmp_path) + "*" in captured["exclude_patterns"]  # items are data, not code
+    assert sys.prefix + "/*" in captured["exclude_patterns"]
+    assert str(tmp_path) + "/*" in captured["exclude_patterns"]  # items are data, not code

@@ -136,9 +136,12 @@ def _run_dev(app, host: str, port: int) -> int:
 
     # Never watch Python's own installation or the virtualenv (thousands of directories),
     # nor data directories the app writes to (an item named "x.py" must not trigger a reload).
+    # Werkzeug filters the directories to watch with fnmatch ("*" spans "/") and the events
+    # with watchdog's PurePath.match ("*" is one path component), hence one pattern per depth.
     excluded = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     excluded.update(app.config.get("RELOAD_EXCLUDE", ()))
-    patterns = {os.path.abspath(p) + "*" for p in excluded if p}
+    patterns = {os.path.abspath(p) + suffix for p in excluded if p
+                for suffix in ("", "/*", "/*/*", "/*/*/*")}
     run_simple(host, port, app, use_reloader=True, reloader_type="watchdog",
                reloader_interval=0.5, threaded=True, exclude_patterns=patterns)
     return 0

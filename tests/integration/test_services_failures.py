@@ -1,0 +1,140 @@
+"""The application API (gunicorn, real process) when its storage tier is dead, hung, answers
+garbage or restarts: always a fast JSON 502/503/504, never a 500, and it recovers."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from twotier.servers import APP, STORAGE, ServiceProcess, free_port
+
+
+class FakeTier:
+    """A TCP server on loopback standing in for a broken storage tier: ``reply`` is the raw
+    bytes sent to each connection (None = accept and never answer)."""
+
+    def __init__(self, reply: bytes | None):
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.reply is None:
+                self.held.append(conn)  # hung: keep it open, say nothing
+                continue
+            try:
+                conn.recv(65536)
+                conn.sendall(self.reply)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def _timed(url):
+    start = time.monotonic()
+    resp = requests.get(url, timeout=30)
+    return resp, time.monotonic() - start
+
+
+def _assert_json_error(resp, status, error):
+    assert resp.status_code == status, resp.text
+    assert resp.headers["Content-Type"] == "application/json"
+    body = resp.json()
+    assert (body["error"], body["status"]) == (error, status)
+    return body
+
+
+@pytest.mark.parametrize("path", ["/createlist/5", "/clear"])
+def test_dead_storage_is_a_fast_json_503(path):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with ServiceProcess(APP, free_port(), {"STO_API": dead}) as app:
+        resp, elapsed = _timed(app.url + path)
+        body = _assert_json_error(resp, 503, "storage_unreachable")
+        assert "Connection refused" in body["message"]
+        assert elapsed < 1.5, f"took {elapsed:.2f} s"
+        assert requests.get(app.url + "/readyz", timeout=5).status_code == 200  # still ready
+
+
+def test_unresolvable_storage_host_is_a_json_503():
+    with ServiceProcess(APP, free_port(), {"STO_API": "http://no-such-host.invalid:5000"}) as app:
+        resp, elapsed = _timed(app.url + "/createlist/2")
+        _assert_json_error(resp, 503, "storage_unreachable")
+        assert elapsed < 10
+
+
+@pytest.fixture(scope="module")
+def fake_tier():
+    fake = FakeTier(None)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def app_on_fake_tier(fake_tier):
+    env = {"STO_API": f"http://127.0.0.1:{fake_tier.port}", "API_READ_TIMEOUT": "0.5"}
+    with ServiceProcess(APP, free_port(), env) as app:
+        yield app
+
+
+def test_hung_storage_is_a_json_504_after_the_read_timeout(fake_tier, app_on_fake_tier):
+    fake_tier.reply = None
+    resp, elapsed = _timed(app_on_fake_tier.url + "/createlist/5")  # POST: never re-sent
+    _assert_json_error(resp, 504, "storage_timeout")
+    assert 0.4 < elapsed < 2.0, f"took {elapsed:.2f} s"
+    resp, elapsed = _timed(app_on_fake_tier.url + "/clear")  # GET: re-sent once
+    _assert_json_error(resp, 504, "storage_timeout")
+    assert 0.9 < elapsed < 3.0, f"took {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\nnot json!",
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"items\": 42}",
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!",
+    b"SSH-2.0-OpenSSH_9.2\r\n",
+    b"",  # closes without a word
+], ids=["not-json", "wrong-json", "http-500", "not-http", "silent-close"])
+def test_garbage_from_storage_is_a_json_502(fake_tier, app_on_fake_tier, reply):
+    fake_tier.reply = reply
+    for path in ("/createlist/3", "/clear"):
+        resp, elapsed = _timed(app_on_fake_tier.url + path)
+        _assert_json_error(resp, 502, "storage_bad_response")
+        assert elapsed < 2.0
+
+
+def test_app_recovers_when_the_storage_tier_restarts(tmp_path):
+    port = free_port()
+    env = {"STO_STORAGE": str(tmp_path)}
+    storage = ServiceProcess(STORAGE, port, env).start().wait_ready()
+    try:
+        with ServiceProcess(APP, free_port(), {"STO_API": storage.url}) as app:
+            assert requests.get(app.url + "/createlist/3", timeout=10).json()["createds"] == ["0", "1", "2"]
+            storage.stop()
+            resp, elapsed = _timed(app.url + "/createlist/5")
+            _assert_json_error(resp, 503, "storage_unreachable")
+            storage = ServiceProcess(STORAGE, port, env).start().wait_ready()
+            # pooled keep-alive connections to the old process are dead: the app must not care
+            for _ in range(4):
+                resp = requests.get(app.url + "/createlist/5", timeout=10)
+                assert resp.status_code == 200, resp.text
+            assert requests.get(app.url + "/clear", timeout=10).json()["deleteds"] == ["0", "1", "2", "3", "4"]
+    finally:
+        storage.stop()
