@@ -214,10 +214,36 @@ def rollout_state_safe(dep: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+PULL_REASONS = {"ImagePullBackOff", "ErrImagePull"}
+
+
+def restart_stale_pulls(cluster, names: list[str], out=print) -> list[str]:
+    """Delete pods that were already failing to pull their image before this wait began.
+
+    Such a pod may be waiting out the kubelet's back-off (up to 5 minutes) for an image that has
+    just been pushed (`invoke up` after a deploy of an image that wasn't pushed yet). Its
+    ReplicaSet recreates it at once and the new pod pulls right away; if the image is still
+    missing, the new pod fails and the waiter stops with the reason."""
+    restarted = []
+    for name in names:
+        dep = cluster.get("apps/v1", "Deployment", name)
+        if dep is None:
+            continue
+        for pod in current_pods(cluster, dep):
+            problem = pod_problem(pod)
+            if problem and problem[1] in PULL_REASONS and not pod["metadata"].get("deletionTimestamp"):
+                pod_name = pod["metadata"]["name"]
+                out(f"restarting pod/{pod_name}: it was stuck in {problem[1]} before this deploy")
+                cluster.delete("v1", "Pod", pod_name)
+                restarted.append(pod_name)
+    return restarted
+
+
 def wait_for_rollouts(cluster, names: list[str], timeout: float, out=print, poll: float = 1.0,
                       heartbeat: float = 10.0, clock=time.monotonic, sleep=time.sleep) -> float:
     """Wait until every named Deployment has rolled out; returns the seconds it took."""
     start = clock()
+    restart_stale_pulls(cluster, names, out)
     pending = list(names)
     last_msg: dict[str, str] = {}
     last_print = start
