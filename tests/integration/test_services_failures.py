@@ -16,8 +16,9 @@ class FakeTier:
     """A TCP server on loopback standing in for a broken storage tier: ``reply`` is the raw
     bytes sent to each connection (None = accept and never answer)."""
 
-    def __init__(self, reply: bytes | None):
+    def __init__(self, reply: bytes | None, drop_first: int = 0):
         self.reply = reply
+        self.drop_first = drop_first  # close this many connections at once, unanswered
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
@@ -34,6 +35,11 @@ class FakeTier:
                 return
             if self.reply is None:
                 self.held.append(conn)  # hung: keep it open, say nothing
+                continue
+            if self.drop_first > 0:
+                self.drop_first -= 1
+                conn.recv(65536)
+                conn.close()
                 continue
             try:
                 conn.recv(65536)
@@ -118,6 +124,22 @@ def test_garbage_from_storage_is_a_json_502(fake_tier, app_on_fake_tier, reply):
         resp, elapsed = _timed(app_on_fake_tier.url + path)
         _assert_json_error(resp, 502, "storage_bad_response")
         assert elapsed < 2.0
+
+
+def test_a_batch_dropped_before_any_answer_is_sent_again_once(fake_tier, app_on_fake_tier):
+    """A keep-alive connection closed by the storage server just as the app reuses it must not
+    fail the request: the idempotent batch is re-sent once; a read timeout is not."""
+    batch = b'{"created":["0"],"existing":[],"deleted":[],"missing":[],"failed":{}}'
+    fake_tier.reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(batch), batch))
+    fake_tier.drop_first = 1
+    resp = requests.get(app_on_fake_tier.url + "/createlist/1", timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"createds": ["0"], "deleteds": [], "faileds": []}
+    fake_tier.drop_first = 2  # dropped twice: a clean 502
+    _assert_json_error(requests.get(app_on_fake_tier.url + "/createlist/1", timeout=30), 502,
+                       "storage_bad_response")
+    fake_tier.drop_first = 0
 
 
 def test_app_recovers_when_the_storage_tier_restarts(tmp_path):

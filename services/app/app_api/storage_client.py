@@ -4,7 +4,10 @@
   sockets of their parent) with a connection pool of ``pool_size`` keep-alive connections.
 - Every call has a connect timeout and a read timeout.
 - Retries only where safe: a failed *connection* (nothing was sent) is retried for every
-  method; a failed *read* only for ``GET``. ``POST /items:batch`` is never re-sent once sent.
+  method; a failed *read* for ``GET``; ``POST /items:batch`` (idempotent: create-if-missing,
+  delete-if-present) is re-sent once only when the connection was dropped before any answer -
+  typically a pooled keep-alive connection the storage server closed just as we reused it -
+  never after a read timeout (that would double the wait before the 504).
 - Failures become ``StorageError`` (an ``ApiError``) with a JSON-ready status:
   503 ``storage_unreachable`` (refused, DNS, connect timeout), 504 ``storage_timeout`` (no
   answer within the read timeout), 502 ``storage_bad_response`` (broken connection, non-200,
@@ -12,13 +15,14 @@
 """
 from __future__ import annotations
 
+import http.client
 import os
 import threading
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from .jsonapi import ApiError
@@ -74,7 +78,7 @@ class StorageClient:
             return self._session
 
     def _new_session(self) -> requests.Session:
-        retry = Retry(total=None, connect=self.retries, read=1, status=0, other=0, redirect=0,
+        retry = _Retry(total=None, connect=self.retries, read=1, status=0, other=0, redirect=0,
                       allowed_methods=frozenset({"GET"}), backoff_factor=0.05,
                       raise_on_status=False, raise_on_redirect=False)
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=retry)
@@ -109,6 +113,21 @@ class StorageClient:
             return StorageError(503, "storage_unreachable", f"cannot connect to the storage API "
                                 f"at {self.base_url}: {_reason(chain)}")
         return _bad(what, f"the connection failed: {_reason(chain)}")
+
+
+class _Retry(Retry):
+    """urllib3's Retry, plus: a POST whose connection was dropped before any answer (not a
+    timeout) counts as retryable, like a GET."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None,
+                  _stacktrace=None):
+        if method == "POST" and response is None and isinstance(error, ProtocolError) \
+                and error.args and isinstance(error.args[-1], _DROPPED):
+            method = "GET"  # urllib3 wraps the OS error: ProtocolError("Connection aborted.", err)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+_DROPPED = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
 
 
 def _bad(what: str, detail: str) -> StorageError:
