@@ -221,7 +221,7 @@ def up(progress=print) -> float:
     t0 = time.monotonic()
     if is_up():
         try:
-            if node_ready():
+            if node_ready() and docker_ok() and registry_ok():
                 progress(f"the local cluster is already up (context {L.CONTEXT})")
                 return time.monotonic() - t0
         except Exception:  # noqa: BLE001 - fall through and repair
