@@ -17,10 +17,9 @@ Add fixtures for other parts of the project below; keep them generic.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import re
 
 import pytest
 import requests

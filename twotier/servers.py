@@ -197,16 +197,19 @@ def free_port(host: str = LOOPBACK) -> int:
         return sock.getsockname()[1]
 
 
-def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+def _bind_errno(port: int, host: str = LOOPBACK) -> int | None:
+    """None if ``port`` could be listened on now, else the errno of the failed bind."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
         try:
             sock.bind((host, port))
         except OSError as err:
-            if err.errno in (errno.EADDRINUSE, errno.EACCES):
-                return True
-            raise
-    return False
+            return err.errno
+    return None
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    return _bind_errno(port, host) is not None
 
 
 def parse_port(value, flag: str) -> int:
@@ -220,8 +223,12 @@ def parse_port(value, flag: str) -> int:
 
 
 def check_port_free(port: int, flag: str, avoid: set[int] = frozenset(), host: str = LOOPBACK) -> None:
-    if not port_in_use(port, host):
+    code = _bind_errno(port, host)
+    if code is None:
         return
+    if code == errno.EACCES:
+        raise UserError(f"port {port} needs more privileges than this user has",
+                        f"use {flag} with a port above 1023")
     owner = port_owner(port)
     suggestion = next((p for p in range(port + 1, port + 200)
                        if p not in avoid and not port_in_use(p, host)), None)

@@ -32,14 +32,14 @@ def _raw(url: str, method: str, path: str) -> tuple[int, str, dict]:
 
 
 def test_seed_storage_transcript_verbatim_with_curl(empty_live_storage, seed_storage_transcript):
-    for method, port, path, expected in seed_storage_transcript:
+    for method, _port, path, expected in seed_storage_transcript:
         out = _curl(method, f"localhost:{empty_live_storage.port}{path}")
         assert out.strip() == expected, (method, path)
         assert json.loads(out) == json.loads(expected)
 
 
 def test_seed_app_transcript_verbatim_with_curl(live_app, empty_live_storage, seed_app_transcript):
-    for method, port, path, expected in seed_app_transcript:
+    for method, _port, path, expected in seed_app_transcript:
         out = _curl(method, f"localhost:{live_app.port}{path}")
         assert out.strip() == expected, path
         assert json.loads(out) == json.loads(expected)

@@ -16,8 +16,7 @@ import pytest
 import requests
 
 from twotier.errors import UserError
-from twotier.servers import (APP, HELLO, STORAGE, ServiceProcess, check_port_free, free_port,
-                             port_owner)
+from twotier.servers import APP, HELLO, STORAGE, ServiceProcess, check_port_free, free_port, port_owner
 
 ROOT = Path(__file__).resolve().parents[2]
 

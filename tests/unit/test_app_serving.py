@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from storage_api import serving
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-
 from storage_api import ConfigError, create_app
 
 

@@ -7,8 +7,8 @@ import threading
 import time
 
 import pytest
-
-from storage_api import create_app, store as store_module
+from storage_api import create_app
+from storage_api import store as store_module
 from storage_api.names import is_valid_name
 from storage_api.store import TEMP_PREFIX, Store
 

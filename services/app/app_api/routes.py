@@ -28,7 +28,7 @@ def createlist(number: str):
     count = _parse_number(number, current_app.config["API_MAX_ITEMS"])
     names = [str(i) for i in range(count)]
     createds, faileds = [], []
-    for done, chunk, result in _batches(names, "create"):
+    for done, result in _batches(names, "create"):
         if result is None:  # the storage failed after some batches had succeeded
             faileds.extend(names[done:])
             break
@@ -41,7 +41,7 @@ def createlist(number: str):
 def clear():
     names = _storage().list_items()
     deleteds, faileds = [], []
-    for done, chunk, result in _batches(names, "delete"):
+    for done, result in _batches(names, "delete"):
         if result is None:
             faileds.extend(names[done:])
             break
@@ -51,7 +51,7 @@ def clear():
 
 
 def _batches(names: list[str], op: str):
-    """Yield (index of first name, chunk, storage result) per chunk of API_BATCH_SIZE names.
+    """Yield (index of its first name, storage result) per chunk of API_BATCH_SIZE names.
     A failure of the first chunk is raised (nothing done: a clean 5xx); a later failure yields
     ``result=None`` once, so the caller reports the rest as failed."""
     size = current_app.config["API_BATCH_SIZE"]
@@ -65,9 +65,9 @@ def _batches(names: list[str], op: str):
                 raise
             current_app.logger.warning("%s stopped after %d of %d items: %s",
                                        op, start, len(names), err.message)
-            yield start, chunk, None
+            yield start, None
             return
-        yield start, chunk, result
+        yield start, result
 
 
 def _parse_number(raw: str, limit: int) -> int:
