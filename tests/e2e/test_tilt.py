@@ -1,0 +1,85 @@
+"""The Tilt dev loop on the real local cluster: the Tiltfile as Tilt reads it, and `tilt up` live
+updates of both tiers (a new response field through the Service, on every replica, no image
+rebuilt, no pod replaced). The edited source files are restored and checked against git.
+
+Needs the local cluster (`invoke cluster.up`) and the pinned Tilt (`invoke cluster.build
+--component tilt`); `invoke test` provides both. A missing one is a failure, not a skip.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from twotier import tiltbench, tiltrun
+from twotier.errors import UserError
+
+pytestmark = pytest.mark.tilt
+
+
+@pytest.fixture(scope="module")
+def settings(cluster):
+    return tiltrun.project_settings()
+
+
+@pytest.fixture(scope="module")
+def tilt(cluster):
+    try:
+        return tiltrun.tilt_binary()
+    except UserError as err:
+        pytest.fail(f"{err.message}\nhint: {err.hint}", pytrace=False)
+
+
+def test_tiltfile_declares_the_dev_loop(cluster, tilt, settings):
+    """What Tilt itself reads from the Tiltfile: resources, labels, deps, live update steps."""
+    argv = [tilt, "alpha", "tiltfile-result", "--file", str(tiltrun.TILTFILE), "--context", "twotier-local",
+            "--", *tiltrun.tiltfile_args(settings)]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tiltrun.ROOT, timeout=120,
+                          env=tiltrun.tilt_env(str(cluster.kubeconfig_path())))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["Error"] is None
+    manifests = {m["Name"]: m for m in result["Manifests"]}
+    assert set(manifests) == {"storage", "app", "loader", "unit-tests", "smoke"}
+    assert manifests["app"]["ResourceDependencies"] == ["storage"]
+    assert manifests["storage"]["Labels"] == {"storage": "storage"}
+    assert manifests["app"]["Labels"] == {"app": "app"}
+    for name, folder in (("storage", "services/storage"), ("app", "services/app")):
+        (image,) = manifests[name]["ImageTargets"]
+        assert image["BuildDetails"]["target"] == "dev"
+        spec = image["LiveUpdateSpec"]
+        assert spec["syncs"] == [{"localPath": folder, "containerPath": "/app"}]
+        assert spec["execs"][0]["args"] == ["sh", "-c", "pip install -r requirements.txt"]
+        assert spec["execs"][0]["triggerPaths"] == [f"{folder}/requirements.txt"]
+        assert f"{folder}/Dockerfile" in spec["stopPaths"]
+    storage_objects = json.dumps(manifests["storage"])
+    for name in ("local-pv", "sto-pvc", "sto-dep", "in-svc"):
+        assert name in storage_objects
+
+
+def test_tilt_up_live_updates_both_tiers_without_a_rebuild(cluster, settings):
+    """Edit each tier's source (a new field in a seed response): the Service answers with it, every
+    replica has it, no image was built and no pod replaced; the file is restored."""
+    with tiltrun.TiltSession(settings) as session:
+        session.wait_ready()
+        images_before = session.image_refs()
+        assert set(images_before) >= {"storage:sto-img", "app:api-img"} or len(images_before) >= 2, images_before
+        for name in ("storage", "app"):
+            tier = tiltbench.TIERS[name]
+            pods_before = tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier))
+            assert len(pods_before) == (2 if name == "storage" else 1)
+            service, urls = tiltbench.tier_urls(session, tier)
+            assert tiltbench.probe_value(service) is None  # the field is new
+            marker = uuid.uuid4().hex[:10]
+            try:
+                with tiltbench.SourceEdit(tier) as edit:
+                    edit.apply(marker)
+                    first, everywhere = tiltbench.wait_for_marker(urls, marker, timeout=60, first_url=service)
+                tiltbench.wait_for_marker(urls, None, timeout=60, first_url=service)
+            finally:
+                assert tiltbench.git_unchanged(tier.source), f"{tier.source} was not restored"
+            pods_after = tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier))
+            assert pods_after == pods_before, "a live update must not replace or restart pods"
+        assert session.image_refs() == images_before, "no image may be rebuilt for a source change"
