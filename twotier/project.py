@@ -105,13 +105,24 @@ def connect(settings: dict, allow_context: str | None = None, check_namespace: b
                         check_namespace=check_namespace)
 
 
-def deploy_objects(cluster, objs: list[dict], dry_run: bool, timeout: float, out=print) -> list:
-    """Apply rendered objects in the safe order, then wait like `kubectl rollout status`."""
+def deploy_objects(cluster, objs: list[dict], dry_run: bool, timeout: float, out=print,
+                   check_images: bool = True) -> list:
+    """Apply rendered objects in the safe order, then wait like `kubectl rollout status`.
+
+    First, unless ``check_images`` is off, ask the registry whether every image exists: a
+    missing one stops the deploy before anything changes."""
     import time  # noqa: PLC0415
 
-    from twotier import apply, rollout  # noqa: PLC0415
+    from twotier import apply, registrycheck, rollout  # noqa: PLC0415
 
     start = time.monotonic()
+    if check_images:
+        missing = registrycheck.missing_images(objs)
+        if missing:
+            raise UserError(
+                "not in the registry: " + ", ".join(missing) + " (nothing was changed)",
+                "build and push them first: `invoke push --stage ...`, or `invoke up` to build, "
+                "push, deploy and smoke-check in one go")
     out(f"applying {len(objs)} objects to context {cluster.context}, namespace {cluster.namespace}"
         + (" (server dry run: nothing is changed)" if dry_run else ""))
     changes = apply.apply_objects(cluster, objs, dry_run=dry_run, out=out)

@@ -201,7 +201,7 @@ def _strip(obj):
 
 
 # -- seed-shaped objects ----------------------------------------------------------------------
-def deployment(name, replicas=1, labels=None, image="localhost:5000/img:abc", **status):
+def deployment(name, replicas=1, labels=None, image="img:abc", **status):  # bare: no registry check
     run = name.replace("-dep", "-app")
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",

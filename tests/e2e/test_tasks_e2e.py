@@ -1,0 +1,366 @@
+"""The deploy / inspect / debug / clean tasks, run for real against the local cluster.
+
+Each task runs as a user runs it (`python -m invoke ...` in the repository), and the cluster is
+checked with kubectl. The tests build on each other in file order: faults first (nothing deployed),
+then stage hello (idempotence, dry run, the NodePort clash with storage, status, logs, the loader
+shell, the fail-fast paths), then clean, then the full stage with smoke, then clean again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e.conftest import kubectl, kubectl_json
+from twotier.localcluster import layout as L
+
+pytestmark = pytest.mark.cluster
+
+FAULT_SECONDS = 5  # "within seconds": every fault must be reported faster than this
+
+
+def run_invoke(*args, env=None, stdin=subprocess.DEVNULL, timeout=900):
+    full_env = dict(os.environ)
+    # No container registry is reachable here (nor in CI): images build on the local Debian base.
+    full_env.setdefault("INVOKE_TWOTIER_BASE_IMAGE", "local")
+    full_env.update(env or {})
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=L.REPO, env=full_env,
+                         stdin=stdin, capture_output=True, text=True, timeout=timeout)
+    res.seconds = time.monotonic() - start
+    print(f"$ invoke {' '.join(args)}  ({res.seconds:.1f}s, rc={res.returncode})")
+    print(res.stdout[-4000:], res.stderr[-4000:])
+    return res
+
+
+def must(*args, **kwargs):
+    res = run_invoke(*args, **kwargs)
+    assert res.returncode == 0, f"invoke {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def fails(*args, **kwargs):
+    res = run_invoke(*args, **kwargs)
+    assert res.returncode != 0, f"invoke {' '.join(args)} should have failed:\n{res.stdout[-2000:]}"
+    assert "Traceback" not in res.stdout + res.stderr
+    assert res.stderr.startswith("error: ") or "\nerror: " in res.stdout + res.stderr
+    return res
+
+
+def resource_versions(*refs):
+    return {r: kubectl_json("get", r)["metadata"]["resourceVersion"] for r in refs}
+
+
+@pytest.fixture(scope="module")
+def node_ip(cluster):
+    node = kubectl_json("get", "nodes")["items"][0]
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def clean_slate(cluster):
+    must("clean")
+    yield
+    run_invoke("clean")
+
+
+# ------------------------------------------------------------------------------- faults (fast, clear)
+
+def _kubeconfig_copy(tmp_path, replace: dict) -> str:
+    text = L.KUBECONFIG.read_text()
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    return str(path)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_wrong_context(cluster):
+    res = fails("status", "--context", "no-such-context")
+    assert "context 'no-such-context' is not in kubeconfig" in res.stderr
+    assert res.seconds < FAULT_SECONDS
+
+
+def test_context_that_does_not_look_local_is_refused(cluster, tmp_path):
+    path = _kubeconfig_copy(tmp_path, {"twotier-local": "prod-eu"})
+    res = fails("deploy", env={"INVOKE_TWOTIER_KUBECONFIG": path})
+    assert "refusing to act on kube context 'prod-eu'" in res.stderr
+    assert "--allow-context prod-eu" in res.stderr
+    assert res.seconds < FAULT_SECONDS
+    # the explicit override works (read-only task, same real cluster behind the renamed context)
+    ok = must("status", "--allow-context", "prod-eu", env={"INVOKE_TWOTIER_KUBECONFIG": path})
+    assert ok.stdout.startswith("context prod-eu")
+
+
+def test_missing_namespace(cluster):
+    res = fails("deploy", "--namespace", "no-such-ns")
+    assert "namespace 'no-such-ns' does not exist" in res.stderr
+    assert "kubectl create namespace no-such-ns" in res.stderr
+    assert res.seconds < FAULT_SECONDS
+
+
+def test_unreachable_api_server(cluster, tmp_path):
+    path = _kubeconfig_copy(tmp_path, {"https://127.0.0.1:6443": f"https://127.0.0.1:{_closed_port()}"})
+    res = fails("clean", env={"INVOKE_TWOTIER_KUBECONFIG": path})
+    assert "is unreachable" in res.stderr and "invoke cluster.up" in res.stderr
+    assert res.seconds < FAULT_SECONDS
+
+
+def test_no_kubeconfig(cluster, tmp_path):
+    res = fails("smoke", env={"INVOKE_TWOTIER_KUBECONFIG": str(tmp_path / "none")})
+    assert "no kubeconfig at" in res.stderr
+    assert res.seconds < FAULT_SECONDS
+
+
+def test_loader_shell_without_a_terminal(cluster):
+    res = fails("loader-shell")  # stdin is /dev/null
+    assert "needs an interactive terminal" in res.stderr
+    assert res.seconds < FAULT_SECONDS
+    assert kubectl("get", "pod", "loader", "--ignore-not-found", "-o", "name") == ""
+
+
+# ------------------------------------------------------------------------------------ stage hello
+
+def test_up_hello(node_ip):
+    res = must("up", "--stage", "hello")
+    assert "service/s-f-webapp created" in res.stdout
+    assert "deployment.apps/f-webapp created" in res.stdout
+    assert 'deployment "f-webapp" successfully rolled out' in res.stdout
+    assert "smoke (hello): 6 passed, 0 failed" in res.stdout
+    assert f"PASS  host -> node {node_ip}:31000/info (first app)" in res.stdout
+
+
+def test_second_deploy_changes_nothing():
+    refs = ("service/s-f-webapp", "deployment/f-webapp")
+    before = resource_versions(*refs)
+    res = must("deploy", "--stage", "hello")
+    assert "service/s-f-webapp unchanged" in res.stdout
+    assert "deployment.apps/f-webapp unchanged" in res.stdout
+    assert "deployed: 0 changed, 2 unchanged" in res.stdout
+    assert resource_versions(*refs) == before
+    assert res.seconds < 10
+
+
+def test_dry_run_shows_the_change_and_changes_nothing():
+    before = kubectl_json("get", "deployment", "f-webapp")
+    res = must("deploy", "--stage", "hello", "--dry-run",
+               env={"INVOKE_TWOTIER_REGISTRY": "localhost:5000/dry-run-only"})
+    assert "deployment.apps/f-webapp would change (spec.template.spec.containers[f-webapp].image)" \
+        " (server dry run)" in res.stdout
+    assert "service/s-f-webapp unchanged (server dry run)" in res.stdout
+    assert "dry run: 1 of 2 objects would change" in res.stdout
+    after = kubectl_json("get", "deployment", "f-webapp")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == \
+        before["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_storage_stage_clashes_on_node_port_31000():
+    res = fails("deploy", "--stage", "storage")
+    assert ("NodePort 31000 wanted by Service in-svc is already used by Service default/s-f-webapp"
+            in res.stderr)
+    assert "invoke clean" in res.stderr
+    assert kubectl("get", "deploy,svc,pvc", "-o", "name", "--ignore-not-found").split() == [
+        "deployment.apps/f-webapp", "service/kubernetes", "service/s-f-webapp"]
+    assert kubectl("get", "pv", "local-pv", "--ignore-not-found", "-o", "name") == ""
+
+
+def test_status_table(node_ip):
+    out = must("status").stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("context twotier-local, namespace default")
+    assert lines[1].split() == ["KIND", "NAME", "READY", "AGE", "DETAILS"]
+    svc = next(ln for ln in lines if ln.startswith("Service"))
+    assert "s-f-webapp" in svc and f"http://{node_ip}:31000" in svc
+    dep = next(ln for ln in lines if ln.startswith("Deployment"))
+    assert re.search(r"f-webapp\s+1/1", dep)
+    assert any(re.match(r"Pod\s+loader\s+1/1", ln) for ln in lines)
+    assert any(re.match(r"Pod\s+f-webapp-\S+\s+1/1\s+\S+\s+Running", ln) for ln in lines)
+
+
+def test_logs_of_a_tier_and_of_everything(node_ip):
+    import urllib.request
+    urllib.request.urlopen(f"http://{node_ip}:31000/info", timeout=5).read()
+    out = must("logs", "--tier", "hello", "--tail", "20").stdout
+    assert out.strip(), "no log lines"
+    assert all(ln.startswith("[pod/f-webapp-") for ln in out.splitlines() if ln.strip())
+    assert "/info" in out
+    every = must("logs", "--tail", "5").stdout
+    assert "[pod/f-webapp-" in every
+    bad = fails("logs", "--tier", "app")
+    assert "deployment api-dep (tier app) is not deployed" in bad.stderr
+
+
+def test_loader_shell_in_a_terminal():
+    """`script` gives the task a real pseudo-terminal, as a user's terminal would."""
+    cmd = f"{sys.executable} -m invoke loader-shell"
+    feed = "curl -s s-f-webapp:5000/info; echo; id -u\nexit 3\n"
+    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], cwd=L.REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(4)  # let kubectl attach before typing
+    out, _ = proc.communicate(feed, timeout=60)
+    print(out)
+    assert proc.returncode == 3, out  # the shell's exit code comes back
+    assert "pod/loader reused" in out
+    assert '{"info":true}' in out
+    assert "10001" in out  # non-root
+    assert "Traceback" not in out
+
+
+def test_deploy_of_images_never_pushed_stops_before_any_change():
+    before = resource_versions("deployment/f-webapp")
+    res = fails("deploy", "--stage", "hello", env={"INVOKE_TWOTIER_REGISTRY": "localhost:5000/never-pushed"})
+    assert "not in the registry: localhost:5000/never-pushed/first-app:" in res.stderr
+    assert "(nothing was changed)" in res.stderr and "invoke up" in res.stderr
+    assert resource_versions("deployment/f-webapp") == before
+    assert res.seconds < FAULT_SECONDS
+
+
+def _probe_deployment(name, spec_extra, command):
+    from twotier.kube import PROJECT_LABEL
+    image = kubectl_json("get", "pod", "loader")["spec"]["containers"][0]["image"]
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {PROJECT_LABEL[0]: PROJECT_LABEL[1]}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"run": name}},
+                 "template": {"metadata": {"labels": {"run": name}},
+                              "spec": {"terminationGracePeriodSeconds": 1,
+                                       "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+                                       "containers": [{"name": name, "image": image, "command": command,
+                                                       **spec_extra}]}}},
+    }
+
+
+@pytest.fixture
+def connected():
+    import yaml
+
+    from twotier import kube
+    settings = yaml.safe_load((L.REPO / "invoke.yaml").read_text())["twotier"]
+    return kube.connect(settings)
+
+
+def test_image_pull_failure_fails_fast_with_events(connected):
+    """Past the registry preflight (a registry that can't be asked, a tag deleted meanwhile):
+    the waiter stops at the first pull error instead of waiting out the timeout."""
+    from twotier.project import deploy_objects
+    from twotier.rollout import RolloutFailed
+    dep = _probe_deployment("twotier-pull-probe", {}, ["sh", "-c", "sleep 600"])
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "localhost:5000/never-pushed/x:1"
+    start = time.monotonic()
+    try:
+        with pytest.raises(RolloutFailed) as info:
+            deploy_objects(connected, [dep], dry_run=False, timeout=150, check_images=False)
+        msg = info.value.message
+        print(msg)
+        assert re.search(r"container twotier-pull-probe is in (ErrImagePull|ImagePullBackOff)", msg)
+        assert "event: Warning Failed" in msg
+        assert "invoke build push" in info.value.hint
+        assert time.monotonic() - start < 60
+    finally:
+        kubectl("delete", "deployment", "twotier-pull-probe", "--wait=false", "--ignore-not-found")
+
+
+def test_crash_loop_fails_fast_with_its_last_log_lines(connected):
+    from twotier.project import deploy_objects
+    from twotier.rollout import RolloutFailed
+    dep = _probe_deployment("twotier-crash-probe", {},
+                            ["sh", "-c", "echo probe-says-goodbye; echo KeyError: STO_STORAGE; exit 3"])
+    start = time.monotonic()
+    try:
+        with pytest.raises(RolloutFailed) as info:
+            deploy_objects(connected, [dep], dry_run=False, timeout=150)
+        took = time.monotonic() - start
+        print(info.value.message, f"\n({took:.1f}s)")
+        assert "CrashLoopBackOff" in info.value.message
+        assert "KeyError: STO_STORAGE" in info.value.message  # the container's last log lines
+        assert "exit 3" in info.value.message
+        assert took < 90
+    finally:
+        kubectl("delete", "deployment", "twotier-crash-probe", "--wait=false", "--ignore-not-found")
+
+
+def test_pod_never_ready_times_out_with_the_reason(connected):
+    from twotier.project import deploy_objects
+    from twotier.rollout import RolloutFailed
+    dep = _probe_deployment("twotier-unready-probe",
+                            {"readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1}},
+                            ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"])
+    start = time.monotonic()
+    try:
+        with pytest.raises(RolloutFailed) as info:
+            deploy_objects(connected, [dep], dry_run=False, timeout=12)
+        took = time.monotonic() - start
+        msg = info.value.message
+        print(msg)
+        assert msg.startswith("timed out after 12s waiting for twotier-unready-probe")
+        assert "running, not ready" in msg
+        assert "Readiness probe failed" in msg  # the pod's events say why
+        assert took < 20
+    finally:
+        kubectl("delete", "deployment", "twotier-unready-probe", "--wait=false", "--ignore-not-found")
+
+
+def test_clean_removes_only_the_projects_objects_and_is_idempotent():
+    foreign = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "out-svc", "labels": {"owner": "someone-else"}},
+               "spec": {"selector": {"x": "y"}, "ports": [{"port": 80}]}}
+    kubectl("apply", "-f", "-", input=json.dumps(foreign))
+    try:
+        res = must("clean")
+        assert "deployment/f-webapp deleted" in res.stdout and "service/s-f-webapp deleted" in res.stdout
+        assert "pod/loader deleted" in res.stdout
+        assert "skip service/out-svc: it exists but is not labelled app.kubernetes.io/part-of=twotier" \
+            in res.stdout
+        assert kubectl("get", "svc", "out-svc", "-o", "name") == "service/out-svc\n"
+        again = must("clean")
+        assert "nothing to clean: none of the project's objects exist (left alone: service/out-svc)" \
+            in again.stdout
+    finally:
+        kubectl("delete", "service", "out-svc", "--ignore-not-found")
+    left = kubectl("get", "deploy,svc,pods", "-o", "name").split()
+    assert [x for x in left if "twotier-" not in x] == ["service/kubernetes"]
+
+
+# ------------------------------------------------------------------------------------- stage full
+
+def test_up_full_then_smoke_keeps_existing_items(node_ip):
+    res = must("up")
+    assert "smoke (full): " in res.stdout and ", 0 failed" in res.stdout
+    assert "persistentvolume/local-pv created" in res.stdout
+    import urllib.request
+    put = urllib.request.Request(f"http://{node_ip}:31000/items/keep-me", method="PUT")
+    urllib.request.urlopen(put, timeout=5).read()
+    try:
+        out = must("smoke").stdout
+        assert "note: the storage holds 1 items" in out
+        assert "PASS  restore the 1 items stored before smoke" in out
+        items = json.loads(urllib.request.urlopen(f"http://{node_ip}:31000/items", timeout=5).read())
+        assert items == {"items": ["keep-me"]}
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"http://{node_ip}:31000/items/keep-me",
+                                                      method="DELETE"), timeout=5).read()
+
+
+def test_clean_full_stage_in_finalizer_order():
+    res = must("clean")
+    out = res.stdout
+    order = [out.index(s) for s in ("deployment/sto-dep deleted", "service/in-svc deleted",
+                                    "persistentvolumeclaim/sto-pvc deleted",
+                                    "persistentvolume/local-pv deleted")]
+    assert order == sorted(order)
+    assert "volumes: gone" in out
+    assert kubectl("get", "pv,pvc,deploy,svc,pods", "-o", "name").split() == ["service/kubernetes"]
+    assert "nothing to clean" in must("clean").stdout
