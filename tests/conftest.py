@@ -8,8 +8,8 @@ fresh temporary storage directory, and a test client for each.
                                                                   api_client: its test client
   hello_app_      hello_app.create_app()                          hello_client: its test client
   seed_storage_transcript / seed_app_transcript
-                  the seed's curl transcripts (first-steps.md, "Pre-containerization sanity
-                  checks"), verbatim, parsed into (method, port, path, expected body text)
+                  the seed's curl transcripts read from docs/first-steps.md ("Pre-containerization
+                  sanity checks"), as (method, port, path, expected body text)
   live_storage / live_app / empty_live_storage
                   the services as real processes (gunicorn) on free loopback ports
 
@@ -28,46 +28,36 @@ from requests.structures import CaseInsensitiveDict
 ROOT = Path(__file__).resolve().parents[1]
 IN_PROCESS_STORAGE = "http://storage.test"
 
-# The seed's transcripts, verbatim (../shared/seed/first-steps.md, Step 3).
-SEED_STORAGE_TRANSCRIPT = """\
-    curl localhost:5000/items               #  {"items":[]}
-    curl -XPUT localhost:5000/items/xyz     #  {"created":{"xyz":true}}
-    curl -XPUT localhost:5000/items/abc     #  {"created":{"abc":true}}
-    curl localhost:5000/items               #  {"items":["abc","xyz"]}
-    curl -XDELETE localhost:5000/items/abc  #  {"deleted":{"abc":true}}
-    curl -XDELETE localhost:5000/items/xyz  #  {"deleted":{"xyz":true}}
-    curl localhost:5000/items               #  {"items":[]}
-"""
-SEED_APP_TRANSCRIPT = """\
-    curl localhost:5001/createlist/4        #  {"createds":["0","1","2","3"],"deleteds":[],"faileds":[]}
-    curl localhost:5001/createlist/2        #  {"createds":[],"deleteds":[],"faileds":[]}
-    curl localhost:5001/createlist/6        #  {"createds":["4","5"],"deleteds":[],"faileds":[]}
-    curl localhost:5001/clear               #  {"createds":[],"deleteds":["0","1","2","3","4","5"],"faileds":[]}
-    curl localhost:5001/createlist/3        #  {"createds":["0","1","2"],"deleteds":[],"faileds":[]}
-    curl localhost:5001/clear               #  {"createds":[],"deleteds":["0","1","2"],"faileds":[]}
-"""
-_SEED_LINE = re.compile(r"^\s*curl (?:-X(?P<method>[A-Z]+) )?localhost:(?P<port>\d+)(?P<path>/\S*)"
-                        r"\s+#\s+(?P<expected>\S.*)$")
+# The seed's transcripts, read verbatim from the tutorial itself (docs/first-steps.md, Step 3,
+# "Pre-containerization sanity checks"): lines like `curl -XPUT localhost:5000/items/xyz  #  {...}`.
+SEED_TUTORIAL = ROOT / "docs" / "first-steps.md"
+_SEED_LINE = re.compile(r"^\s*curl (?:-X(?P<method>[A-Z]+) )?localhost:(?P<port>500[01])"
+                        r"(?P<path>/(?:items|createlist|clear)\S*)\s+#\s+(?P<expected>\S.*)$")
 
 
-def parse_transcript(text: str) -> list[tuple[str, int, str, str]]:
-    """[(method, port, path, expected body text)] from seed-style ``curl ... # body`` lines."""
+def seed_transcript(port: int) -> list[tuple[str, int, str, str]]:
+    """[(method, port, path, expected body text)] of the tutorial's transcript for ``port``."""
+    assert SEED_TUTORIAL.is_file(), f"the seed tutorial is missing: {SEED_TUTORIAL}"
     steps = []
-    for line in text.splitlines():
+    for line in SEED_TUTORIAL.read_text().splitlines():
         match = _SEED_LINE.match(line)
-        assert match, f"not a transcript line: {line!r}"
-        steps.append((match["method"] or "GET", int(match["port"]), match["path"], match["expected"]))
+        if match and int(match["port"]) == port:
+            steps.append((match["method"] or "GET", port, match["path"], match["expected"]))
     return steps
 
 
 @pytest.fixture
 def seed_storage_transcript():
-    return parse_transcript(SEED_STORAGE_TRANSCRIPT)
+    steps = seed_transcript(5000)
+    assert len(steps) == 7, f"expected the 7 storage steps in {SEED_TUTORIAL}, found {steps}"
+    return steps
 
 
 @pytest.fixture
 def seed_app_transcript():
-    return parse_transcript(SEED_APP_TRANSCRIPT)
+    steps = seed_transcript(5001)
+    assert len(steps) == 6, f"expected the 6 application steps in {SEED_TUTORIAL}, found {steps}"
+    return steps
 
 
 class WSGIAdapter(requests.adapters.BaseAdapter):
