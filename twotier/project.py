@@ -141,8 +141,9 @@ def deploy_objects(cluster, objs: list[dict], dry_run: bool, timeout: float, out
 
 
 def logs_argv(kubectl: str, cluster, selector: str, follow: bool, tail: int) -> list[str]:
+    # --ignore-errors: a pod still starting (its init container running) must not end the stream
     argv = [kubectl, *cluster.kubectl_args(), "logs", "--selector", selector, "--prefix",
-            "--all-containers", "--tail", str(tail), "--max-log-requests", "20"]
+            "--all-containers", "--ignore-errors", "--tail", str(tail), "--max-log-requests", "20"]
     if follow:
         argv.append("--follow")
     return argv

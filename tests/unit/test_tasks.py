@@ -130,7 +130,7 @@ def test_status_prints_the_report(rec, monkeypatch, capsys):
 # --- logs ------------------------------------------------------------------------------------
 KUBECTL = "/opt/k/kubectl"
 BASE = (f"{KUBECTL} --kubeconfig /tmp/kubeconfig --context twotier-local --namespace default logs "
-        "--selector {sel} --prefix --all-containers --tail {tail} --max-log-requests 20")
+        "--selector {sel} --prefix --all-containers --ignore-errors --tail {tail} --max-log-requests 20")
 
 
 @pytest.mark.parametrize("kwargs, sel, tail, follow", [
