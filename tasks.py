@@ -186,7 +186,7 @@ def loader_shell(c, shell="sh", context=None, namespace=None, allow_context=None
     kubectl = kube.kubectl_binary()
     s = _settings(c, context=context, namespace=namespace)
     cluster = project.connect(s, allow_context)
-    loader.ensure_loader(cluster, project.loader_manifest(s), timeout=float(s["timeouts"]["rollout"]))
+    project.start_loader(cluster, s)
     print("try: curl -s in-svc:5000/items   (exit or Ctrl-D leaves the shell; the pod stays)")
     code = loader.hand_over(loader.shell_argv(kubectl, cluster, shell), cluster.kubectl_env())
     if code:
@@ -203,7 +203,7 @@ def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
 
     s = _settings(c, stage=stage, context=context, namespace=namespace)
     cluster = project.connect(s, allow_context)
-    loader.ensure_loader(cluster, project.loader_manifest(s), timeout=float(s["timeouts"]["rollout"]))
+    project.start_loader(cluster, s)
     smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
 
 
@@ -238,8 +238,7 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
     project.deploy_objects(cluster, objs, dry_run=False, timeout=float(s["timeouts"]["rollout"]))
     print(f"== smoke ({s['stage']})")
     loader_ref = next(img.ref for img in built if img.role == "loader")
-    loader.ensure_loader(cluster, project.loader_manifest(s, loader_ref),
-                         timeout=float(s["timeouts"]["rollout"]))
+    project.start_loader(cluster, s, loader_ref)
     smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
 
 # ---------------------------------------------------------------------------------------------

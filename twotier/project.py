@@ -88,6 +88,18 @@ def loader_manifest(settings: dict, ref: str | None = None) -> dict:
     return loader_pod(ref, settings.get("namespace") or "default")
 
 
+def start_loader(cluster, settings: dict, ref: str | None = None):
+    """Create or reuse the loader pod; a loader image missing from the registry is said first."""
+    from twotier import loader, registrycheck  # noqa: PLC0415
+
+    manifest = loader_manifest(settings, ref)
+    missing = registrycheck.missing_images([manifest])
+    if missing:
+        raise UserError(f"the loader image is not in the registry: {', '.join(missing)}",
+                        "build and push it: `invoke push` (or `invoke up`)")
+    return loader.ensure_loader(cluster, manifest, timeout=float(settings["timeouts"]["rollout"]))
+
+
 def project_targets(settings: dict, namespace: str):
     """Delete/status targets: every stage's objects, then the loader pod."""
     from twotier.cleanup import targets_from  # noqa: PLC0415
@@ -110,15 +122,19 @@ def deploy_objects(cluster, objs: list[dict], dry_run: bool, timeout: float, out
     """Apply rendered objects in the safe order, then wait like `kubectl rollout status`.
 
     First, unless ``check_images`` is off, ask the registry whether every image exists: a
-    missing one stops the deploy before anything changes."""
+    missing one stops the deploy before anything changes (a dry run only notes it)."""
     import time  # noqa: PLC0415
 
     from twotier import apply, registrycheck, rollout  # noqa: PLC0415
 
     start = time.monotonic()
+    apply.check_nodeports(cluster, objs)  # the other stage holding 31000 is the first thing to say
     if check_images:
         missing = registrycheck.missing_images(objs)
-        if missing:
+        if missing and dry_run:
+            out("note: not in the registry (yet): " + ", ".join(missing)
+                + "; a real deploy would stop here: `invoke push` first")
+        elif missing:
             raise UserError(
                 "not in the registry: " + ", ".join(missing) + " (nothing was changed)",
                 "build and push them first: `invoke push --stage ...`, or `invoke up` to build, "

@@ -161,6 +161,7 @@ def test_dry_run_shows_the_change_and_changes_nothing():
         " (server dry run)" in res.stdout
     assert "service/s-f-webapp unchanged (server dry run)" in res.stdout
     assert "dry run: 1 of 2 objects would change" in res.stdout
+    assert "note: not in the registry (yet): localhost:5000/dry-run-only/first-app:" in res.stdout
     after = kubectl_json("get", "deployment", "f-webapp")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert after["spec"]["template"]["spec"]["containers"][0]["image"] == \
@@ -208,7 +209,8 @@ def test_loader_shell_in_a_terminal():
     cmd = f"{sys.executable} -m invoke loader-shell"
     feed = "curl -s s-f-webapp:5000/info; echo; id -u\nexit 3\n"
     proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], cwd=L.REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={"INVOKE_TWOTIER_BASE_IMAGE": "local", **os.environ})
     time.sleep(4)  # let kubectl attach before typing
     out, _ = proc.communicate(feed, timeout=60)
     print(out)

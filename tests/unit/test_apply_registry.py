@@ -85,7 +85,7 @@ def test_deploy_stops_before_changing_anything_when_an_image_is_missing(registry
         project.deploy_objects(cluster, objs, dry_run=False, timeout=10, out=lambda s: None)
     assert info.value.message == f"not in the registry: {registry}/api-img:9 (nothing was changed)"
     assert "invoke up" in info.value.hint
-    assert cluster.calls == []
+    assert cluster.count("apply") == 0 and cluster.count("create") == 0
 
 
 def test_deploy_can_skip_the_image_check(registry):
@@ -94,3 +94,25 @@ def test_deploy_can_skip_the_image_check(registry):
     changes = project.deploy_objects(cluster, objs, dry_run=False, timeout=10, out=lambda s: None,
                                      check_images=False)
     assert {c.action for c in changes} == {"created"}
+
+
+def test_dry_run_only_notes_missing_images(registry):
+    objs = seed_full_objects()
+    objs[4]["spec"]["template"]["spec"]["containers"][0]["image"] = f"{registry}/api-img:9"
+    cluster, lines = FakeCluster(), []
+    project.deploy_objects(cluster, objs, dry_run=True, timeout=10, out=lines.append)
+    assert lines[0] == (f"note: not in the registry (yet): {registry}/api-img:9; a real deploy "
+                        "would stop here: `invoke push` first")
+    assert cluster.objects == {}
+    assert lines[-1] == "dry run: 7 of 7 objects would change"
+
+
+def test_loader_image_missing_is_said_before_creating_the_pod(registry, monkeypatch):
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "loader"},
+                "spec": {"containers": [{"name": "loader", "image": f"{registry}/loader:7"}]}}
+    monkeypatch.setattr(project, "loader_manifest", lambda s, ref=None: manifest)
+    cluster = FakeCluster()
+    with pytest.raises(UserError, match=f"the loader image is not in the registry: {registry}/loader:7") as info:
+        project.start_loader(cluster, {"timeouts": {"rollout": 5}})
+    assert "invoke push" in info.value.hint
+    assert cluster.calls == []
