@@ -299,6 +299,18 @@ cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluste
 # ---------------------------------------------------------------------------------------------
 
 
+@task(help={"only": "comma-separated sections to run: api, deploy, tilt, images (default: all)",
+            "skip": "comma-separated sections to leave out",
+            "sizes": "item counts for the api section (default 10,100,1000,10000)",
+            "edits": "live-update edits per tier for the tilt section (default 5)"})
+@friendly
+def bench(c, only="", skip="", sizes="10,100,1000,10000", edits=5):
+    """Measure everything the README's benchmark table shows, side by side, in one run."""
+    from twotier import bench as benchmark
+
+    benchmark.run(settings(c), only=only, skip=skip, sizes=sizes, edits=int(edits))
+
+
 @task(help={"tier": "unit, integration, e2e or all (default)", "k": "only tests matching this pytest -k expression",
             "exitfirst": "stop at the first failure"})
 @friendly
@@ -349,6 +361,7 @@ ns.add_task(tilt_ci)
 ns.add_task(tilt_smoke)
 ns.add_collection(cluster)
 ns.add_task(test)
+ns.add_task(bench)
 ns.add_task(up)
 ns.add_task(render)
 ns.add_task(build)
