@@ -157,8 +157,12 @@ def endpoint(cluster, deployment: str, service: str) -> Endpoint:
 # --------------------------------------------------------------------------------------------
 class Smoke:
     def __init__(self, host, pod, namespace: str, node_ip: str, out=print,
-                 retry_for: float = 10.0, sleep=time.sleep, clock=time.monotonic):
+                 retry_for: float = 10.0, sleep=time.sleep, clock=time.monotonic,
+                 resolve=None, dns_wait: float = 40.0):
         self.host, self.pod = host, pod
+        self.resolve = resolve  # name -> [IPs] as the loader pod sees them (None: don't check)
+        self.dns_wait = dns_wait
+        self._dns_checked: set[str] = set()
         self.namespace = namespace
         self.node_ip = node_ip
         self.out = out
@@ -203,6 +207,32 @@ class Smoke:
     def fqdn(self, service: str) -> str:
         return f"{service}.{self.namespace}.svc.{CLUSTER_DOMAIN}"
 
+    def wait_for_dns(self, ep: Endpoint) -> None:
+        """Wait until the Service's names resolve to its current IP, as the loader pod sees them.
+
+        The cluster DNS caches answers (CoreDNS `cache 30`): right after a Service is deleted and
+        created again (`invoke clean` then `invoke up`), its name may still give the old IP for
+        up to 30 s, and requests to it go nowhere (or to whatever now holds that address)."""
+        if self.resolve is None or ep.service in self._dns_checked:
+            return
+        self._dns_checked.add(ep.service)
+        deadline = self.clock() + self.dns_wait
+        said = False
+        for name in (ep.service, self.fqdn(ep.service)):
+            while True:
+                ips = self.resolve(name)
+                if ep.cluster_ip in ips:
+                    break
+                if self.clock() >= deadline:
+                    self.record(f"loader -> DNS {name} resolves to the Service IP {ep.cluster_ip}",
+                                False, f"it gives {', '.join(ips) or 'nothing'} after {self.dns_wait:.0f}s")
+                    return
+                if not said:
+                    self.out(f"note: DNS gives {name} -> {', '.join(ips) or 'nothing'}, the Service IP "
+                             f"is {ep.cluster_ip}: waiting for the cluster DNS cache (up to 30 s)")
+                    said = True
+                self.sleep(2)
+
     def reach_all_ways(self, ep: Endpoint, path: str, check, what: str) -> None:
         """The seed's access paths: NodePort from the host, Service IP, pod IP, short and FQDN."""
         if ep.node_port:
@@ -216,6 +246,7 @@ class Smoke:
                         f"http://{ip}:{ep.pod_port}{path}", check)
         else:
             self.record(f"loader -> pod IP of {ep.service}", False, "no ready pod")
+        self.wait_for_dns(ep)
         self.expect(f"loader -> {ep.service}:{ep.port}{path} (short DNS name)", self.pod, "GET",
                     f"http://{ep.service}:{ep.port}{path}", check)
         self.expect(f"loader -> {self.fqdn(ep.service)}:{ep.port}{path} (FQDN)", self.pod, "GET",
@@ -261,6 +292,7 @@ class Smoke:
     # -- stage full (seed deploy2.yaml) ----------------------------------------------------------
     def full(self, storage_ep: Endpoint, app_ep: Endpoint) -> None:
         self.storage(storage_ep)
+        self.wait_for_dns(storage_ep)
         store = f"http://{self.fqdn(storage_ep.service)}:{storage_ep.port}"
         listing = self.expect(f"loader -> {store}/items (what is stored before the sequence)",
                               self.pod, "GET", f"{store}/items", is_item_list)
@@ -278,6 +310,7 @@ class Smoke:
 
     def createlist_sequence(self, app: Endpoint, sto: Endpoint, present: set[str]) -> None:
         """The seed's final checks: createlist 3, 4, 5, 7 four different ways, list, clear."""
+        self.wait_for_dns(app)
         steps = []
         if app.node_port:
             steps.append((self.host, f"host -> node {self.node_ip}:{app.node_port}",
@@ -379,6 +412,14 @@ def clear_result(deleted: list[str]):
 
 
 # --------------------------------------------------------------------------------------------
+def loader_resolve(execute, name: str) -> list[str]:
+    """The addresses NAME resolves to inside the loader pod (getent: the pod's resolv.conf)."""
+    rc, out = execute(["getent", "hosts", name])
+    if rc != 0:
+        return []
+    return [line.split()[0] for line in (out or "").splitlines() if line.split()]
+
+
 def run_smoke(cluster, stage: str, execute, out=print, host=None) -> Smoke:
     """All checks for a stage; raises UserError (non-zero exit) if any failed."""
     if stage not in ("hello", "storage", "full"):
@@ -386,7 +427,8 @@ def run_smoke(cluster, stage: str, execute, out=print, host=None) -> Smoke:
     ips = cluster.node_ips()
     if not ips:
         raise UserError("no node has an InternalIP", "check `kubectl get nodes -o wide`")
-    smoke = Smoke(host or HostHttp(), LoaderHttp(execute), cluster.namespace, ips[0], out=out)
+    smoke = Smoke(host or HostHttp(), LoaderHttp(execute), cluster.namespace, ips[0], out=out,
+                  resolve=lambda name: loader_resolve(execute, name))
     start = time.monotonic()
     if stage == "hello":
         smoke.hello(endpoint(cluster, *HELLO))

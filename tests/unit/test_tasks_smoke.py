@@ -269,6 +269,8 @@ def test_run_smoke_storage_passes_and_fails_non_zero_when_a_check_fails(monkeypa
     system, lines = SeedSystem(), []
 
     def execute(argv):
+        if argv[0] == "getent":
+            return 0, f"10.96.0.10      {argv[-1]}\n"
         resp = system(argv[argv.index("-X") + 1], argv[-1])
         return 0, f"{resp.text}\n{resp.status}"
 
@@ -298,3 +300,38 @@ def test_a_failed_write_check_still_removes_its_item():
     assert lines[0].startswith("FAIL  loader -> PUT") and "HTTP 500" in lines[0]
     assert [m for m, _ in system.requests] == ["PUT", "DELETE"]
     assert system.store() == set()
+
+
+def test_stale_dns_is_waited_out_before_the_name_checks():
+    """After clean + up, the cluster DNS may still give a Service's previous IP for up to 30 s."""
+    answers = {"in-svc": [["10.96.9.9"], ["10.96.9.9"], ["10.96.0.10"]],
+               "in-svc.default.svc.cluster.local": [["10.96.0.10"]]}
+
+    def resolve(name):
+        seq = answers[name]
+        return seq.pop(0) if len(seq) > 1 else seq[0]
+
+    system, lines, slept = SeedSystem(), [], []
+    s = Smoke(system, system, "default", "192.0.2.2", out=lines.append, retry_for=0,
+              sleep=slept.append, clock=lambda: sum(slept), resolve=resolve)
+    s.reach_all_ways(eps()[0], "/items", lambda d: "", "storage API")
+    assert ("note: DNS gives in-svc -> 10.96.9.9, the Service IP is 10.96.0.10: waiting for the "
+            "cluster DNS cache (up to 30 s)") in lines
+    assert slept == [2, 2]
+    assert all(ln.startswith(("PASS", "note")) for ln in lines)
+
+
+def test_dns_that_never_catches_up_is_a_fail_line():
+    system, lines, slept = SeedSystem(), [], []
+    s = Smoke(system, system, "default", "192.0.2.2", out=lines.append, retry_for=0,
+              sleep=slept.append, clock=lambda: sum(slept), resolve=lambda name: [], dns_wait=10)
+    s.wait_for_dns(eps()[0])
+    assert lines[-1] == "FAIL  loader -> DNS in-svc resolves to the Service IP 10.96.0.10: it gives nothing after 10s"
+    s.wait_for_dns(eps()[0])  # checked once per Service
+    assert len([ln for ln in lines if ln.startswith("FAIL")]) == 1
+
+
+def test_loader_resolve_parses_getent():
+    from twotier.smoke import loader_resolve
+    assert loader_resolve(lambda a: (0, "10.96.0.10      in-svc.default.svc.cluster.local\n"), "in-svc") == ["10.96.0.10"]
+    assert loader_resolve(lambda a: (2, ""), "nope") == []
