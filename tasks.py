@@ -158,7 +158,7 @@ def status(c, context=None, namespace=None, allow_context=None):
             "follow": "keep streaming new lines (Ctrl-C stops)",
             "tail": "lines per pod to show first (default 50)", **_KUBE_HELP})
 @friendly
-def logs(c, tier=None, follow=False, tail=50, context=None, namespace=None, allow_context=None):
+def logs(c, tier=None, follow=False, context=None, namespace=None, allow_context=None, tail=50):
     """Show the logs of the project's pods, one tier or all, each line prefixed by its pod."""
     import shlex
 
