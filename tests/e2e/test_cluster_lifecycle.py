@@ -44,6 +44,7 @@ def leftovers() -> dict[str, list]:
         "veths": [ln for ln in links.splitlines() if f"master {L.BRIDGE}" in ln],
         "netns": [p.name for p in Path("/var/run/netns").glob("cni-*")] if Path("/var/run/netns").exists() else [],
         "mounts": netclean.mounts_under(L.STATE, L.RUN),
+        "routes": netclean.cluster_routes(),
     }
 
 

@@ -232,6 +232,7 @@ def up(progress=print) -> float:
     _sysctl("net.ipv4.ip_forward", "1")
     _sysctl("net.bridge.bridge-nf-call-iptables", "1")
     write_configs(node_ip)
+    netclean.ensure_bridge_and_routes()
 
     if not docker_ok():
         progress("starting dockerd")
@@ -306,6 +307,7 @@ def down(progress=print, purge: bool = False) -> None:
         subprocess.run([str(kp), "--cleanup", "--v=0"], capture_output=True)
     rules = netclean.iptables_chains_removed(("CNI-", "KUBE-"))
     ns = netclean.remove_cni_netns()
+    netclean.remove_routes()
     br = netclean.remove_bridge()
     mounts = netclean.unmount_all(L.STATE, L.RUN)
     cg = netclean.remove_kubepods_cgroups()

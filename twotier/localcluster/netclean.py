@@ -31,6 +31,41 @@ def iptables_chains_removed(prefixes=("CNI-",)) -> int:
     return removed
 
 
+def ensure_bridge_and_routes() -> None:
+    """Keep cluster traffic on this machine.
+
+    The pod bridge is created up front (the CNI bridge plugin adopts it) so the whole Service
+    range can be routed onto it: a packet to a ClusterIP that no Service owns (e.g. a stale DNS
+    answer) then dies on the bridge instead of following the default route off the host.
+    Pod addresses outside this node's /24 are unreachable for the same reason.
+    """
+    if not Path(f"/sys/class/net/{L.BRIDGE}").exists():
+        _sh("ip", "link", "add", L.BRIDGE, "type", "bridge")
+    gateway = L.POD_CIDR.rsplit(".", 1)[0] + ".1/" + L.POD_CIDR.split("/")[1]
+    if gateway.split("/")[0] not in _sh("ip", "-4", "addr", "show", "dev", L.BRIDGE).stdout:
+        _sh("ip", "addr", "add", gateway, "dev", L.BRIDGE)
+    _sh("ip", "link", "set", L.BRIDGE, "up")
+    for argv in (["ip", "route", "replace", L.SERVICE_CIDR, "dev", L.BRIDGE],
+                 ["ip", "route", "replace", "unreachable", L.CLUSTER_CIDR]):
+        res = _sh(*argv)
+        if res.returncode != 0:
+            from twotier.errors import UserError
+            raise UserError(f"`{' '.join(argv)}` failed: {res.stderr.strip()}")
+
+
+def remove_routes() -> int:
+    n = 0
+    for argv in (["ip", "route", "del", L.SERVICE_CIDR, "dev", L.BRIDGE],
+                 ["ip", "route", "del", "unreachable", L.CLUSTER_CIDR]):
+        n += _sh(*argv).returncode == 0
+    return n
+
+
+def cluster_routes() -> list[str]:
+    out = _sh("ip", "-4", "route", "show").stdout.splitlines()
+    return [r for r in out if r.startswith((L.SERVICE_CIDR, f"unreachable {L.CLUSTER_CIDR}"))]
+
+
 def remove_bridge() -> bool:
     if Path(f"/sys/class/net/{L.BRIDGE}").exists():
         _sh("ip", "link", "set", L.BRIDGE, "down")
