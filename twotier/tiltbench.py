@@ -14,6 +14,7 @@ restored afterwards (and checked unchanged against git).
 """
 from __future__ import annotations
 
+import http.client
 import re
 import statistics
 import subprocess
@@ -39,13 +40,14 @@ class Tier:
     path: str  # request path that reaches the view
     port: int  # container port (for pod IPs)
     selector: str  # pod label selector of the tier
+    deployment: str
 
 
 TIERS = {
     "storage": Tier("storage", ROOT / "services/storage/storage_api/routes.py", "list_items",
-                    31000, "/items", 5000, "run=sto-app"),
+                    31000, "/items", 5000, "run=sto-app", "sto-dep"),
     "app": Tier("app", ROOT / "services/app/app_api/routes.py", "createlist",
-                31001, "/createlist/0", 5001, "run=api-app"),
+                31001, "/createlist/0", 5001, "run=api-app", "api-dep"),
 }
 
 
@@ -117,7 +119,7 @@ def probe_value(url: str, timeout: float = 1.0) -> str | None:
 
     try:
         body = get_json(url, timeout=timeout)
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):  # refused, reset, cut short mid-reload
         return NO_ANSWER
     return body.get(PROBE_FIELD) if isinstance(body, dict) else NO_ANSWER
 
@@ -158,7 +160,16 @@ def tier_urls(session: TiltSession, tier: Tier) -> tuple[str, list[str]]:
     service = node_url(session.cluster, tier.node_port, tier.path)
     pods = [f"http://{p['status']['podIP']}:{tier.port}{tier.path}"
             for p in tier_pods(session.cluster, tier) if (p.get("status") or {}).get("podIP")]
+    want = wanted_replicas(session.cluster, tier)
+    if len(pods) != want:
+        raise UserError(f"{tier.name} runs {len(pods)} pod(s) with an IP, its Deployment wants {want}",
+                        "is something else (another `invoke clean`/deploy) acting on the cluster?")
     return service, [service, *pods]
+
+
+def wanted_replicas(cluster, tier: Tier) -> int:
+    deployment = cluster.get("apps/v1", "Deployment", tier.deployment) or {}
+    return int((deployment.get("spec") or {}).get("replicas", 1))
 
 
 def time_edit(session: TiltSession, tier: Tier, edit: SourceEdit, timeout: float = 120) -> dict:
@@ -210,17 +221,16 @@ def wait_rolled_out(session: TiltSession, tier: Tier, marker: str | None, timeou
                     poll: float = 0.2) -> float:
     """Wait until the tier runs only new pods (as many as the Deployment wants), each answering
     with MARKER; returns the monotonic time it was first seen so."""
-    deployment = {"storage": "sto-dep", "app": "api-dep"}[tier.name]
     start = time.monotonic()
     while True:
-        want = (session.cluster.get("apps/v1", "Deployment", deployment) or {}).get("spec", {}).get("replicas", 1)
+        want = wanted_replicas(session.cluster, tier)
         pods = tier_pods(session.cluster, tier)
         ips = [(p.get("status") or {}).get("podIP") for p in pods]
         if len(pods) == want and all(ips) and all(
                 probe_value(f"http://{ip}:{tier.port}{tier.path}") == marker for ip in ips):
             return time.monotonic()
         if time.monotonic() - start > timeout:
-            raise UserError(f"{deployment} did not roll out the new code within {timeout:.0f}s")
+            raise UserError(f"{tier.deployment} did not roll out the new code within {timeout:.0f}s")
         time.sleep(poll)
 
 

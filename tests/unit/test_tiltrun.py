@@ -94,7 +94,7 @@ def other():
 
 
 def _tier(path: Path) -> tiltbench.Tier:
-    return tiltbench.Tier("storage", path, "list_items", 31000, "/items", 5000, "run=sto-app")
+    return tiltbench.Tier("storage", path, "list_items", 31000, "/items", 5000, "run=sto-app", "sto-dep")
 
 
 def test_the_edit_adds_one_field_to_the_view_and_restores_the_file(tmp_path):
