@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -61,7 +63,8 @@ def test_tiltfile_declares_the_dev_loop(cluster, tilt, settings):
 
 def test_tilt_up_live_updates_both_tiers_without_a_rebuild(cluster, settings):
     """Edit each tier's source (a new field in a seed response): the Service answers with it, every
-    replica has it, no image was built and no pod replaced; the file is restored."""
+    replica has it, no image was built and no pod replaced; the file is restored. Then `tilt down`
+    removes the PV and PVC objects while the stored items stay on the node's disk."""
     with tiltrun.TiltSession(settings) as session:
         session.wait_ready()
         images_before = session.image_refs()
@@ -83,3 +86,24 @@ def test_tilt_up_live_updates_both_tiers_without_a_rebuild(cluster, settings):
             pods_after = tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier))
             assert pods_after == pods_before, "a live update must not replace or restart pods"
         assert session.image_refs() == images_before, "no image may be rebuilt for a source change"
+        kept = f"tilt-e2e-{uuid.uuid4().hex[:8]}"
+        req = urllib.request.Request(tiltrun.node_url(session.cluster, 31000, f"/items/{kept}"), method="PUT")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 201
+    # tilt down (on leaving the session) deletes the PV and PVC objects, like `invoke clean`, and
+    # the items stay on the node's disk (hostPath, reclaim policy Retain).
+    cluster_api = session.cluster
+    assert cluster_api.get("v1", "PersistentVolume", "local-pv") is None
+    assert cluster_api.get("v1", "PersistentVolumeClaim", "sto-pvc") is None
+    assert cluster_api.get("apps/v1", "Deployment", "sto-dep") is None
+    stored = Path(host_path(settings)) / kept
+    assert stored.exists(), f"{stored} should survive tilt down"
+    stored.unlink()
+
+
+def host_path(settings) -> str:
+    from twotier import manifests
+
+    (pv,) = [o for o in manifests.render_stage(settings, "full", images={}, overlay=["dev"])
+             if o["kind"] == "PersistentVolume"]
+    return pv["spec"]["hostPath"]["path"]
