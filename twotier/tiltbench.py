@@ -301,4 +301,6 @@ def format_table(result: dict) -> str:
                  f"{reb['service_s']:.1f} s" if reb else "-",
                  f"{reb['all_replicas_s']:.1f} s" if reb else "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    if "startup_s" in result:
+        lines.append(f"\n`tilt up` until both tiers were ready (images cached): {result['startup_s']:.0f} s")
     return "\n".join(lines)
