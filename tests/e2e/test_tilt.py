@@ -8,6 +8,7 @@ Needs the local cluster (`invoke cluster.up`) and the pinned Tilt (`invoke clust
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.request
 import uuid
@@ -107,3 +108,17 @@ def host_path(settings) -> str:
     (pv,) = [o for o in manifests.render_stage(settings, "full", images={}, overlay=["dev"])
              if o["kind"] == "PersistentVolume"]
     return pv["spec"]["hostPath"]["path"]
+
+
+def test_invoke_tilt_ci_passes_and_leaves_nothing_behind(cluster, settings):
+    """`invoke tilt-ci`: tilt ci (builds, rollout, unit tests, smoke) passes, then tilt down and the
+    wait leave none of the Tiltfile's objects in the cluster."""
+    proc = subprocess.run(["invoke", "tilt-ci"], cwd=tiltrun.ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "SUCCESS. All workloads are healthy." in proc.stdout
+    assert re.search(r"smoke \(full\): \d+ passed, 0 failed", proc.stdout), "the smoke resource must run and pass"
+    from twotier import project
+
+    api = project.connect(settings)
+    for target in tiltrun.tilt_targets(settings, api.namespace):
+        assert api.get(target.api_version, target.kind, target.name, target.namespace) is None, target.ref
