@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -113,7 +114,7 @@ def host_path(settings) -> str:
 def test_invoke_tilt_ci_passes_and_leaves_nothing_behind(cluster, settings):
     """`invoke tilt-ci`: tilt ci (builds, rollout, unit tests, smoke) passes, then tilt down and the
     wait leave none of the Tiltfile's objects in the cluster."""
-    proc = subprocess.run(["invoke", "tilt-ci"], cwd=tiltrun.ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "invoke", "tilt-ci"], cwd=tiltrun.ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "SUCCESS. All workloads are healthy." in proc.stdout
     assert re.search(r"smoke \(full\): \d+ passed, 0 failed", proc.stdout), "the smoke resource must run and pass"
