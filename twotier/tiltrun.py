@@ -179,15 +179,17 @@ def run_ci(settings, timeout: float, progress=print) -> float:
     progress(f"== tilt ci ({tilt_version(tilt)}; context {cluster.context}, namespace "
              f"{cluster.namespace}; UI http://localhost:{port}/ while it runs)")
     start = time.monotonic()
-    ci = subprocess.run(tilt_argv(tilt, "ci", cluster, port, ["--timeout", f"{int(timeout)}s"], args),
-                        cwd=ROOT, env=env)
-    took = time.monotonic() - start
-    progress(f"== tilt ci: {'passed' if ci.returncode == 0 else f'FAILED (exit {ci.returncode})'} "
-             f"in {took:.0f}s; tilt down")
-    down = subprocess.run(tilt_argv(tilt, "down", cluster, tilt_args=args), cwd=ROOT, env=env)
-    # tilt down only requests the deletions: wait (and delete leftovers) like `invoke clean`.
-    cleanup.clean(cluster, tilt_targets(settings, cluster.namespace),
-                  timeout=float(settings["timeouts"]["delete"]), out=progress)
+    ci = None
+    try:
+        ci = subprocess.run(tilt_argv(tilt, "ci", cluster, port, ["--timeout", f"{int(timeout)}s"], args),
+                            cwd=ROOT, env=env)
+    finally:  # also after Ctrl-C: tilt down, then wait (and delete leftovers) like `invoke clean`
+        took = time.monotonic() - start
+        verdict = "interrupted" if ci is None else "passed" if ci.returncode == 0 else f"FAILED (exit {ci.returncode})"
+        progress(f"== tilt ci: {verdict} in {took:.0f}s; tilt down")
+        down = subprocess.run(tilt_argv(tilt, "down", cluster, tilt_args=args), cwd=ROOT, env=env)
+        cleanup.clean(cluster, tilt_targets(settings, cluster.namespace),
+                      timeout=float(settings["timeouts"]["delete"]), out=progress)
     if ci.returncode != 0:
         raise UserError(f"tilt ci failed (exit {ci.returncode}) after {took:.0f}s",
                         "the resource logs above say why; `tilt up` shows them in the UI",
@@ -239,7 +241,11 @@ class TiltSession:
                          ["--stream=false", "--legacy=false"], self.args)
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_api()
+        try:
+            self._wait_api()
+        except BaseException:
+            self.__exit__(None, None, None)  # never leave a tilt process or its objects behind
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -308,10 +314,6 @@ class TiltSession:
 
     def resource_status(self, name: str) -> dict:
         return self.get("uiresource", name).get("status") or {}
-
-    def build_count(self, name: str) -> int:
-        """Builds (image builds and live updates alike) Tilt has recorded for a resource."""
-        return len(self.resource_status(name).get("buildHistory") or [])
 
     def image_refs(self) -> dict[str, str]:
         """{image name: the ref Tilt deployed} (a new image build changes the ref's tag)."""

@@ -140,3 +140,28 @@ def test_the_table_shows_medians_and_rebuild_times():
     table = tiltbench.format_table(result)
     assert "| storage | 1.23 s | 1.50 s | 21.0 s | 30.2 s |" in table
     assert "| app | 0.90 s | 0.90 s | - | - |" in table
+
+
+class _Proc:
+    def __init__(self, returncode):
+        self.returncode = returncode
+
+
+@pytest.mark.parametrize("ci_code", [0, 1])
+def test_tilt_ci_always_ends_with_tilt_down_and_the_clean_wait(monkeypatch, ci_code):
+    calls = []
+    monkeypatch.setattr(tiltrun, "prepare", lambda settings, progress: ("tilt", FakeCluster()))
+    monkeypatch.setattr(tiltrun, "tilt_version", lambda tilt: "v0.37.5")
+    monkeypatch.setattr(tiltrun, "tilt_targets", lambda settings, ns: ["targets"])
+    monkeypatch.setattr("twotier.kube.kubectl_binary", lambda: "/opt/k8s/bin/kubectl")
+    monkeypatch.setattr(tiltrun.subprocess, "run",
+                        lambda argv, **kw: calls.append(argv[1]) or _Proc(ci_code if argv[1] == "ci" else 0))
+    monkeypatch.setattr("twotier.cleanup.clean", lambda cluster, targets, timeout, out: calls.append(("clean", targets)))
+    settings = {"registry": "localhost:5000", "base_image": "", "timeouts": {"delete": 5}}
+    if ci_code:
+        with pytest.raises(UserError, match="tilt ci failed") as err:
+            tiltrun.run_ci(settings, timeout=60, progress=lambda _line: None)
+        assert err.value.code == ci_code
+    else:
+        tiltrun.run_ci(settings, timeout=60, progress=lambda _line: None)
+    assert calls == ["ci", "down", ("clean", ["targets"])]
