@@ -249,7 +249,7 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
 @task(name="up")
 @friendly
 def cluster_up(c):
-    """Build (once, cached) and start the local single-node Kubernetes cluster; idempotent."""
+    """Start the local Kubernetes cluster (its binaries build once); idempotent."""
     from twotier import localcluster
 
     localcluster.up()
@@ -258,7 +258,7 @@ def cluster_up(c):
 @task(name="down", help={"purge": "also delete the local registry's images"})
 @friendly
 def cluster_down(c, purge=False):
-    """Stop the local cluster and remove every process, interface, rule and mount it created."""
+    """Stop the local cluster; remove every process, rule and mount it made."""
     from twotier import localcluster
 
     localcluster.down(purge=purge)
@@ -267,7 +267,7 @@ def cluster_down(c, purge=False):
 @task(name="status")
 @friendly
 def cluster_status(c):
-    """Show the local cluster's processes and node readiness as a table."""
+    """Show the local cluster's processes and node readiness."""
     from twotier import localcluster
     from twotier.tables import table
 
@@ -277,7 +277,7 @@ def cluster_status(c):
 @task(name="kubeconfig")
 @friendly
 def cluster_kubeconfig(c):
-    """Print the path of the local cluster's kubeconfig (export KUBECONFIG=$(invoke cluster.kubeconfig))."""
+    """Print the local cluster's kubeconfig path: export KUBECONFIG=$(...)."""
     from twotier import localcluster
 
     print(localcluster.kubeconfig_path())
@@ -286,7 +286,7 @@ def cluster_kubeconfig(c):
 @task(name="build", help={"component": "one of kubernetes, etcd, containerd, cri-tools, coredns, tilt (default: all cluster parts)"})
 @friendly
 def cluster_build(c, component=""):
-    """Build the cluster's binaries from upstream sources through the Go module proxy (cached by version)."""
+    """Build the cluster's binaries from source (cached by version)."""
     from twotier import localcluster
 
     localcluster.ensure_binaries([component] if component else localcluster.CLUSTER_BUILDS)
@@ -305,7 +305,7 @@ cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluste
             "edits": "live-update edits per tier for the tilt section (default 5)"})
 @friendly
 def bench(c, only="", skip="", sizes="10,100,1000,10000", edits=5):
-    """Measure everything the README's benchmark table shows, side by side, in one run."""
+    """Measure the README's benchmark numbers side by side in one run."""
     from twotier import bench as benchmark
 
     benchmark.run(settings(c), only=only, skip=skip, sizes=sizes, edits=int(edits))
@@ -315,7 +315,7 @@ def bench(c, only="", skip="", sizes="10,100,1000,10000", edits=5):
             "exitfirst": "stop at the first failure"})
 @friendly
 def test(c, tier="all", k="", exitfirst=False):
-    """Run the test suite; for e2e/all, bring the local cluster up first (the README's test command)."""
+    """Run the tests (the README's test command); e2e brings the cluster up."""
     import shlex
     import sys
 
