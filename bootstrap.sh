@@ -10,9 +10,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(docker.io docker-registry containernetworking-plugins debootstrap iptables conntrack iproute2
-              openssl gcc libc6-dev curl ca-certificates python3-venv)
+              openssl gcc g++ libc6-dev curl ca-certificates python3-venv)
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+
+# Tilt's web UI is built with Node.js (yarn from the npm registry): use the machine's node if any.
+command -v node >/dev/null || APT_PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
