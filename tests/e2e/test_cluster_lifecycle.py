@@ -7,28 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import run_invoke
+
 from twotier import localcluster
-from twotier.localcluster import layout as L, netclean
+from twotier.localcluster import layout as L, netclean, procs
 
 pytestmark = pytest.mark.cluster
 
 
-def invoke(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["invoke", *args], cwd=L.REPO, capture_output=True, text=True, timeout=900)
-
-
 def our_processes() -> list[str]:
-    found = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cmd.startswith(str(L.CACHE / "bin")) or str(L.RUN) in cmd or "docker-registry serve" in cmd:
-            found.append(f"{p.name}: {cmd[:120]}")
-    return found
+    def ours(cmd: str) -> bool:
+        return cmd.startswith(str(L.CACHE / "bin")) or str(L.RUN) in cmd or "docker-registry serve" in cmd
+    return [f"{pid}: {cmd[:120]}" for pid, cmd in procs.find(ours)]
 
 
 def leftovers() -> dict[str, list]:
@@ -50,22 +40,22 @@ def leftovers() -> dict[str, list]:
 
 def test_up_is_idempotent_and_fast_when_up(cluster):
     t0 = time.monotonic()
-    res = invoke("cluster.up")
+    res = run_invoke("cluster.up")
     assert res.returncode == 0, res.stderr
     assert "already up" in res.stdout
     assert time.monotonic() - t0 < 10
 
 
 def test_down_leaves_nothing_then_up_again(cluster):
-    res = invoke("cluster.down")
+    res = run_invoke("cluster.down")
     assert res.returncode == 0, res.stdout + res.stderr
     left = leftovers()
     assert left == {k: [] for k in left}, left
     assert not L.STATE.exists()
-    res = invoke("cluster.down")          # a second down is a no-op, not an error
+    res = run_invoke("cluster.down")          # a second down is a no-op, not an error
     assert res.returncode == 0, res.stderr
     t0 = time.monotonic()
-    res = invoke("cluster.up")
+    res = run_invoke("cluster.up")
     assert res.returncode == 0, res.stdout + res.stderr
     assert localcluster.node_ready()
     print(f"warm cluster.up after down: {time.monotonic() - t0:.1f}s")

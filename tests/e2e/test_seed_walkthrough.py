@@ -7,7 +7,6 @@ cleanup), exactly like the tutorial.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import urllib.error
@@ -15,22 +14,9 @@ import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_json
-from twotier.localcluster import layout as L
+from tests.e2e.conftest import kubectl, kubectl_json, must
 
-pytestmark = pytest.mark.cluster
-
-
-def invoke(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    res = subprocess.run(["invoke", *args], cwd=L.REPO, capture_output=True, text=True, timeout=timeout)
-    print(res.stdout[-3000:], res.stderr[-3000:])
-    return res
-
-
-def must(*args: str, timeout: float = 900) -> str:
-    res = invoke(*args, timeout=timeout)
-    assert res.returncode == 0, f"invoke {' '.join(args)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
-    return res.stdout
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
 
 def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:
@@ -56,19 +42,6 @@ def pods(selector: str) -> list[dict]:
 def only_kubernetes_service_left() -> list[str]:
     out = kubectl("get", "pv,pvc,deploy,svc,pods", "-o", "name")
     return sorted(out.split())
-
-
-@pytest.fixture(scope="module")
-def node_ip(cluster):
-    node = kubectl_json("get", "nodes")["items"][0]
-    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def clean_slate(cluster):
-    must("clean")
-    yield
-    invoke("clean")
 
 
 # ----------------------------------------------------------------------------------- Step 2: hello

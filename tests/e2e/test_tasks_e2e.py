@@ -17,32 +17,12 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_json
+from tests.e2e.conftest import kubectl, kubectl_json, must, run_invoke
 from twotier.localcluster import layout as L
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
 FAULT_SECONDS = 5  # "within seconds": every fault must be reported faster than this
-
-
-def run_invoke(*args, env=None, stdin=subprocess.DEVNULL, timeout=900):
-    full_env = dict(os.environ)
-    # No container registry is reachable here (nor in CI): images build on the local Debian base.
-    full_env.setdefault("INVOKE_TWOTIER_BASE_IMAGE", "local")
-    full_env.update(env or {})
-    start = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=L.REPO, env=full_env,
-                         stdin=stdin, capture_output=True, text=True, timeout=timeout)
-    res.seconds = time.monotonic() - start
-    print(f"$ invoke {' '.join(args)}  ({res.seconds:.1f}s, rc={res.returncode})")
-    print(res.stdout[-4000:], res.stderr[-4000:])
-    return res
-
-
-def must(*args, **kwargs):
-    res = run_invoke(*args, **kwargs)
-    assert res.returncode == 0, f"invoke {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
 
 
 def fails(*args, **kwargs):
@@ -55,19 +35,6 @@ def fails(*args, **kwargs):
 
 def resource_versions(*refs):
     return {r: kubectl_json("get", r)["metadata"]["resourceVersion"] for r in refs}
-
-
-@pytest.fixture(scope="module")
-def node_ip(cluster):
-    node = kubectl_json("get", "nodes")["items"][0]
-    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def clean_slate(cluster):
-    must("clean")
-    yield
-    run_invoke("clean")
 
 
 # ------------------------------------------------------------------------------- faults (fast, clear)

@@ -322,17 +322,9 @@ def down(progress=print, purge: bool = False) -> None:
 
 
 def _our_shims() -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmd and cmd[0].endswith(b"containerd-shim-runc-v2") and str(L.CONTAINERD_SOCK).encode() in b" ".join(cmd):
-            pids.append(int(p.name))
-    return pids
+    """Shims outlive containerd by design; these are the ones of our containerd."""
+    sock = str(L.CONTAINERD_SOCK)
+    return [pid for pid, cmd in procs.find(lambda c: c.split()[0].endswith("containerd-shim-runc-v2") and sock in c)]
 
 
 # ------------------------------------------------------------------------------------------ status

@@ -83,6 +83,21 @@ def tail(name: str, lines: int = 15) -> str:
         return ""
 
 
+def find(predicate) -> list[tuple[int, str]]:
+    """(pid, command line) of every process whose command line satisfies predicate."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if cmd and predicate(cmd):
+            found.append((int(p.name), cmd))
+    return found
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)
