@@ -74,7 +74,7 @@ def images_section(settings, progress) -> str:
                 continue
             seen.add(img.name)
             args = [images.docker_bin(), "build", "--no-cache", "-q", "-t", f"twotier-bench/{img.name}:nocache",
-                    "-f", str(img.context / "Dockerfile")]
+                    "-f", str(img.dockerfile_path)]
             if base:
                 args += ["--build-arg", f"BASE_IMAGE={base}"]
             progress(f"no-cache build of {img.name} ...")

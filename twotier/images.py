@@ -5,6 +5,12 @@ build context after ``.dockerignore``, the build target, the base image name and
 see it, the base image's id). Changing a file therefore changes the tag, so a redeploy really rolls
 out, while a rebuild with nothing changed finds the image already present and does nothing.
 
+The Python services (hello, storage, app) share one build context, ``services/`` (their Dockerfile
+copies ``common/twotier_service`` and ``<svc>/``; ``services/.dockerignore`` allow-lists both): their
+tag hashes only the files under ``services/<svc>/`` and ``services/common/`` of that context, so an
+edit to one service never changes another's tag, and an edit to common/ changes all of them. The
+loader keeps its own folder as context.
+
 Image references are ``<registry>/<name>:<tag>``: ``registry`` and the names come from settings
 (``twotier.registry``, ``twotier.images``).
 
@@ -35,6 +41,10 @@ LOG_DIR = ROOT / "build" / "logs"
 
 #: service folder under services/ for each image role (roles are the keys of settings ``images``)
 ROLE_DIRS = {"hello": "hello", "storage": "storage", "app": "app", "loader": "loader"}
+#: folder under services/ with the code the Python services share (package twotier_service)
+COMMON_DIR = "common"
+#: roles built with services/ as context (they copy common/); the others use their own folder
+SHARED_CONTEXT_ROLES = frozenset({"hello", "storage", "app"})
 #: the images each stage runs, in build order
 STAGE_ROLES = {
     "hello": ("hello", "loader"),
@@ -76,10 +86,16 @@ class Image:
     role: str  # hello | storage | app | loader
     name: str  # repository name, e.g. sto-img
     seed_name: str  # the name the k8s/ sources use for it
-    context: Path  # build context (services/<dir>)
+    context: Path  # build context (services/, or services/<dir> for the loader)
     tag: str
     ref: str  # <registry>/<name>:<tag>
     target: str = ""  # Dockerfile target ("" = the default, production)
+    dockerfile: Path | None = None  # services/<dir>/Dockerfile (None: context/Dockerfile)
+    sources: tuple[str, ...] = ()  # folders of the context the tag hashes (empty: all of it)
+
+    @property
+    def dockerfile_path(self) -> Path:
+        return self.dockerfile or self.context / "Dockerfile"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,9 +245,20 @@ def context_files(context: Path) -> list[str]:
     return sorted(files)
 
 
+def source_files(context: Path, sources: tuple[str, ...] = ()) -> list[str]:
+    """The context files (after .dockerignore) under the folders SOURCES (all when empty), sorted."""
+    prefixes = tuple(s.strip("/") + "/" for s in sources)
+    return [rel for rel in context_files(context)
+            if not prefixes or rel.startswith(prefixes) or rel + "/" in prefixes]
+
+
 def content_hash(context: Path, *, dockerfile: Path | None = None, base_image: str = "",
-                 base_id: str | None = None, target: str = "") -> str:
-    """Hash of everything that determines the image built from CONTEXT (hex sha256)."""
+                 base_id: str | None = None, target: str = "", sources: tuple[str, ...] = ()) -> str:
+    """Hash of everything that determines the image built from CONTEXT (hex sha256).
+
+    With ``sources`` only the context files under those folders count: the files of a shared
+    context that the Dockerfile does not copy must not change the tag.
+    """
     dockerfile = dockerfile or context / "Dockerfile"
     h = hashlib.sha256()
 
@@ -243,7 +270,7 @@ def content_hash(context: Path, *, dockerfile: Path | None = None, base_image: s
 
     feed("dockerfile", dockerfile.read_bytes())
     feed("base", base_image, "base-id", base_id or "", "target", target)
-    for rel in context_files(context):
+    for rel in source_files(context, sources):
         path = context / rel
         if path.is_symlink():
             feed("link", rel, os.readlink(path))
@@ -315,8 +342,12 @@ def plan(settings: Mapping, stage: str, *, target: str = "", inspect_base: bool 
     base_ids: dict[str, str | None] = {}
     images = []
     for role in stage_roles(stage):
-        context = SERVICES / ROLE_DIRS[role]
-        dockerfile = context / "Dockerfile"
+        folder = SERVICES / ROLE_DIRS[role]
+        dockerfile = folder / "Dockerfile"
+        if role in SHARED_CONTEXT_ROLES:
+            context, sources = SERVICES, (ROLE_DIRS[role], COMMON_DIR)
+        else:
+            context, sources = folder, ()
         if not dockerfile.exists():
             raise UserError(f"{dockerfile.relative_to(ROOT)} is missing",
                             hint="every service folder needs its Dockerfile (see k8s/README.md)")
@@ -326,11 +357,12 @@ def plan(settings: Mapping, stage: str, *, target: str = "", inspect_base: bool 
         # a target the Dockerfile lacks (the loader has no dev flavour) means its only one
         img_target = target if target in dockerfile_stages(dockerfile) else ""
         digest = content_hash(context, dockerfile=dockerfile, base_image=base,
-                              base_id=base_ids[base], target=img_target)
+                              base_id=base_ids[base], target=img_target, sources=sources)
         tag = digest[:12] + (f"-{img_target}" if img_target else "")
         name = names[role]
         images.append(Image(role=role, name=name, seed_name=DEFAULT_NAMES[role], context=context,
-                            tag=tag, ref=f"{reg}/{name}:{tag}", target=img_target))
+                            tag=tag, ref=f"{reg}/{name}:{tag}", target=img_target,
+                            dockerfile=dockerfile, sources=sources))
     if target and not any(img.target for img in images):
         raise UserError(f"no Dockerfile of stage {stage} has a target {target!r}",
                         hint="use '' (production) or dev")
@@ -374,7 +406,7 @@ def _build_one(img: Image, base_arg: str, target: str, progress: Progress) -> No
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"build-{img.name}.log"
     args = ["build", "--tag", img.ref, "--label", f"{CONTENT_LABEL}={img.tag}",
-            "--file", str(img.context / "Dockerfile")]
+            "--file", str(img.dockerfile_path)]
     if base_arg:
         args += ["--build-arg", f"BASE_IMAGE={base_arg}"]
     if target:
@@ -394,7 +426,7 @@ def _build_one(img: Image, base_arg: str, target: str, progress: Progress) -> No
             hint = ("the base image could not be pulled; without a reachable registry set "
                     "base_image: local (invoke.yaml) or INVOKE_TWOTIER_BASE_IMAGE=local, which builds "
                     "a Debian base with debootstrap. " + hint)
-        raise UserError(f"building {img.name} from {img.context.relative_to(ROOT)} failed:\n"
+        raise UserError(f"building {img.name} from {img.dockerfile_path.relative_to(ROOT)} failed:\n"
                         f"{_last_lines(text)}", hint=hint)
     progress(f"{img.ref}: built in {time.monotonic() - start:.1f}s")
 

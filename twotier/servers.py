@@ -1,7 +1,8 @@
 """The services as local processes: `invoke serve` / `invoke dev`, integration tests, benchmarks.
 
-Each service runs as ``python -m <package>`` from its own folder (exactly as in its image), in
-its own session so that a terminal's Ctrl-C reaches only us and we stop the children in order:
+Each service runs as ``python -m <package>`` from its own folder (exactly as in its image), with
+``services/common`` (the shared package ``twotier_service``, ``/app/twotier_service`` in the image)
+on ``PYTHONPATH``, in its own session so that a terminal's Ctrl-C reaches only us and we stop the children in order:
 SIGTERM (gunicorn finishes in-flight requests), then SIGKILL after a timeout. The children also
 get SIGTERM if this process dies without cleaning up (Linux parent-death signal).
 """
@@ -28,6 +29,16 @@ from twotier.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
+#: the services' shared package (twotier_service) lives here; in an image it is in /app
+COMMON = ROOT / "services" / "common"
+
+
+def service_env(env: dict | None = None) -> dict:
+    """ENV (default: this process's environment) with services/common first on PYTHONPATH."""
+    env = dict(os.environ if env is None else env)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(COMMON)]
+    env["PYTHONPATH"] = os.pathsep.join([str(COMMON), *rest])
+    return env
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ class ServiceProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> "ServiceProcess":
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1",
+        env = {**service_env(), **self.extra_env, "PYTHONUNBUFFERED": "1",
                "TWOTIER_DEV": "1" if self.dev else "0",
                f"{self.service.prefix}_HOST": self.host, f"{self.service.prefix}_PORT": str(self.port)}
         argv = [sys.executable, "-m", self.service.package]
@@ -325,7 +336,7 @@ def serve(storage_dir: str | None, storage_port, app_port, *, dev: bool = False,
         app.start().wait_ready(ready_timeout)
         print(f"\nready: {storage.url}/items and {app.url}/createlist/4 - try:\n"
               f"  curl {storage.url}/items\n  curl {app.url}/createlist/4\n  curl {app.url}/clear\n"
-              + ("edit services/*/*_api/*.py and the service reloads\n" if dev else "")
+              + ("edit services/*/*_api/*.py or services/common and the service reloads\n" if dev else "")
               + "Ctrl-C stops both\n", file=out, flush=True)
         while True:
             for proc in (storage, app):

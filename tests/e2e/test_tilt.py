@@ -54,7 +54,9 @@ def test_tiltfile_declares_the_dev_loop(cluster, tilt, settings):
         (image,) = manifests[name]["ImageTargets"]
         assert image["BuildDetails"]["target"] == "dev"
         spec = image["LiveUpdateSpec"]
-        assert spec["syncs"] == [{"localPath": folder, "containerPath": "/app"}]
+        assert spec["syncs"] == [{"localPath": folder, "containerPath": "/app"},
+                                 {"localPath": "services/common/twotier_service",
+                                  "containerPath": "/app/twotier_service"}]
         assert spec["execs"][0]["args"] == ["sh", "-c", "pip install -r requirements.txt"]
         assert spec["execs"][0]["triggerPaths"] == [f"{folder}/requirements.txt"]
         assert f"{folder}/Dockerfile" in spec["stopPaths"]

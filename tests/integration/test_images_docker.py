@@ -195,9 +195,8 @@ def test_rebuilding_unchanged_sources_is_a_no_op(built):
 
 
 def test_a_changed_source_file_gets_a_new_tag_and_image(built, tmp_path, monkeypatch):
-    services = tmp_path / "services"
-    for name in ("hello", "loader"):
-        shutil.copytree(ROOT / "services" / name, services / name, symlinks=True)
+    services = tmp_path / "services"  # the shared build context: common/, .dockerignore, every service
+    shutil.copytree(ROOT / "services", services, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     init = services / "hello" / "hello_app" / "__init__.py"
     init.write_text(init.read_text() + "\n# a change that must roll out\n")
     monkeypatch.setattr(images, "SERVICES", services)

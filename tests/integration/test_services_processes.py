@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from twotier.errors import UserError
-from twotier.servers import APP, HELLO, STORAGE, ServiceProcess, check_port_free, free_port, port_owner
+from twotier.servers import (APP, HELLO, STORAGE, ServiceProcess, check_port_free, free_port, port_owner,
+                             service_env)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,7 +208,7 @@ def test_gunicorn_finishes_in_flight_requests_on_sigterm(tmp_path):
 def test_entry_point_config_errors_are_one_clear_line(service, env, message):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("STO_", "API_"))}
     result = subprocess.run([sys.executable, "-m", service.package], cwd=service.directory,
-                            env={**clean, **env}, capture_output=True, text=True, timeout=60)
+                            env=service_env({**clean, **env}), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith(message), result.stderr
     assert "Traceback" not in result.stderr

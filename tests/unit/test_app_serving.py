@@ -1,20 +1,9 @@
-"""The services' shared plumbing (serving.py, jsonapi.py): one copy per service package, kept
-identical; settings parsing and the ``python -m <package>`` entry point's error handling."""
+"""The services' shared plumbing (twotier_service.serving in services/common): settings parsing
+and the ``python -m <package>`` entry point's error handling."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from storage_api import serving
-
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["storage/storage_api", "app/app_api", "hello/hello_app"]
-
-
-@pytest.mark.parametrize("module", ["serving.py", "jsonapi.py"])
-def test_shared_modules_are_identical_in_every_service(module):
-    copies = {pkg: (ROOT / "services" / pkg / module).read_text() for pkg in PACKAGES}
-    assert len(set(copies.values())) == 1, f"services/*/{module} differ: copy the edited one to the others"
+from twotier_service import serving
 
 
 @pytest.mark.parametrize("raw, expected", [(None, 7), ("", 7), (" 12 ", 12), ("0", 0)])

@@ -43,31 +43,47 @@ def test_dockerignore_rules_follow_docker(patterns, path, ignored):
     assert images.is_ignored(path, rules(*patterns)) is ignored
 
 
-def copy_service(tmp_path, name="storage") -> Path:
-    dst = tmp_path / name
-    shutil.copytree(ROOT / "services" / name, dst, ignore=shutil.ignore_patterns("__pycache__"))
+def copy_services(tmp_path) -> Path:
+    """A copy of services/ (the shared build context of the Python images)."""
+    dst = tmp_path / "services"
+    shutil.copytree(ROOT / "services", dst, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
 
 
-def test_context_is_only_what_the_image_needs(tmp_path):
-    ctx = copy_service(tmp_path)
-    (ctx / "storage_api" / "__pycache__").mkdir()
-    (ctx / "storage_api" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
-    (ctx / "notes.txt").write_text("not for the image")
+def test_context_is_only_what_the_images_need(tmp_path):
+    ctx = copy_services(tmp_path)
+    (ctx / "storage" / "storage_api" / "__pycache__").mkdir()
+    (ctx / "storage" / "storage_api" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (ctx / "storage" / "notes.txt").write_text("not for the image")
+    (ctx / "common" / "tests").mkdir()
+    (ctx / "common" / "tests" / "test_x.py").write_text("not for the image")
     (ctx / ".venv").mkdir()
     (ctx / ".venv" / "junk").write_text("x")
     files = images.context_files(ctx)
-    assert "requirements.txt" in files and "storage_api/__init__.py" in files
-    assert not [f for f in files if "__pycache__" in f or f.startswith(".venv") or f == "notes.txt"]
+    assert {"storage/requirements.txt", "storage/storage_api/__init__.py",
+            "common/twotier_service/serving.py"} <= set(files)
+    assert not [f for f in files if "__pycache__" in f or f.startswith((".venv", "loader/", "common/tests"))
+                or f.endswith(("notes.txt", "Dockerfile", ".dockerignore"))], files
 
 
 @pytest.mark.parametrize("service", sorted(PACKAGES))
-def test_each_service_context_holds_its_package_and_requirements(service):
-    files = images.context_files(ROOT / "services" / service)
-    assert "requirements.txt" in files
-    assert f"{PACKAGES[service]}/__main__.py" in files
-    assert all(f.split("/")[0] in {PACKAGES[service], "requirements.txt", "openapi.yaml", "Dockerfile",
-                                   ".dockerignore"} for f in files), files
+def test_each_service_image_holds_its_package_requirements_and_the_shared_package(service):
+    (img,) = [i for i in images.plan(SETTINGS, "full" if service == "app" else service, inspect_base=False)
+              if i.role == service]
+    assert img.context == ROOT / "services" and img.dockerfile_path == ROOT / "services" / service / "Dockerfile"
+    files = images.source_files(img.context, img.sources)
+    assert f"{service}/requirements.txt" in files
+    assert f"{service}/{PACKAGES[service]}/__main__.py" in files
+    assert {"common/twotier_service/__init__.py", "common/twotier_service/jsonapi.py",
+            "common/twotier_service/serving.py"} <= set(files)
+    assert all(f.startswith(("common/twotier_service/", f"{service}/{PACKAGES[service]}/"))
+               or f in {f"{service}/requirements.txt", f"{service}/openapi.yaml"} for f in files), files
+
+
+def test_loader_keeps_its_own_context():
+    (loader,) = [i for i in images.plan(SETTINGS, "hello", inspect_base=False) if i.role == "loader"]
+    assert loader.context == ROOT / "services" / "loader" and loader.sources == ()
+    assert loader.dockerfile_path == ROOT / "services" / "loader" / "Dockerfile"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,26 +91,58 @@ def test_each_service_context_holds_its_package_and_requirements(service):
 # ---------------------------------------------------------------------------------------------
 
 def test_hash_changes_with_what_goes_into_the_image_and_only_with_that(tmp_path):
-    ctx = copy_service(tmp_path)
-    first = images.content_hash(ctx, base_image="b:1", base_id="sha256:1")
-    assert images.content_hash(ctx, base_image="b:1", base_id="sha256:1") == first
-    (ctx / "README.local").write_text("ignored by .dockerignore")
-    (ctx / "storage_api" / "__pycache__").mkdir(exist_ok=True)
-    (ctx / "storage_api" / "__pycache__" / "y.pyc").write_bytes(b"1")
-    assert images.content_hash(ctx, base_image="b:1", base_id="sha256:1") == first
+    ctx = copy_services(tmp_path)
+    svc, dockerfile, sources = ctx / "storage", ctx / "storage" / "Dockerfile", ("storage", "common")
+
+    def digest(**kw):
+        return images.content_hash(ctx, dockerfile=dockerfile, sources=sources,
+                                   **{"base_image": "b:1", "base_id": "sha256:1", **kw})
+
+    first = digest()
+    assert digest() == first
+    (svc / "README.local").write_text("ignored by .dockerignore")
+    (svc / "storage_api" / "__pycache__").mkdir(exist_ok=True)
+    (svc / "storage_api" / "__pycache__" / "y.pyc").write_bytes(b"1")
+    (ctx / "app" / "app_api" / "routes.py").write_text("# another image's code\n")
+    (ctx / "loader" / "Dockerfile").write_text("# another image's Dockerfile\n")
+    assert digest() == first
     seen = {first}
-    for change in (lambda: (ctx / "storage_api" / "routes.py").write_text("# changed\n", "utf-8"),
-                   lambda: (ctx / "requirements.txt").write_text("Flask==3.1.3\n"),
-                   lambda: (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text() + "\n# x\n"),
-                   lambda: (ctx / "storage_api" / "names.py").chmod(0o755)):
+    for change in (lambda: (svc / "storage_api" / "routes.py").write_text("# changed\n", "utf-8"),
+                   lambda: (svc / "requirements.txt").write_text("Flask==3.1.3\n"),
+                   lambda: dockerfile.write_text(dockerfile.read_text() + "\n# x\n"),
+                   lambda: (svc / "storage_api" / "names.py").chmod(0o755),
+                   lambda: (ctx / "common" / "twotier_service" / "jsonapi.py").write_text("# shared\n")):
         change()
-        new = images.content_hash(ctx, base_image="b:1", base_id="sha256:1")
+        new = digest()
         assert new not in seen
         seen.add(new)
-    current = images.content_hash(ctx, base_image="b:1", base_id="sha256:1")
-    assert images.content_hash(ctx, base_image="b:1", base_id="sha256:2") != current  # base rebuilt
-    assert images.content_hash(ctx, base_image="b:2", base_id="sha256:1") != current
-    assert images.content_hash(ctx, base_image="b:1", base_id="sha256:1", target="dev") != current
+    current = digest()
+    assert digest(base_id="sha256:2") != current  # base rebuilt
+    assert digest(base_image="b:2") != current
+    assert digest(target="dev") != current
+
+
+def test_a_service_change_keeps_the_other_tags_and_a_common_change_changes_them_all(tmp_path, monkeypatch):
+    ctx = copy_services(tmp_path)
+    monkeypatch.setattr(images, "SERVICES", ctx)
+
+    def tags():
+        return {i.name: i.tag for stage in ("hello", "full") for i in images.plan(SETTINGS, stage, inspect_base=False)}
+
+    before = tags()
+    assert set(before) == {"first-app", "sto-img", "api-img", "loader"}
+    routes = ctx / "app" / "app_api" / "routes.py"
+    routes.write_text(routes.read_text() + "\n# an app-only change\n")
+    after_app = tags()
+    assert after_app["api-img"] != before["api-img"]
+    assert {k: v for k, v in after_app.items() if k != "api-img"} == \
+        {k: v for k, v in before.items() if k != "api-img"}  # sto-img, first-app, loader keep theirs
+    serving = ctx / "common" / "twotier_service" / "serving.py"
+    serving.write_text(serving.read_text() + "\n# a shared change\n")
+    after_common = tags()
+    for name in ("first-app", "sto-img", "api-img"):
+        assert after_common[name] != after_app[name], name
+    assert after_common["loader"] == before["loader"]
 
 
 @pytest.mark.parametrize(("stage", "names"), [
@@ -201,8 +249,11 @@ def test_service_dockerfile_layout(dockerfile):
     assert "python3 -m venv /opt/venv" in text
     # requirements are installed before the code is copied: their layer survives code edits
     req = next(i for i, (w, r) in enumerate(ins) if w == "RUN" and "requirements.txt" in r)
-    code = next(i for i, (w, r) in enumerate(ins) if w == "COPY" and r.startswith(". "))
+    code = next(i for i, (w, r) in enumerate(ins) if w == "COPY" and r == f"{service}/ /app")
     assert req < code
+    # the context is services/: the shared package goes next to the service's own package
+    assert ("COPY", f"{service}/requirements.txt /tmp/requirements.txt") in ins
+    assert ("COPY", "common/twotier_service /app/twotier_service") in ins
     assert any(w == "ENV" and "PYTHONUNBUFFERED=1" in r for w, r in ins)
     assert ("EXPOSE", str(PORTS[service])) in ins
     froms = [r.split()[-1] for w, r in ins if w == "FROM"]
@@ -211,3 +262,13 @@ def test_service_dockerfile_layout(dockerfile):
     assert f'CMD ["python", "-m", "{pkg}"]' in text
     assert f'CMD ["python", "-m", "{pkg}", "--dev"]' in text
     assert "chown -R 10001:10001 /app" in text  # dev: Tilt syncs into /app as the runtime user
+    if service in ("storage", "app"):  # ... and runs pip install into the venv (Tiltfile live_update)
+        dev = text.split("AS dev\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "chown -R 10001:10001 /app /opt/venv" in dev
+
+
+def test_shared_context_dockerignore_lets_in_only_what_the_images_copy():
+    files = images.context_files(ROOT / "services")
+    assert files and all(f.startswith(("common/twotier_service/", "storage/", "app/", "hello/")) for f in files)
+    assert not any(f.endswith(("Dockerfile", ".dockerignore")) or "__pycache__" in f for f in files), files
+    assert [p.parent.name for p in (ROOT / "services").glob("*/.dockerignore")] == ["loader"]  # own context

@@ -12,7 +12,8 @@ environment; a mapping (tests) replaces the environment. Settings:
   API_POOL_SIZE        keep-alive connections to the storage API per worker (default 8)
 
 Listening address and server settings (``API_HOST``, ``API_PORT`` = 5001, workers, ...) are
-read by ``python -m app_api`` (see serving.py). The HTTP contract is in ../openapi.yaml.
+read by ``python -m app_api`` (see ``twotier_service.serving``, services/common). The HTTP
+contract is in ../openapi.yaml.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from urllib.parse import urlsplit
 
 from flask import Flask
 
-from .jsonapi import add_probes, install_error_handlers
-from .serving import ConfigError, env_float, env_int
+from twotier_service.jsonapi import add_probes, install_error_handlers
+from twotier_service.serving import ConfigError, env_float, env_int
+
 from .storage_client import StorageClient
 
 __all__ = ["create_app", "ConfigError"]

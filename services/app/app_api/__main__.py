@@ -2,7 +2,7 @@
 import sys
 
 from . import create_app
-from .serving import main
+from twotier_service.serving import main
 
 sys.exit(main(package="app_api", title="application API", prefix="API", default_port=5001,
               factory=create_app))

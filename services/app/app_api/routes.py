@@ -16,7 +16,7 @@ import re
 
 from flask import Blueprint, current_app, jsonify
 
-from .jsonapi import ApiError
+from twotier_service.jsonapi import ApiError
 from .storage_client import StorageClient, StorageError
 
 bp = Blueprint("lists", __name__)

@@ -25,7 +25,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from .jsonapi import ApiError
+from twotier_service.jsonapi import ApiError
 
 
 class StorageError(ApiError):

@@ -1,8 +1,9 @@
 """The seed's Step 1 app: ``/`` -> {"a": 1}, ``/info`` -> {"info": true}, on port 5000.
 
 ``create_app(config=None)`` builds the Flask app (no settings of its own). ``python -m hello_app``
-serves it with gunicorn (``HELLO_HOST``, ``HELLO_PORT`` = 5000, ...; see serving.py), ``--dev``
-with reload. The HTTP contract is in ../openapi.yaml.
+serves it with gunicorn (``HELLO_HOST``, ``HELLO_PORT`` = 5000, ...; see
+``twotier_service.serving``, services/common), ``--dev`` with reload. The HTTP contract is in
+../openapi.yaml.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from .jsonapi import add_probes, install_error_handlers
+from twotier_service.jsonapi import add_probes, install_error_handlers
 
 __all__ = ["create_app"]
 

@@ -8,7 +8,8 @@ environment; a mapping (tests) replaces the environment. Settings:
   STO_MAX_BODY   largest request body in bytes (default 8388608 = 8 MiB)
 
 Listening address and server settings (``STO_HOST``, ``STO_PORT`` = 5000, workers, ...) are
-read by ``python -m storage_api`` (see serving.py). The HTTP contract is in ../openapi.yaml.
+read by ``python -m storage_api`` (see ``twotier_service.serving``, services/common). The HTTP
+contract is in ../openapi.yaml.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from .jsonapi import add_probes, install_error_handlers
-from .serving import ConfigError, env_int
+from twotier_service.jsonapi import add_probes, install_error_handlers
+from twotier_service.serving import ConfigError, env_int
+
 from .store import Store
 
 __all__ = ["create_app", "ConfigError"]

@@ -2,7 +2,7 @@
 import sys
 
 from . import create_app
-from .serving import main
+from twotier_service.serving import main
 
 sys.exit(main(package="storage_api", title="storage API", prefix="STO", default_port=5000,
               factory=create_app))

@@ -16,7 +16,8 @@ import errno
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from .jsonapi import ApiError
+from twotier_service.jsonapi import ApiError
+
 from .names import RULE, is_valid_name
 from .store import NotAnItem, Store
 

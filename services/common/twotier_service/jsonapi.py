@@ -1,8 +1,7 @@
 """JSON plumbing shared by the services: every error as a JSON body, and the health probes.
 
-This module is an identical copy in every service package (storage_api, app_api, hello_app),
-so each service folder stays a self-contained Docker build context; a unit test keeps the
-copies identical. Error bodies look like::
+Shared by every service package (storage_api, app_api, hello_app): one copy in
+services/common, copied into each image next to the service's own package. Error bodies look like::
 
     {"error": "not_found", "message": "The requested URL was not found ...", "status": 404}
 

@@ -1,8 +1,7 @@
 """How a service process runs: ``python -m <package>`` (production) or with ``--dev`` (reload).
 
-This module is an identical copy in every service package (storage_api, app_api, hello_app),
-so each service folder stays a self-contained Docker build context; a unit test keeps the
-copies identical.
+Shared by every service package (storage_api, app_api, hello_app): one copy in
+services/common, copied into each image next to the service's own package.
 
 Production: gunicorn in this very process (it is the master, so it is PID 1 in a container and
 handles signals): ``gthread`` workers, graceful shutdown on SIGTERM (in-flight requests finish
