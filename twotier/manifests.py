@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -32,7 +31,6 @@ K8S = ROOT / "k8s"
 COMPONENTS = K8S / "components"
 STAGES = ("hello", "storage", "full")
 LOADER = "loader"
-PINNED_KUBECTL = Path("/var/cache/twotier/bin/kubernetes-v1.34.4/kubectl")
 SEED_NAMESPACE = "default"
 #: apply order by kind; kinds not listed go last, in the order kustomize gave them
 APPLY_ORDER = (
@@ -45,14 +43,10 @@ CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole"
 
 
 def kubectl_path() -> str:
-    """The kubectl used for `kubectl kustomize`: the project's pinned build, else PATH's."""
-    if PINNED_KUBECTL.exists() and os.access(PINNED_KUBECTL, os.X_OK):
-        return str(PINNED_KUBECTL)
-    found = shutil.which("kubectl")
-    if not found:
-        raise UserError("kubectl is not installed (it renders the kustomize sources in k8s/)",
-                        hint="`invoke cluster.up` builds the pinned one; or apt-get install -y kubernetes-client")
-    return found
+    """The kubectl used for `kubectl kustomize`: the local cluster's pinned build, else PATH's."""
+    from twotier.kube import kubectl_binary  # noqa: PLC0415
+
+    return kubectl_binary()
 
 
 def available_components() -> list[str]:
