@@ -85,6 +85,12 @@ class WSGIAdapter(requests.adapters.BaseAdapter):
 
 
 @pytest.fixture
+def wsgi_adapter():
+    """The WSGIAdapter class (tests import fixtures, not conftest modules: e2e has its own)."""
+    return WSGIAdapter
+
+
+@pytest.fixture
 def storage_dir(tmp_path) -> Path:
     path = tmp_path / "storage"
     path.mkdir()

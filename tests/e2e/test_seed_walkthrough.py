@@ -57,7 +57,7 @@ def test_hello_stage_answers_through_its_node_port(node_ip):
 # ----------------------------------------------------------------------------------- Step 3: storage
 
 def test_storage_stage_deploys_with_seed_names(node_ip):
-    out = must("up", "--stage", "storage")
+    out = must("up", "--stage", "storage").stdout
     assert "FAIL" not in out
     names = set(kubectl("get", "deploy,svc,pv,pvc", "-o", "name").split())
     assert {"deployment.apps/sto-dep", "service/in-svc", "persistentvolume/local-pv",
@@ -87,7 +87,7 @@ def test_two_replicas_share_the_volume():
 # ----------------------------------------------------------------------------------- Step 3: full
 
 def test_full_stage_seed_final_checks(node_ip):
-    out = must("up", "--stage", "full")
+    out = must("up", "--stage", "full").stdout
     assert "FAIL" not in out
     svc_ip = kubectl_json("get", "svc", "out-svc")["spec"]["clusterIP"]
     api_pod_ip = pods("run=api-app")[0]["status"]["podIP"]

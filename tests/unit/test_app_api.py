@@ -107,11 +107,9 @@ def test_the_cap_is_configurable(storage_app):
     assert _json_error(client.get("/createlist/6"), 400, "invalid_number")["max"] == 5
 
 
-def test_the_cap_itself_is_accepted(storage_app):
-    from conftest import WSGIAdapter
-
+def test_the_cap_itself_is_accepted(storage_app, wsgi_adapter):
     app = create_app({"STO_API": STORAGE, "API_MAX_ITEMS": "25", "API_BATCH_SIZE": "10"})
-    app.extensions["storage"].session.mount(STORAGE, WSGIAdapter(storage_app))
+    app.extensions["storage"].session.mount(STORAGE, wsgi_adapter(storage_app))
     assert len(app.test_client().get("/createlist/25").get_json()["createds"]) == 25
 
 
