@@ -270,3 +270,16 @@ def project_context(monkeypatch=None, env=None, run=None):
     cfg.load_project()
     cfg.load_shell_env()
     return MockContext(config=cfg, run=run if run is not None else {}, repeat=False)
+
+
+class Clock:
+    """A fake monotonic clock whose sleep() advances time instantly (for waiters' timeouts)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.t += seconds

@@ -1,7 +1,7 @@
 """The rollout decision (kubectl's rollout_status.go rule) and the waiter built on it."""
 import pytest
 
-from kubefake import FakeCluster, deployment, pod
+from kubefake import Clock, FakeCluster, deployment, pod
 from twotier.errors import UserError
 from twotier.rollout import (
     RolloutFailed,
@@ -117,17 +117,6 @@ def test_pods_of_replicaset_by_owner_or_hash():
 
 
 # --- the waiter ------------------------------------------------------------------------------
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, seconds):
-        self.t += seconds
-
-
 def live(name="sto-dep", **kw):
     d = deployment(name, replicas=2)
     d["metadata"].update(generation=1, uid="D",

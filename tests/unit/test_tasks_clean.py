@@ -1,21 +1,10 @@
 """`invoke clean`: order the finalizers allow, only the project's objects, waits, idempotent."""
 import pytest
 
-from kubefake import LABEL, FakeCluster, deployment, pod, seed_full_objects, service
+from kubefake import LABEL, Clock, FakeCluster, deployment, pod, seed_full_objects, service
 from twotier.cleanup import Target, clean, plan, targets_from
 from twotier.errors import UserError
 from twotier.loader import loader_pod
-
-
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
 
 
 def hello_objects():

@@ -4,22 +4,11 @@ import io
 
 import pytest
 
-from kubefake import FakeCluster
+from kubefake import Clock, FakeCluster
 from twotier.errors import UserError
 from twotier.loader import _returncode, ensure_loader, loader_pod, require_tty, shell_argv
 
 IMG = "localhost:5000/loader:abc"
-
-
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
 
 
 MANIFEST = loader_pod(IMG, "default")  # the real k8s/loader render
