@@ -61,7 +61,7 @@ build_kubernetes() {
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  log "kubernetes $v: compiling $cmds (cold: tens of minutes on 2 cores)"
+  log "kubernetes $v: compiling $cmds (cold: about 5 minutes on 2 cores)"
   mkdir -p "$out"
   (cd "$dir" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" \
       $(for c in $cmds; do echo k8s.io/kubernetes/cmd/$c; done))
