@@ -8,20 +8,11 @@ from http.client import RemoteDisconnected
 import pytest
 import requests
 from app_api import ConfigError, create_app
+from jsonerrors import json_error as _json_error
 from requests.adapters import BaseAdapter
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 STORAGE = "http://storage.test"
-
-
-def _json_error(resp, status: int, error: str | None = None) -> dict:
-    assert resp.status_code == status, resp.get_data(as_text=True)
-    assert resp.mimetype == "application/json"
-    body = resp.get_json()
-    assert set(body) >= {"error", "message", "status"} and body["status"] == status
-    if error:
-        assert body["error"] == error
-    return body
 
 
 class ScriptedStorage(BaseAdapter):

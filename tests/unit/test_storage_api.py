@@ -6,16 +6,7 @@ import os
 
 import pytest
 from storage_api import ConfigError, create_app
-
-
-def _json_error(resp, status: int, error: str | None = None) -> dict:
-    assert resp.status_code == status, resp.get_data(as_text=True)
-    assert resp.mimetype == "application/json"
-    body = resp.get_json()
-    assert set(body) >= {"error", "message", "status"} and body["status"] == status
-    if error:
-        assert body["error"] == error
-    return body
+from jsonerrors import json_error as _json_error
 
 
 def _files(directory) -> list[str]:
