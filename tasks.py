@@ -250,7 +250,7 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
 @friendly
 def cluster_up(c):
     """Start the local Kubernetes cluster (its binaries build once); idempotent."""
-    from twotier import localcluster
+    import localcluster
 
     localcluster.up()
 
@@ -259,7 +259,7 @@ def cluster_up(c):
 @friendly
 def cluster_down(c, purge=False):
     """Stop the local cluster; remove every process, rule and mount it made."""
-    from twotier import localcluster
+    import localcluster
 
     localcluster.down(purge=purge)
 
@@ -268,7 +268,7 @@ def cluster_down(c, purge=False):
 @friendly
 def cluster_status(c):
     """Show the local cluster's processes and node readiness."""
-    from twotier import localcluster
+    import localcluster
     from twotier.tables import table
 
     print(table(["COMPONENT", "PID", "STATE"], localcluster.status_rows()))
@@ -278,7 +278,7 @@ def cluster_status(c):
 @friendly
 def cluster_kubeconfig(c):
     """Print the local cluster's kubeconfig path: export KUBECONFIG=$(...)."""
-    from twotier import localcluster
+    import localcluster
 
     print(localcluster.kubeconfig_path())
 
@@ -287,7 +287,7 @@ def cluster_kubeconfig(c):
 @friendly
 def cluster_build(c, component=""):
     """Build the cluster's binaries from source (cached by version)."""
-    from twotier import localcluster
+    import localcluster
 
     localcluster.ensure_binaries([component] if component else localcluster.CLUSTER_BUILDS)
 
@@ -321,7 +321,7 @@ def test(c, tier="all", k="", exitfirst=False):
 
     from invoke.exceptions import Exit
 
-    from twotier import localcluster
+    import localcluster
 
     paths = {"unit": "tests/unit", "integration": "tests/integration", "e2e": "tests/e2e", "all": "tests"}
     if tier not in paths:

@@ -51,9 +51,9 @@ def context_is_local(name: str, allowed=(), extra=()) -> bool:
 
 
 def _local_cluster_file(func_name: str) -> str | None:
-    """Ask twotier.localcluster (the lead's module) for a path; None if it isn't there."""
+    """Ask localcluster (the lead's module) for a path; None if it isn't there."""
     try:
-        from twotier import localcluster  # noqa: PLC0415 - optional, built by another part
+        import localcluster  # noqa: PLC0415 - optional, built by another part
     except ImportError:
         return None
     func = getattr(localcluster, func_name, None)

@@ -6,6 +6,7 @@ import sys
 
 from invoke.exceptions import Exit
 
+from localcluster.errors import ClusterError
 from twotier.errors import UserError
 
 
@@ -16,7 +17,7 @@ def friendly(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except UserError as err:
+        except (UserError, ClusterError) as err:
             msg = f"error: {err.message}"
             if err.hint:
                 msg += f"\nhint: {err.hint}"

@@ -1,7 +1,7 @@
 """Running Tilt for the project: `invoke tilt-ci`, `invoke tilt-smoke`, and `tilt up` sessions for
 the end-to-end test and the live-update benchmark.
 
-Which Tilt: the pinned build (`cluster/versions.env` TILT_VERSION, made by
+Which Tilt: the pinned build (`localcluster/versions.env` TILT_VERSION, made by
 `invoke cluster.build --component tilt` into /var/cache/twotier/bin/tilt-<version>/tilt), else
 `tilt` on PATH (users who already have Tilt use theirs).
 
@@ -51,7 +51,7 @@ def project_settings() -> dict:
 
 def pinned_tilt() -> Path:
     """Where `invoke cluster.build --component tilt` puts the pinned Tilt."""
-    from twotier.localcluster import layout  # noqa: PLC0415
+    from localcluster import layout  # noqa: PLC0415
 
     return layout.binary("tilt")
 

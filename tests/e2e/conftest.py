@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from twotier import localcluster
+import localcluster
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
@@ -46,7 +49,7 @@ def run_invoke(*args, env=None, stdin=subprocess.DEVNULL, timeout=900) -> subpro
     full_env.setdefault("INVOKE_TWOTIER_BASE_IMAGE", "local")
     full_env.update(env or {})
     start = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=localcluster.L.REPO, env=full_env,
+    res = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=full_env,
                          stdin=stdin, capture_output=True, text=True, timeout=timeout)
     res.seconds = time.monotonic() - start
     print(f"$ invoke {' '.join(args)}  ({res.seconds:.1f}s, rc={res.returncode})")

@@ -9,8 +9,8 @@ import pytest
 
 from tests.e2e.conftest import run_invoke
 
-from twotier import localcluster
-from twotier.localcluster import layout as L, netclean, procs
+import localcluster
+from localcluster import layout as L, netclean, procs
 
 pytestmark = pytest.mark.cluster
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.conftest import kubectl, kubectl_json
 from twotier import images
-from twotier.localcluster import layout as L
+from localcluster import layout as L
 
 pytestmark = pytest.mark.cluster
 

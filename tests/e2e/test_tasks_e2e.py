@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_json, must, run_invoke
-from twotier.localcluster import layout as L
+from tests.e2e.conftest import REPO, kubectl, kubectl_json, must, run_invoke
+from localcluster import layout as L
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
@@ -175,7 +175,7 @@ def test_loader_shell_in_a_terminal():
     """`script` gives the task a real pseudo-terminal, as a user's terminal would."""
     cmd = f"{sys.executable} -m invoke loader-shell"
     feed = "curl -s s-f-webapp:5000/info; echo; id -u\nexit 3\n"
-    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], cwd=L.REPO, stdin=subprocess.PIPE,
+    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], cwd=REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={"INVOKE_TWOTIER_BASE_IMAGE": "local", **os.environ})
     time.sleep(4)  # let kubectl attach before typing
@@ -217,7 +217,7 @@ def connected():
     import yaml
 
     from twotier import kube
-    settings = yaml.safe_load((L.REPO / "invoke.yaml").read_text())["twotier"]
+    settings = yaml.safe_load((REPO / "invoke.yaml").read_text())["twotier"]
     return kube.connect(settings)
 
 

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from twotier.localcluster import layout as L
+from localcluster import layout as L
 
 
 def pidfile(name: str) -> Path:
@@ -117,11 +117,11 @@ def wait_for(check, what: str, timeout: float, progress=print, interval: float =
             return result
         now = time.monotonic()
         if name and not running(name):
-            from twotier.errors import UserError
+            from localcluster.errors import ClusterError as UserError
             raise UserError(f"{name} exited while waiting for {what}. Last log lines:\n{tail(name)}",
                             hint=f"full log: {logfile(name)}")
         if now - start > timeout:
-            from twotier.errors import UserError
+            from localcluster.errors import ClusterError as UserError
             raise UserError(f"timed out after {timeout:.0f}s waiting for {what}",
                             hint=f"see {logfile(name) if name else L.LOGS}")
         if now - last >= 5:

@@ -7,9 +7,9 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-VERSIONS_FILE = REPO / "cluster" / "versions.env"
-BUILD_SCRIPT = REPO / "cluster" / "build-binaries.sh"
+HERE = Path(__file__).resolve().parent
+VERSIONS_FILE = HERE / "versions.env"
+BUILD_SCRIPT = HERE / "build-binaries.sh"
 
 CACHE = Path(os.environ.get("TWOTIER_CACHE", "/var/cache/twotier"))
 STATE = Path(os.environ.get("TWOTIER_STATE", "/var/lib/twotier/cluster"))
@@ -57,7 +57,7 @@ PORTS = {
 
 @lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    """The pinned versions from cluster/versions.env."""
+    """The pinned versions from localcluster/versions.env."""
     out = {}
     for line in VERSIONS_FILE.read_text().splitlines():
         m = re.match(r"^([A-Z_]+)=(\S+)", line.strip())

@@ -5,10 +5,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from twotier.errors import UserError
-from twotier.localcluster import layout as L
+from localcluster.errors import ClusterError as UserError
+from localcluster import layout as L
 
-ADDONS = L.REPO / "cluster" / "addons"
+ADDONS = L.HERE / "addons"
 
 
 def _run(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
@@ -73,5 +73,5 @@ def manifests() -> str:
     text = (ADDONS / "coredns.yaml").read_text()
     text = text.replace("__DNS_IP__", L.DNS_IP).replace("__DNS_DOMAIN__", L.DNS_DOMAIN)
     text = text.replace("__IMAGE__", coredns_image())
-    from twotier.localcluster.configs import local_registry_hosting
+    from localcluster.configs import local_registry_hosting
     return text + "---\n" + local_registry_hosting()

@@ -5,7 +5,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from twotier.localcluster import layout as L
+from localcluster import layout as L
 
 
 def _sh(*argv: str) -> subprocess.CompletedProcess:
@@ -49,7 +49,7 @@ def ensure_bridge_and_routes() -> None:
                  ["ip", "route", "replace", "unreachable", L.CLUSTER_CIDR]):
         res = _sh(*argv)
         if res.returncode != 0:
-            from twotier.errors import UserError
+            from localcluster.errors import ClusterError as UserError
             raise UserError(f"`{' '.join(argv)}` failed: {res.stderr.strip()}")
 
 

@@ -1,7 +1,7 @@
 """A real single-node Kubernetes cluster on this machine, the way hack/local-up-cluster.sh does it.
 
 etcd, the control plane, containerd, kubelet and kube-proxy run as host processes built from
-upstream sources (cluster/build-binaries.sh); CoreDNS runs as a Deployment; Debian's registry
+upstream sources (localcluster/build-binaries.sh); CoreDNS runs as a Deployment; Debian's registry
 serves images on localhost:5000. ``up()`` is idempotent, ``down()`` leaves the host as it was.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from twotier.errors import UserError
-from twotier.localcluster import addons, configs, netclean, pki, procs
-from twotier.localcluster import layout as L
-from twotier.localcluster.layout import kubectl_path  # noqa: F401  (public API)
+from localcluster.errors import ClusterError as UserError
+from localcluster import addons, configs, netclean, pki, procs
+from localcluster import layout as L
+from localcluster.layout import kubectl_path  # noqa: F401  (public API)
 
 COMPONENTS = ["containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
               "kubelet", "kube-proxy"]

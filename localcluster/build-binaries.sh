@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the local cluster's binaries from upstream sources through the Go module proxy.
 #
-#   cluster/build-binaries.sh [kubernetes|etcd|containerd|critools|coredns|tilt|cluster|all]
+#   localcluster/build-binaries.sh [kubernetes|etcd|containerd|critools|coredns|tilt|cluster|all]
 #
 # Each component is built in a small wrapper module under $TWOTIER_CACHE/src and installed into
 # $TWOTIER_CACHE/bin/<component>-<version>/. A component whose directory already holds a

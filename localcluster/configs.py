@@ -5,7 +5,7 @@ import base64
 import json
 from pathlib import Path
 
-from twotier.localcluster import layout as L
+from localcluster import layout as L
 
 
 def _b64(path: Path) -> str:
