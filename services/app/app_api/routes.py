@@ -3,12 +3,17 @@
   GET /createlist/<number>  create items "0" .. "<number>-1" that do not exist yet
   GET /clear                delete every item
 
-Both answer ``{"createds": [...], "deleteds": [...], "faileds": [...]}``. ``createds`` lists the
-items this call created (in numeric order), ``deleteds`` those it deleted (in the storage's
-sorted order), ``faileds`` those it could not create/delete. Items another client created or
-deleted concurrently are in none of the lists. If the storage tier fails before anything was
-done the answer is a JSON 502/503/504 error; if it fails halfway, the items not done are in
-``faileds`` and the answer is still 200.
+Both answer ``{"createds": [...], "deleteds": [...], "faileds": [...]}``. ``createds`` lists
+exactly the items this call created (in numeric order; a batch re-sent after a dropped
+connection counts what its first attempt created: idempotency keys), ``deleteds`` those it
+deleted (in the storage's sorted order), ``faileds`` those it could not create/delete. Items
+another client created or deleted concurrently are in none of the lists. If the storage tier
+fails on the first batch the answer is a JSON 502/503/504 error; if it fails halfway, the
+answer is still 200 and the items not done are in ``faileds`` - minus those a re-list shows
+to exist (the batch in flight may have been partly done: such items are in no list). Each
+request has a total deadline (``API_DEADLINE``) for all its calls to the storage tier.
+
+HEAD on these two answers 405 (a HEAD must not create or delete anything).
 """
 from __future__ import annotations
 
@@ -16,21 +21,23 @@ import re
 
 from flask import Blueprint, current_app, jsonify
 
-from twotier_service.jsonapi import ApiError
-from .storage_client import StorageClient, StorageError
+from twotier_service.jsonapi import ApiError, no_head
+from .storage_client import Deadline, StorageClient, StorageError
 
 bp = Blueprint("lists", __name__)
+no_head(bp, "createlist", "clear")
 _NUMBER = re.compile(r"[0-9]+", re.ASCII)
 
 
 @bp.get("/createlist/<number>")
 def createlist(number: str):
     count = _parse_number(number, current_app.config["API_MAX_ITEMS"])
+    deadline = _deadline()
     names = [str(i) for i in range(count)]
     createds, faileds = [], []
-    for done, result in _batches(names, "create"):
+    for done, result in _batches(names, "create", deadline):
         if result is None:  # the storage failed after some batches had succeeded
-            faileds.extend(names[done:])
+            faileds.extend(_not_existing(names[done:], deadline))
             break
         createds.extend(result["created"])
         faileds.extend(result["failed"])
@@ -39,10 +46,11 @@ def createlist(number: str):
 
 @bp.get("/clear")
 def clear():
-    names = _storage().list_items()
+    deadline = _deadline()
+    names = _storage().list_items(deadline)
     deleteds, faileds = [], []
-    for done, result in _batches(names, "delete"):
-        if result is None:
+    for done, result in _batches(names, "delete", deadline):
+        if result is None:  # those still there were not deleted (the in-flight batch: unknown)
             faileds.extend(names[done:])
             break
         deleteds.extend(result["deleted"])
@@ -50,7 +58,7 @@ def clear():
     return jsonify(createds=[], deleteds=deleteds, faileds=faileds)
 
 
-def _batches(names: list[str], op: str):
+def _batches(names: list[str], op: str, deadline: Deadline):
     """Yield (index of its first name, storage result) per chunk of API_BATCH_SIZE names.
     A failure of the first chunk is raised (nothing done: a clean 5xx); a later failure yields
     ``result=None`` once, so the caller reports the rest as failed."""
@@ -59,7 +67,7 @@ def _batches(names: list[str], op: str):
     for start in range(0, len(names), size):
         chunk = names[start:start + size]
         try:
-            result = storage.batch(**{op: chunk})
+            result = storage.batch(**{op: chunk}, deadline=deadline)
         except StorageError as err:
             if start == 0:
                 raise
@@ -70,11 +78,26 @@ def _batches(names: list[str], op: str):
         yield start, result
 
 
+def _not_existing(names: list[str], deadline: Deadline) -> list[str]:
+    """``names`` minus those the storage lists (one re-list, within the deadline): an item that
+    exists is never reported as failed. If the re-list fails too, ``names`` as they are."""
+    try:
+        existing = set(_storage().list_items(deadline))
+    except StorageError:
+        return names
+    return [name for name in names if name not in existing]
+
+
+def _deadline() -> Deadline:
+    return Deadline(current_app.config["API_DEADLINE"])
+
+
 def _parse_number(raw: str, limit: int) -> int:
     if not _NUMBER.fullmatch(raw):
         raise ApiError(400, "invalid_number", f"<number> must be a non-negative integer "
                        f"(0 to {limit}), got {raw[:40]!r}", max=limit)
-    value = int(raw) if len(raw) <= 18 else limit + 1
+    digits = raw.lstrip("0") or "0"  # leading zeros: the number they are
+    value = int(digits) if len(digits) <= 18 else limit + 1
     if value > limit:
         raise ApiError(400, "invalid_number", f"<number> may be at most {limit} (API_MAX_ITEMS), "
                        f"got {raw[:40]}", max=limit)
