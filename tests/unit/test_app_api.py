@@ -344,3 +344,19 @@ def test_the_deadline_bounds_all_calls_of_a_request_and_the_message_says_so(monk
                            API_DEADLINE="10")
     body = _json_error(client2.get("/clear"), 504, "storage_timeout")
     assert "gave up after 11.0 s (API_DEADLINE=10 s)" in body["message"]
+
+
+def test_without_a_relist_the_batch_in_flight_is_in_no_list(api_app):
+    """The storage dies for good during the second batch: "3".."5" may be partly done, so they
+    are neither created nor failed; "6", "7" were never sent: failed."""
+    inner = _wsgi_adapter(api_app)
+    dropped = requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("gone")))
+
+    def script(req, n):
+        if n == 2:
+            inner.send(_batch_request(["3"]))
+        return dropped if n >= 2 else None
+
+    client, _ = _app_with(script, inner=inner, API_BATCH_SIZE="3")
+    assert client.get("/createlist/8").get_json() == {
+        "createds": ["0", "1", "2"], "deleteds": [], "faileds": ["6", "7"]}

@@ -9,8 +9,8 @@ connection counts what its first attempt created: idempotency keys), ``deleteds`
 deleted (in the storage's sorted order), ``faileds`` those it could not create/delete. Items
 another client created or deleted concurrently are in none of the lists. If the storage tier
 fails on the first batch the answer is a JSON 502/503/504 error; if it fails halfway, the
-answer is still 200 and the items not done are in ``faileds`` - minus those a re-list shows
-to exist (the batch in flight may have been partly done: such items are in no list). Each
+answer is still 200 and the items certainly not done are in ``faileds``: a re-list tells
+which; without it the batch in flight, which the storage may have partly done, is in no list. Each
 request has a total deadline (``API_DEADLINE``) for all its calls to the storage tier.
 
 HEAD on these two answers 405 (a HEAD must not create or delete anything).
@@ -35,9 +35,10 @@ def createlist(number: str):
     deadline = _deadline()
     names = [str(i) for i in range(count)]
     createds, faileds = [], []
-    for done, result in _batches(names, "create", deadline):
-        if result is None:  # the storage failed after some batches had succeeded
-            faileds.extend(_not_existing(names[done:], deadline))
+    for result in _batches(names, "create", deadline):
+        if isinstance(result, _Stopped):
+            # not done: an item a re-list shows to exist is not reported as failed
+            faileds.extend(result.not_done(present=False))
             break
         createds.extend(result["created"])
         faileds.extend(result["failed"])
@@ -49,19 +50,38 @@ def clear():
     deadline = _deadline()
     names = _storage().list_items(deadline)
     deleteds, faileds = [], []
-    for done, result in _batches(names, "delete", deadline):
-        if result is None:  # those still there were not deleted (the in-flight batch: unknown)
-            faileds.extend(names[done:])
+    for result in _batches(names, "delete", deadline):
+        if isinstance(result, _Stopped):
+            faileds.extend(result.not_done(present=True))  # still there: not deleted
             break
         deleteds.extend(result["deleted"])
         faileds.extend(result["failed"])
     return jsonify(createds=[], deleteds=deleteds, faileds=faileds)
 
 
+class _Stopped:
+    """The storage failed on the chunk ``names[start:end]`` after earlier chunks succeeded."""
+
+    def __init__(self, names: list[str], start: int, end: int, err: StorageError, deadline: Deadline):
+        self.names, self.start, self.end, self.err, self.deadline = names, start, end, err, deadline
+
+    def not_done(self, present: bool) -> list[str]:
+        """The names from the failed chunk on whose operation certainly did not happen.
+
+        One re-list (within the deadline) tells: for a create, the names not listed; for a
+        delete, the names still listed. Without it, the chunk in flight is reported only if it
+        was certainly never received (no connection, or past the deadline); otherwise its outcome is unknown
+        (the storage may have done part of it) and its names are in no list."""
+        try:
+            listed = set(_storage().list_items(self.deadline))
+        except StorageError:
+            return self.names[self.end if self.err.sent else self.start:]
+        return [n for n in self.names[self.start:] if (n in listed) == present]
+
+
 def _batches(names: list[str], op: str, deadline: Deadline):
-    """Yield (index of its first name, storage result) per chunk of API_BATCH_SIZE names.
-    A failure of the first chunk is raised (nothing done: a clean 5xx); a later failure yields
-    ``result=None`` once, so the caller reports the rest as failed."""
+    """Yield the storage's result per chunk of API_BATCH_SIZE names. A failure of the first
+    chunk is raised (a clean 5xx); a later failure yields one ``_Stopped`` and ends."""
     size = current_app.config["API_BATCH_SIZE"]
     storage = _storage()
     for start in range(0, len(names), size):
@@ -73,19 +93,9 @@ def _batches(names: list[str], op: str, deadline: Deadline):
                 raise
             current_app.logger.warning("%s stopped after %d of %d items: %s",
                                        op, start, len(names), err.message)
-            yield start, None
+            yield _Stopped(names, start, start + len(chunk), err, deadline)
             return
-        yield start, result
-
-
-def _not_existing(names: list[str], deadline: Deadline) -> list[str]:
-    """``names`` minus those the storage lists (one re-list, within the deadline): an item that
-    exists is never reported as failed. If the re-list fails too, ``names`` as they are."""
-    try:
-        existing = set(_storage().list_items(deadline))
-    except StorageError:
-        return names
-    return [name for name in names if name not in existing]
+        yield result
 
 
 def _deadline() -> Deadline:

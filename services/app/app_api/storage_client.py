@@ -39,7 +39,11 @@ from twotier_service.jsonapi import ApiError
 
 
 class StorageError(ApiError):
-    """The storage tier could not be used; ``status`` is 502, 503 or 504."""
+    """The storage tier could not be used; ``status`` is 502, 503 or 504. ``sent`` is False
+    when the request certainly never reached the storage (no connection, or the deadline had
+    passed before sending): nothing was done."""
+
+    sent = True
 
 
 class Deadline:
@@ -129,7 +133,9 @@ class StorageClient:
         deadline = deadline or Deadline(3600.0)
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise self._timeout(what, deadline)
+            err = self._timeout(what, deadline)
+            err.sent = False
+            raise err
         timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
         _current.deadline, _current.timers = deadline, []
         try:
@@ -165,8 +171,10 @@ class StorageClient:
                                 f"(API_READ_TIMEOUT){waited}")
         if any(isinstance(e, (requests.ConnectTimeout, ConnectTimeoutError, NewConnectionError))
                for e in chain):
-            return StorageError(503, "storage_unreachable", f"cannot connect to the storage API "
-                                f"at {self.base_url}: {_reason(chain)}")
+            err = StorageError(503, "storage_unreachable", f"cannot connect to the storage API "
+                               f"at {self.base_url}: {_reason(chain)}")
+            err.sent = False
+            return err
         return _bad(what, f"the connection failed: {_reason(chain)}")
 
 
