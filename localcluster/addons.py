@@ -5,8 +5,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from localcluster.errors import ClusterError as UserError
 from localcluster import layout as L
+from localcluster.errors import ClusterError as UserError
 
 ADDONS = L.HERE / "addons"
 

@@ -111,7 +111,7 @@ def wait_for(check, what: str, timeout: float, progress=print, interval: float =
     while True:
         try:
             result = check()
-        except Exception:  # noqa: BLE001 - any failure means "not yet"
+        except Exception:
             result = None
         if result:
             return result

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_json
-from twotier import images
 from localcluster import layout as L
+from tests.e2e.conftest import kubectl, kubectl_json
+from twotier.images import build as images
 
 pytestmark = pytest.mark.cluster
 

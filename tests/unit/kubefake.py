@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 
-from twotier.kube import CLUSTER_SCOPED, ApiError
+from twotier.kube.client import CLUSTER_SCOPED, ApiError
 
 LABEL = {"app.kubernetes.io/part-of": "twotier"}
 

@@ -17,6 +17,7 @@ import re
 from flask import Blueprint, current_app, jsonify
 
 from twotier_service.jsonapi import ApiError
+
 from .storage_client import StorageClient, StorageError
 
 bp = Blueprint("lists", __name__)
