@@ -245,7 +245,7 @@ def up(progress=print) -> float:
     except Exception:
         if procs.port_in_use(5000):
             raise UserError("port 5000 is in use by something that is not a container registry",
-                            hint="stop it (e.g. an `invoke serve` storage API) and run `invoke cluster.up` again")
+                            hint="stop it (e.g. an `invoke serve` storage API) and run `invoke cluster.up` again") from None
         progress(f"starting the local registry on {L.REGISTRY_HOST}")
         procs.start("registry", ["docker-registry", "serve", str(L.STATE / "registry.yml")])
         procs.wait_for(registry_ok, "the registry", 30, progress, name="registry")

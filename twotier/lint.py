@@ -132,7 +132,7 @@ def run(fix: bool = False, progress=print) -> int:
     progress("== ruff")
     if ruff(fix):
         failures += 1
-    progress("== manifests: strict schema validation (Kubernetes %s)" % K8S_SCHEMA_VERSION)
+    progress(f"== manifests: strict schema validation (Kubernetes {K8S_SCHEMA_VERSION})")
     objects = renders()
     problems = [f"{file}: {p}" for file, objs in objects.items() for p in schema_problems(objs)]
     progress("== manifests: checkov")

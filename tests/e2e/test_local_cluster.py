@@ -1,4 +1,4 @@
-"""Acceptance of the local cluster itself (issue 5): a real node, registry, DNS, Services, PV, logs, exec."""
+"""Acceptance of the local cluster itself: a real node, registry, DNS, Services, PV, logs, exec."""
 from __future__ import annotations
 
 import hashlib

@@ -93,7 +93,7 @@ class FakeCluster:
                 {"type": "InternalIP", "address": ip} for ip in self._node_ips]}}]
         ns = None if kind in CLUSTER_SCOPED else (namespace or self.namespace)
         out = []
-        for (k, n, _name), obj in list(self.objects.items()):
+        for (k, n, _name), _obj in list(self.objects.items()):
             if k != kind or (not all_namespaces and n != ns):
                 continue
             # lingering objects count as reads too

@@ -211,8 +211,13 @@ def test_crashing_pod_of_old_replicaset_does_not_fail_the_rollout():
     with_replicaset(cluster)
     cluster.put(pod("sto-dep-h0-z", "sto-app", owner_uid="R0", template_hash="h0", ready=False,
                     waiting={"reason": "CrashLoopBackOff"}))
-    wait_for_rollouts(cluster, ["sto-dep"], timeout=30, out=lambda s: None, clock=clock,
-                      sleep=clock.sleep)
+    lines = []
+    took = wait_for_rollouts(cluster, ["sto-dep"], timeout=30, out=lines.append, clock=clock,
+                             sleep=clock.sleep)
+    # it waited for the second read (the new ReplicaSet's pods available), not failed on the old pod
+    assert took == clock.t
+    assert cluster.count("get", "Deployment") >= 2
+    assert not any("CrashLoopBackOff" in line for line in lines)  # the old pod is not this rollout's business
 
 
 def test_wait_deadline_exceeded_shows_pods():

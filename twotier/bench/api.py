@@ -9,7 +9,7 @@ temporary storage directory. For each N the benchmark times, as the median of ``
   connection each time) against the same storage API, then ``GET /items`` and one ``DELETE``
   per item.
 
-Goals (issue 2): createlist/1000 at least 20x faster than the baseline, createlist/10000 < 0.5 s.
+Goals: createlist/1000 at least 20x faster than the baseline, createlist/10000 < 0.5 s.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import requests
 
+from twotier import tables
 from twotier.dev.servers import APP, STORAGE, ServiceProcess, free_port
 from twotier.errors import UserError
 
@@ -138,8 +139,7 @@ def table(rows: list[Row]) -> str:
     header = ("N", "createlist", "per-item PUTs", "speed-up", "clear", "per-item DELETEs", "speed-up")
     lines = [header] + [(str(r.n), _ms(r.create), _ms(r.base_create), _x(r.create_ratio),
                          _ms(r.clear), _ms(r.base_clear), _x(r.clear_ratio)) for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
+    return tables.table(lines[0], lines[1:], right=True)
 
 
 def goals(rows: list[Row]) -> list[tuple[str, bool | None]]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twotier import settings as settingsmod
-from twotier import shape
+from twotier import shape, tables
 from twotier.dev.tiltrun import TiltSession
 from twotier.errors import UserError
 from twotier.shape import ROOT
@@ -145,10 +145,9 @@ def wait_for_marker(urls: list[str], marker: str | None, timeout: float = 120, p
                     first = time.monotonic()
                 if url != first_url:
                     done.add(url)
-        if first is not None and len(done) == len(urls) - 1:
-            # the Service answer can come from any replica: confirm it answers with it again
-            if probe_value(first_url) == marker:
-                return first, time.monotonic()
+        # the Service answer can come from any replica: confirm it answers with it again
+        if first is not None and len(done) == len(urls) - 1 and probe_value(first_url) == marker:
+            return first, time.monotonic()
         if time.monotonic() - start > timeout:
             got = {u: probe_value(u) for u in urls}
             raise UserError(f"the new code did not answer within {timeout:.0f}s "
@@ -315,9 +314,7 @@ def measure(settings=None, edits: int = 5, rebuilds: int = 3, progress=print) ->
 
 def format_table(result: dict) -> str:
     """The numbers as a small Markdown table (the README's shape)."""
-    lines = ["| tier | live update: save -> Service answers | all replicas answer "
-             "| no live update: Tilt build (image, push, apply) | Service answers | rollout complete |",
-             "|---|---|---|---|---|---|"]
+    rows = []
     for name in TIERS:
         live = (result.get("live_update") or {}).get(name)
         reb = (result.get("rebuild") or {}).get(name)
@@ -329,7 +326,10 @@ def format_table(result: dict) -> str:
                  f"{reb['tilt_build_median_s']:.1f} s" if reb else "-",
                  f"{reb['service_median_s']:.1f} s" if reb else "-",
                  f"{reb['all_replicas_median_s']:.1f} s" if reb else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = [tables.markdown(["tier", "live update: save -> Service answers", "all replicas answer",
+                              "no live update: Tilt build (image, push, apply)", "Service answers",
+                              "rollout complete"], rows)]
     lines.append("\nMedians of the runs; a save is a one-line change to a view (a new response field).")
     if "startup_s" in result:
         lines.append(f"\n`tilt up` until both tiers were ready (images cached): {result['startup_s']:.0f} s")

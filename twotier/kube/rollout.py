@@ -93,7 +93,8 @@ def pods_of_replicaset(rs: dict, pods: list[dict]) -> list[dict]:
     found = []
     for pod in pods:
         meta = pod.get("metadata") or {}
-        if uid and any(o.get("uid") == uid for o in meta.get("ownerReferences") or []) or hash_ and (meta.get("labels") or {}).get("pod-template-hash") == hash_:
+        owned_by_rs = uid and any(o.get("uid") == uid for o in meta.get("ownerReferences") or [])
+        if owned_by_rs or (hash_ and (meta.get("labels") or {}).get("pod-template-hash") == hash_):
             found.append(pod)
     return found
 

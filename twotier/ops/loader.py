@@ -2,7 +2,8 @@
 
 Its manifest is k8s/loader (rendered by twotier.ops.render.loader_pod: restricted
 securityContext, non-root, read-only root filesystem, the project's label). ``ensure_loader``
-creates it (or reuses a running one with the same image) and waits until it runs; ``exec_in_loader`` runs a command in it without a terminal and returns (rc, output);
+creates it (or reuses a running one with the same image) and waits until it runs;
+``exec_in_loader`` runs a command in it without a terminal and returns (rc, output);
 ``shell_argv`` is the `kubectl exec -it loader -- sh` that `invoke loader-shell` hands the
 terminal to (kubectl handles raw mode and window resizing; the Python client has no TTY helper).
 """

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from twotier.kube.client import owned
 from twotier.kube.rollout import rollout_state_safe, selector_string
+from twotier.tables import table
 
 HEADERS = ("KIND", "NAME", "READY", "AGE", "DETAILS")
 
@@ -113,11 +114,7 @@ def service_urls(svc: dict, node_ip: str | None) -> list[str]:
 
 
 def format_table(rows: list[tuple], headers=HEADERS) -> str:
-    """Columns padded to their widest cell, like kubectl's tables."""
-    table = [tuple(str(c) for c in headers)] + [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
-    lines = ["   ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
-    return "\n".join(lines)
+    return table(headers, rows, gap=3)
 
 
 def collect(cluster, targets) -> list[dict]:
