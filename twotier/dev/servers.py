@@ -26,6 +26,7 @@ import requests
 
 from twotier import shape
 from twotier.errors import UserError
+from twotier.poll import Timeout, poll
 from twotier.shape import SERVICES
 
 LOOPBACK = "127.0.0.1"
@@ -96,22 +97,22 @@ class ServiceProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> ServiceProcess:
         """Poll ``/readyz`` until 200; a clear UserError (with the last output) otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def ready() -> bool:
             if not self.alive():
                 code = self.proc.returncode if self.proc else None
                 raise UserError(f"the {self.service.title} exited (code {code}) while starting"
                                 + self._tail(), "fix the error shown above and try again")
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
+                return requests.get(self.url + "/readyz", timeout=1).status_code == 200
             except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise UserError(f"the {self.service.title} did not become ready on {self.url} "
-                                f"within {timeout:.0f} s" + self._tail(),
-                                "the machine may be very busy: try again, or look at the output")
-            time.sleep(0.1)
+                return False
+
+        try:
+            poll(ready, timeout=timeout, interval=0.1, what=f"the {self.service.title} becoming ready on {self.url}")
+        except Timeout as err:
+            raise UserError(err.message + self._tail(),
+                            "the machine may be very busy: try again, or look at the output") from None
+        return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, wait up to ``timeout``, then SIGKILL the whole process group."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from twotier.errors import UserError
 from twotier.kube.client import CLUSTER_SCOPED, PROJECT_LABEL, owned
 from twotier.kube.rollout import selector_string
+from twotier.poll import Timeout
+from twotier.poll import poll as poll_until
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "Pod")
 NETWORK_KINDS = ("Ingress", "Service", "NetworkPolicy")
@@ -135,21 +137,24 @@ def _remaining(cluster, waiting: list[Target]) -> list[str]:
 
 
 def _wait_gone(cluster, title, waiting, timeout, start, out, poll, progress_every, clock, sleep):
-    phase_start = clock()
-    last = phase_start
-    while True:
-        left = _remaining(cluster, waiting)
-        if not left:
-            out(f"[{clock() - start:4.0f}s] {title}: gone")
-            return
-        now = clock()
-        if now - phase_start >= timeout:
-            raise UserError(
-                f"timed out after {timeout:.0f}s waiting for {title} to go: {', '.join(left)}",
-                "finalizers are not stripped on purpose: check what blocks them "
-                "(`kubectl describe` the objects above), then run `invoke clean` again; "
-                "raise twotier.timeouts.delete if it is only slow")
-        if now - last >= progress_every:
-            out(f"[{now - start:4.0f}s] waiting for {title} to go: {', '.join(left)}")
-            last = now
-        sleep(poll)
+    left: list[str] = []
+    said = [0.0]
+
+    def gone() -> bool:
+        left[:] = _remaining(cluster, waiting)
+        return not left
+
+    def progress(elapsed: float) -> None:
+        if elapsed - said[0] >= progress_every:
+            out(f"[{clock() - start:4.0f}s] waiting for {title} to go: {', '.join(left)}")
+            said[0] = elapsed
+
+    try:
+        poll_until(gone, timeout=timeout, interval=poll, what=title, on_wait=progress, clock=clock, sleep=sleep)
+    except Timeout:
+        raise UserError(
+            f"timed out after {timeout:.0f}s waiting for {title} to go: {', '.join(left)}",
+            "finalizers are not stripped on purpose: check what blocks them "
+            "(`kubectl describe` the objects above), then run `invoke clean` again; "
+            "raise twotier.timeouts.delete if it is only slow") from None
+    out(f"[{clock() - start:4.0f}s] {title}: gone")

@@ -18,6 +18,7 @@ from twotier.images import registry
 from twotier.kube.client import PROJECT_LABEL, owned
 from twotier.kube.rollout import event_lines, pod_problem, pod_summary
 from twotier.ops import render
+from twotier.poll import poll as wait
 from twotier.settings import Settings
 
 LOADER_NAME = "loader"
@@ -116,12 +117,9 @@ def _describe(cluster, pod) -> str:
 
 
 def _wait_deleted(cluster, timeout, clock, sleep, poll, out):
-    start = clock()
-    while cluster.get("v1", "Pod", LOADER_NAME) is not None:
-        if clock() - start > timeout:
-            raise UserError(f"the old loader pod did not go away within {timeout:.0f}s",
-                            "check it with `kubectl describe pod loader`")
-        sleep(poll)
+    wait(lambda: cluster.get("v1", "Pod", LOADER_NAME) is None, timeout=timeout, interval=poll,
+         what="the old loader pod going away", hint="check it with `kubectl describe pod loader`",
+         clock=clock, sleep=sleep)
 
 
 # --------------------------------------------------------------------------------------------
