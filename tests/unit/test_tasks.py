@@ -145,9 +145,9 @@ def test_logs_kubectl_failure_exits_with_its_code(cluster, monkeypatch):
 
 
 def test_without_kubectl_the_tasks_that_need_it_say_so(monkeypatch):
-    import localcluster
+    from localcluster import layout
 
-    monkeypatch.setattr(localcluster, "kubectl_path", lambda: "/nonexistent/kubectl")
+    monkeypatch.setattr(layout, "kubectl_path", lambda: "/nonexistent/kubectl")
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(Exit, match="kubectl was not found"):
         tasks.logs(ctx(monkeypatch))

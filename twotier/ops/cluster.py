@@ -6,13 +6,13 @@ where the project says "when nothing is configured, use the local cluster built 
 """
 from __future__ import annotations
 
-import localcluster
+from localcluster import layout as localcluster
 from twotier.kube import client as kube
 from twotier.settings import Settings
 
 
 def target(settings: Settings) -> kube.Target:
-    kubeconfig = kube.resolve_kubeconfig(settings.kubeconfig, str(localcluster.kubeconfig_path()))
+    kubeconfig = kube.resolve_kubeconfig(settings.kubeconfig, str(localcluster.KUBECONFIG))
     return kube.Target(kubeconfig=kubeconfig, context=settings.context, namespace=settings.namespace,
                        allowed_contexts=settings.allowed_contexts, field_manager=settings.field_manager,
                        api_timeout=settings.timeouts.api)
