@@ -33,6 +33,12 @@ HELP = {
 KUBE_HELP = {k: HELP[k] for k in ("context", "namespace", "allow_context")}
 
 
+def _defaults() -> dict:
+    from twotier.settings import defaults
+
+    return defaults()
+
+
 def _settings(c, **flags):
     """The settings, read once: invoke.yaml < twotier.local.yaml < INVOKE_TWOTIER_* < these flags."""
     from twotier import shape
@@ -397,3 +403,4 @@ bench = Collection("bench", bench_all, bench_api)
 
 ns = Collection(serve, dev, build, push, base_image, render, deploy, up, status, logs, loader_shell,
                 smoke, clean, test, lint, tilt, cluster, bench)
+ns.configure({"twotier": _defaults()})

@@ -1,7 +1,8 @@
 """The user's settings, read once into a typed object that the rest of the machinery receives.
 
 Precedence, lowest to highest:
-  1. invoke.yaml, key ``twotier:`` (the project's defaults, in git)
+  0. the defaults below (``defaults()``: what tasks.py gives ``ns.configure``)
+  1. invoke.yaml, key ``twotier:`` (the checkout's choices, in git)
   2. twotier.local.yaml (git-ignored: what ``./bootstrap.sh`` decided for this machine, such as
      ``base_image: local``), unless an INVOKE_TWOTIER_* variable sets the same key
   3. INVOKE_TWOTIER_<KEY>[_<SUB>] environment variables (Invoke applies them to existing keys)
@@ -137,6 +138,14 @@ def _nested(kind, value, name: str):
     return kind(**out)
 
 
+def defaults() -> dict:
+    """The defaults as the plain mapping Invoke's ``ns.configure`` takes (every key must exist
+    there for INVOKE_TWOTIER_* variables to apply to it)."""
+    data = dataclasses.asdict(Settings())
+    data["allowed_contexts"] = list(data["allowed_contexts"])
+    return data
+
+
 def read_local(path: Path = LOCAL_FILE) -> dict:
     """This machine's settings file (a mapping like invoke.yaml's ``twotier:``), {} if absent."""
     try:
@@ -174,7 +183,7 @@ def load(root: Path = ROOT) -> Settings:
     """The settings tasks see, for callers outside Invoke (benchmarks, tests, tools)."""
     from invoke import Config
 
-    cfg = Config(project_location=str(root))
+    cfg = Config(defaults={**Config.global_defaults(), "twotier": defaults()}, project_location=str(root))
     cfg.load_project()
     cfg.load_shell_env()
     return Settings.from_invoke(cfg)

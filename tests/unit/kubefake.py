@@ -266,7 +266,10 @@ def project_context(monkeypatch=None, env=None, run=None):
             monkeypatch.delenv(key)
         for key, value in (env or {}).items():
             monkeypatch.setenv(key, value)
-    cfg = Config(project_location=str(Path(__file__).resolve().parents[2]))
+    from twotier.settings import defaults
+
+    cfg = Config(defaults={**Config.global_defaults(), "twotier": defaults()},
+                 project_location=str(Path(__file__).resolve().parents[2]))
     cfg.load_project()
     cfg.load_shell_env()
     return MockContext(config=cfg, run=run if run is not None else {}, repeat=False)
