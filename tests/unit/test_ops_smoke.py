@@ -1,87 +1,103 @@
-"""`invoke smoke`: the seed's checks against a simulated system (the seed's HTTP contract)."""
-import json
+"""`invoke smoke` (twotier.ops.smoke): the tutorial's checks against the real services, served
+in-process on loopback behind the addresses of a fake cluster."""
+import logging
+import threading
 
 import pytest
+import requests
 from kubefake import FakeCluster, deployment, pod, service
 
 from twotier.errors import UserError
 from twotier.ops.smoke import HostHttp, LoaderHttp, ProbeError, Response, Smoke, endpoint, run_smoke
 
 
-class SeedSystem:
-    """The seed's three apps behind every address smoke may use; storage per pod or shared."""
+class _Served:
+    """A real Flask app on a loopback port (werkzeug's threaded server), for smoke to talk to."""
 
-    def __init__(self, items=(), shared=True):
-        self.stores = {"a": set(items), "b": set(items)}
-        self.shared = shared
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log in the test output
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SeedSystem:
+    """The real services (storage_api, app_api, hello_app) behind every address smoke may use:
+    two storage "pods" on one directory (the shared volume) or on one each, the application API
+    using pod a through STO_API, as in the cluster."""
+
+    def __init__(self, tmp_path, items=(), shared=True):
+        from app_api import create_app as app_api
+        from hello_app import create_app as hello_app
+        from storage_api import create_app as storage_api
+
+        self.dirs = {"a": tmp_path / "pv", "b": tmp_path / ("pv" if shared else "pv-b")}
+        self.servers = {pod: _Served(storage_api({"STO_STORAGE": str(d)})) for pod, d in self.dirs.items()}
+        self.servers["app"] = _Served(app_api({"STO_API": self.servers["a"].url}))
+        self.servers["hello"] = _Served(hello_app())
         self.requests = []
         self.down = set()  # hosts that refuse connections
+        self.http = HostHttp(timeout=5)
+        for item in items:
+            requests.put(f"{self.servers['a'].url}/items/{item}", timeout=5).raise_for_status()
+
+    def close(self):
+        for server in self.servers.values():
+            server.close()
 
     def store(self, pod="a"):
-        return self.stores["a"] if self.shared else self.stores[pod]
+        return set(requests.get(self.servers[pod].url + "/items", timeout=5).json()["items"])
 
     def route(self, host):
         storage = {"192.0.2.2:31000", "10.96.0.10:5000", "in-svc:5000",
-                   "in-svc.default.svc.cluster.local:5000"}
+                   "in-svc.default.svc.cluster.local:5000", "10.244.0.5:5000"}
         app = {"192.0.2.2:31001", "10.96.0.11:5001", "10.244.0.9:5001", "out-svc:5001",
                "out-svc.default.svc.cluster.local:5001"}
-        if host in ("10.244.0.5:5000",):
-            return "storage", "a"
-        if host in ("10.244.0.6:5000",):
-            return "storage", "b"
+        if host == "10.244.0.6:5000":
+            return "b"
         if host in storage:
-            return "storage", "a"
+            return "a"
         if host in app:
-            return "app", None
-        if host in {"192.0.2.2:31000/hello", "10.96.0.12:5000", "10.244.0.7:5000", "s-f-webapp:5000",
+            return "app"
+        if host in {"10.96.0.12:5000", "10.244.0.7:5000", "s-f-webapp:5000",
                     "s-f-webapp.default.svc.cluster.local:5000"}:
-            return "hello", None
+            return "hello"
         raise ProbeError(f"Could not resolve host: {host}")
 
     def __call__(self, method, url):
         self.requests.append((method, url))
-        rest = url.split("://", 1)[1]
-        host, _, path = rest.partition("/")
-        path = "/" + path
+        host, _, path = url.split("://", 1)[1].partition("/")
         if host in self.down:
             raise ProbeError("Connection refused")
-        kind, pod_name = self.route(host)
-        if kind == "hello":
-            return self.ok({"a": 1} if path == "/" else {"info": True})
-        if kind == "storage":
-            store = self.store(pod_name)
-            if path == "/items":
-                return self.ok({"items": sorted(store)})
-            item = path.split("/items/", 1)[1]
-            if method == "PUT":
-                store.add(item)
-                return Response(201, json.dumps({"created": {item: True}}))  # as the real storage API
-            if method == "DELETE":
-                store.discard(item)
-                return self.ok({"deleted": {item: True}})
-        if kind == "app":
-            store = self.store()
-            if path.startswith("/createlist/"):
-                n = int(path.rsplit("/", 1)[1])
-                created = [str(i) for i in range(n) if str(i) not in store]
-                store.update(created)
-                return self.ok({"createds": created, "deleteds": [], "faileds": []})
-            if path == "/clear":
-                deleted = sorted(store)
-                store.clear()
-                return self.ok({"createds": [], "deleteds": deleted, "faileds": []})
-        return Response(404, "{}")
-
-    @staticmethod
-    def ok(body):
-        return Response(200, json.dumps(body))
+        return self.http(method, self.servers[self.route(host)].url + "/" + path)
 
 
 class HelloSystem(SeedSystem):
     def route(self, host):
         if host == "192.0.2.2:31000":
-            return "hello", None
+            return "hello"
         return super().route(host)
+
+
+@pytest.fixture
+def seed(tmp_path):
+    """SeedSystem(...) factory; every system made is stopped at the end of the test."""
+    made = []
+
+    def make_system(kind=SeedSystem, **kwargs):
+        system = kind(tmp_path / str(len(made)), **kwargs)
+        made.append(system)
+        return system
+
+    yield make_system
+    for system in made:
+        system.close()
 
 
 def eps():
@@ -97,8 +113,8 @@ def make(system, lines):
                  sleep=lambda s: None)
 
 
-def test_full_stage_runs_the_seeds_sequence_and_leaves_storage_empty():
-    system, lines = SeedSystem(), []
+def test_full_stage_runs_the_seeds_sequence_and_leaves_storage_empty(seed):
+    system, lines = seed(), []
     s = make(system, lines)
     sto, app, _ = eps()
     s.full(sto, app)
@@ -123,8 +139,8 @@ def test_full_stage_runs_the_seeds_sequence_and_leaves_storage_empty():
     assert s.summary() == (len(lines), 0)
 
 
-def test_full_stage_with_existing_items_puts_them_back():
-    system, lines = SeedSystem(items={"1", "keep-me"}), []
+def test_full_stage_with_existing_items_puts_them_back(seed):
+    system, lines = seed(items={"1", "keep-me"}), []
     make(system, lines).full(*eps()[:2])
     text = "\n".join(lines)
     assert "FAIL" not in text, text
@@ -134,8 +150,8 @@ def test_full_stage_with_existing_items_puts_them_back():
     assert system.store() == {"1", "keep-me"}
 
 
-def test_storage_stage_writes_via_one_pod_reads_via_the_other():
-    system, lines = SeedSystem(), []
+def test_storage_stage_writes_via_one_pod_reads_via_the_other(seed):
+    system, lines = seed(), []
     make(system, lines).storage(eps()[0])
     text = "\n".join(lines)
     assert "FAIL" not in text, text
@@ -147,8 +163,8 @@ def test_storage_stage_writes_via_one_pod_reads_via_the_other():
     assert system.store() == set()
 
 
-def test_unshared_volume_is_caught():
-    system, lines = SeedSystem(shared=False), []
+def test_unshared_volume_is_caught(seed):
+    system, lines = seed(shared=False), []
     s = make(system, lines)
     s.storage(eps()[0])
     fails = [ln for ln in lines if ln.startswith("FAIL")]
@@ -156,25 +172,25 @@ def test_unshared_volume_is_caught():
     assert s.summary()[1] >= 1
 
 
-def test_one_storage_replica_is_a_failure_not_a_skip():
+def test_one_storage_replica_is_a_failure_not_a_skip(seed):
     from twotier.ops.smoke import Endpoint
-    system, lines = SeedSystem(), []
+    system, lines = seed(), []
     s = make(system, lines)
     s.shared_volume(Endpoint("in-svc", "10.96.0.10", 5000, 31000, 5000, ["10.244.0.5"]))
     assert lines == ["FAIL  write via one storage replica, read via the other: needs 2 ready "
                      "storage pods, found 1"]
 
 
-def test_hello_stage_checks_root_and_info_every_way():
-    system, lines = HelloSystem(), []
+def test_hello_stage_checks_root_and_info_every_way(seed):
+    system, lines = seed(HelloSystem), []
     s = make(system, lines)
     s.hello(eps()[2])
     assert [ln.split("  ", 1)[0] for ln in lines] == ["PASS"] * 6, lines
     assert 'PASS  host -> node 192.0.2.2:31000/ (first app): {"a":1}' in lines
 
 
-def test_dns_failure_is_a_fail_line_with_the_reason():
-    system, lines = SeedSystem(), []
+def test_dns_failure_is_a_fail_line_with_the_reason(seed):
+    system, lines = seed(), []
     s = make(system, lines)
     system.down.add("in-svc:5000")
     s.reach_all_ways(eps()[0], "/items", lambda d: "", "storage API")
@@ -265,8 +281,8 @@ def test_endpoint_missing_objects_say_deploy_first():
     assert "invoke deploy" in info.value.hint
 
 
-def test_run_smoke_storage_passes_and_fails_non_zero_when_a_check_fails(monkeypatch):
-    system, lines = SeedSystem(), []
+def test_run_smoke_storage_passes_and_fails_non_zero_when_a_check_fails(monkeypatch, seed):
+    system, lines = seed(), []
 
     def execute(argv):
         if argv[0] == "getent":
@@ -277,7 +293,7 @@ def test_run_smoke_storage_passes_and_fails_non_zero_when_a_check_fails(monkeypa
     run_smoke(storage_cluster(), "storage", execute, out=lines.append, host=system)
     assert lines[-1].startswith("smoke (storage): 9 passed, 0 failed")
 
-    system.shared = False
+    system = seed(shared=False)  # each storage pod on a volume of its own
     lines.clear()
     with pytest.raises(UserError, match=r"smoke check\(s\) failed \(stage storage\)"):
         run_smoke(storage_cluster(), "storage", execute, out=lines.append, host=system)
@@ -302,7 +318,7 @@ def test_a_failed_write_check_still_removes_its_item():
     assert system.store() == set()
 
 
-def test_stale_dns_is_waited_out_before_the_name_checks():
+def test_stale_dns_is_waited_out_before_the_name_checks(seed):
     """After clean + up, the cluster DNS may still give a Service's previous IP for up to 30 s."""
     answers = {"in-svc": [["10.96.9.9"], ["10.96.9.9"], ["10.96.0.10"]],
                "in-svc.default.svc.cluster.local": [["10.96.0.10"]]}
@@ -311,7 +327,7 @@ def test_stale_dns_is_waited_out_before_the_name_checks():
         seq = answers[name]
         return seq.pop(0) if len(seq) > 1 else seq[0]
 
-    system, lines, slept = SeedSystem(), [], []
+    system, lines, slept = seed(), [], []
     s = Smoke(system, system, "default", "192.0.2.2", out=lines.append, retry_for=0,
               sleep=slept.append, clock=lambda: sum(slept), resolve=resolve)
     s.reach_all_ways(eps()[0], "/items", lambda d: "", "storage API")
@@ -321,8 +337,8 @@ def test_stale_dns_is_waited_out_before_the_name_checks():
     assert all(ln.startswith(("PASS", "note")) for ln in lines)
 
 
-def test_dns_that_never_catches_up_is_a_fail_line():
-    system, lines, slept = SeedSystem(), [], []
+def test_dns_that_never_catches_up_is_a_fail_line(seed):
+    system, lines, slept = seed(), [], []
     s = Smoke(system, system, "default", "192.0.2.2", out=lines.append, retry_for=0,
               sleep=slept.append, clock=lambda: sum(slept), resolve=lambda name: [], dns_wait=10)
     s.wait_for_dns(eps()[0])
