@@ -305,13 +305,13 @@ def test_run_smoke_unknown_stage():
         run_smoke(FakeCluster(), "prod", lambda a: (0, ""))
 
 
-def test_a_failed_write_check_still_removes_its_item():
+def test_a_failed_write_check_still_removes_its_item(seed):
     class BadPut(SeedSystem):
         def __call__(self, method, url):
             resp = super().__call__(method, url)
             return Response(500, '{"error":"x"}') if method == "PUT" else resp
 
-    system, lines = BadPut(), []
+    system, lines = seed(BadPut), []
     make(system, lines).shared_volume(eps()[0])
     assert lines[0].startswith("FAIL  loader -> PUT") and "HTTP 500" in lines[0]
     assert [m for m, _ in system.requests] == ["PUT", "DELETE"]
