@@ -27,7 +27,8 @@ class ScriptedStorage(BaseAdapter):
         self.calls: list[tuple[str, str, bytes | None]] = []
 
     def send(self, request, **kwargs):
-        self.calls.append((request.method, request.path_url, request.body))
+        self.calls.append((request.method, request.path_url, request.body,
+                           request.headers.get("Idempotency-Key")))
         outcome = self.script(request, len(self.calls))
         if outcome is None:
             return self.inner.send(request, **kwargs)
@@ -267,3 +268,96 @@ def test_settings_come_from_the_environment(monkeypatch):
     app = create_app()
     assert app.config["STO_API"] == "http://in-svc.default.svc.cluster.local:5000"
     assert app.config["API_MAX_ITEMS"] == 42
+
+
+# -- safe HTTP semantics, honest reports --------------------------------------------------------
+@pytest.mark.parametrize("path", ["/createlist/3", "/clear"])
+def test_head_and_options_never_create_or_delete(path):
+    client, adapter = _app_with(lambda req, n: AssertionError("no storage call expected"))
+    head = client.head(path)
+    assert head.status_code == 405 and head.headers["Allow"] == "GET, OPTIONS"
+    options = client.options(path)
+    assert options.status_code == 200 and options.headers["Allow"] == "GET, OPTIONS"
+    assert adapter.calls == []
+
+
+@pytest.mark.parametrize("path", ["/createlist//5", "//createlist/5", "/createlist/5/", "/clear/"])
+def test_double_slashes_are_a_json_404_never_a_redirect(api_client, path):
+    resp = api_client.get(path, headers={"Host": "evil.example"})
+    _json_error(resp, 404, "not_found")
+    assert "Location" not in resp.headers
+
+
+@pytest.mark.parametrize("number, count", [("0000000000000000003", 3), ("0" * 500 + "12", 12),
+                                           ("000", 0), ("0100000", 100000)])
+def test_any_number_of_leading_zeros_is_the_number(api_client, number, count):
+    resp = api_client.get(f"/createlist/{number}")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert len(resp.get_json()["createds"]) == count
+
+
+def test_every_batch_carries_an_idempotency_key(api_app):
+    client, adapter = _app_with(lambda req, n: None, inner=_wsgi_adapter(api_app), API_BATCH_SIZE="2")
+    client.get("/createlist/5")
+    keys = [c[3] for c in adapter.calls]
+    assert len(keys) == 3 and len(set(keys)) == 3 and all(len(k) == 32 for k in keys)
+
+
+def test_faileds_never_names_an_item_a_relist_shows_to_exist(api_app):
+    """The storage dies during the second batch after creating part of it: the items the
+    re-list finds are in no list (not known to be ours), the others are in faileds."""
+    inner = _wsgi_adapter(api_app)
+    dropped = requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("gone")))
+
+    def script(req, n):
+        if n == 2:  # half of the batch "3".."5" was done when the connection died
+            inner.send(_batch_request(["3"]))
+            return dropped
+        return None
+
+    client, _ = _app_with(script, inner=inner, API_BATCH_SIZE="3")
+    assert client.get("/createlist/8").get_json() == {
+        "createds": ["0", "1", "2"], "deleteds": [], "faileds": ["4", "5", "6", "7"]}
+
+
+def _batch_request(names):
+    return requests.Request("POST", STORAGE + "/items:batch", json={"create": names}).prepare()
+
+
+def test_the_deadline_bounds_all_calls_of_a_request_and_the_message_says_so(monkeypatch):
+    import time as time_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(time_module, "monotonic", lambda: clock[0])
+
+    def answer(req, n):
+        clock[0] += 4.0  # each batch takes 4 s
+        body = json.loads(req.body)
+        return 200, {"created": body.get("create", []), "existing": [], "deleted": [],
+                     "missing": [], "failed": {}}
+
+    client, _ = _app_with(answer, API_BATCH_SIZE="1", API_DEADLINE="10")
+    resp = client.get("/createlist/5").get_json()
+    assert resp["createds"] == ["0", "1", "2"]  # 3 x 4 s: the fourth would start past 10 s
+    assert resp["faileds"] == ["3", "4"]
+    clock[0] += 100
+    client2, _ = _app_with(lambda req, n: (clock.__setitem__(0, clock[0] + 11.0), REFUSED)[1],
+                           API_DEADLINE="10")
+    body = _json_error(client2.get("/clear"), 504, "storage_timeout")
+    assert "gave up after 11.0 s (API_DEADLINE=10 s)" in body["message"]
+
+
+def test_without_a_relist_the_batch_in_flight_is_in_no_list(api_app):
+    """The storage dies for good during the second batch: "3".."5" may be partly done, so they
+    are neither created nor failed; "6", "7" were never sent: failed."""
+    inner = _wsgi_adapter(api_app)
+    dropped = requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("gone")))
+
+    def script(req, n):
+        if n == 2:
+            inner.send(_batch_request(["3"]))
+        return dropped if n >= 2 else None
+
+    client, _ = _app_with(script, inner=inner, API_BATCH_SIZE="3")
+    assert client.get("/createlist/8").get_json() == {
+        "createds": ["0", "1", "2"], "deleteds": [], "faileds": ["6", "7"]}

@@ -56,30 +56,54 @@ def test_main_rejects_a_bad_port_setting(monkeypatch, capsys, tmp_path):
     assert "STO_PORT must be an integer" in capsys.readouterr().err
 
 
-def test_gunicorn_options(monkeypatch, tmp_path):
-    """The production server's settings, captured instead of starting gunicorn."""
-    from gunicorn.app.base import BaseApplication
+def test_production_server_options(monkeypatch, tmp_path):
+    """The production server's settings (granian, the RSGI bridge), captured instead of serving."""
+    import granian
+    from granian.constants import Interfaces
 
     captured = {}
 
-    def fake_run(self):
-        captured.update({k: self.cfg.settings[k].get() for k in (
-            "bind", "workers", "threads", "worker_class", "accesslog", "graceful_timeout", "timeout")})
-        captured["app"] = self.load()
+    class FakeGranian:
+        def __init__(self, **options):
+            captured.update(options)
 
-    monkeypatch.setattr(BaseApplication, "run", fake_run)
+        def serve(self):
+            captured["served"] = True
+
+    monkeypatch.setattr(granian, "Granian", FakeGranian)
     monkeypatch.setenv("STO_STORAGE", str(tmp_path))
     monkeypatch.setenv("STO_WORKERS", "3")
+    monkeypatch.setenv("STO_TIMEOUT", "7")
     monkeypatch.delenv("TWOTIER_DEV", raising=False)
+    monkeypatch.delenv(serving.PACKAGE_ENV, raising=False)
+    monkeypatch.delenv(serving.PREFIX_ENV, raising=False)
     from storage_api import create_app
 
     assert serving.main(package="storage_api", title="storage API", prefix="STO", default_port=5000,
                         factory=create_app, argv=["--port", "5050"]) == 0
-    assert captured["bind"] == ["0.0.0.0:5050"]
-    assert captured["workers"] == 3 and captured["threads"] == 4
-    assert captured["worker_class"] == "gthread" and captured["accesslog"] == "-"
-    assert captured["graceful_timeout"] == 10 and captured["timeout"] == 30
-    assert captured["app"].name == "storage_api"
+    assert captured["served"] and (captured["address"], captured["port"]) == ("0.0.0.0", 5050)
+    assert captured["workers"] == 3 and captured["interface"] == Interfaces.RSGI
+    assert captured["target"] == "twotier_service.rsgi:app_from_env" and captured["factory"]
+    assert captured["log_access"] and captured["respawn_failed_workers"]
+    assert captured["workers_kill_timeout"] == 10  # STO_GRACEFUL_TIMEOUT's default
+    assert captured["http1_settings"].header_read_timeout == 7000  # STO_TIMEOUT, in ms
+    assert captured["backpressure"] == 4096  # connections per worker, idle ones included
+    # what each worker's factory reads to build the same app
+    import os
+    assert (os.environ[serving.PACKAGE_ENV], os.environ[serving.PREFIX_ENV]) == ("storage_api", "STO")
+
+
+def test_the_workers_app_factory_wraps_the_flask_app(monkeypatch, tmp_path):
+    from twotier_service import rsgi
+
+    monkeypatch.setenv(serving.PACKAGE_ENV, "storage_api")
+    monkeypatch.setenv(serving.PREFIX_ENV, "STO")
+    monkeypatch.setenv("STO_STORAGE", str(tmp_path))
+    monkeypatch.setenv("STO_THREADS", "3")
+    monkeypatch.setenv("STO_MAX_BODY", "4096")
+    bridge = rsgi.app_from_env()
+    assert bridge.app.name == "storage_api" and bridge.pool._max_workers == 3
+    assert bridge.max_body == 4096 and bridge.body_timeout == 10
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])

@@ -248,3 +248,45 @@ def test_settings_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("STO_MAX_BATCH", "7")
     app = create_app()
     assert app.config["STO_STORAGE"] == str(tmp_path) and app.config["STO_MAX_BATCH"] == 7
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 1500 + b"]" * 1500,                      # deeper than the parser's recursion limit
+    b'{"create": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"create": [' + b"9" * 5000 + b"]}",           # more digits than int() converts
+    b"\xff\xfe\x00garbage",                          # not UTF-8
+])
+def test_pathological_json_is_a_400(storage_client, storage_dir, body):
+    _json_error(storage_client.post("/items:batch", data=body), 400, "invalid_body")
+    assert os.listdir(storage_dir) == []
+
+
+@pytest.mark.parametrize("path, status", [("/items//abc", 404), ("//items", 404), ("/items/", 404),
+                                          ("/items/abc/", 400), ("/items/a//b", 400)])
+def test_double_slashes_are_json_errors_never_a_redirect(storage_client, path, status):
+    resp = storage_client.put(path, headers={"Host": "evil.example"})
+    _json_error(resp, status)
+    assert "Location" not in resp.headers
+
+
+def test_a_resent_batch_with_its_key_counts_the_first_attempt(storage_client):
+    headers = {"Idempotency-Key": "0123456789abcdef"}
+    body = {"create": ["a", "b"]}
+    assert storage_client.post("/items:batch", json=body, headers=headers).get_json()["created"] == ["a", "b"]
+    again = storage_client.post("/items:batch", json=body, headers=headers).get_json()
+    assert (again["created"], again["existing"]) == (["a", "b"], [])
+    without = storage_client.post("/items:batch", json=body).get_json()
+    assert (without["created"], without["existing"]) == ([], ["a", "b"])
+
+
+def test_a_bad_idempotency_key_is_a_400(storage_client, storage_dir):
+    resp = storage_client.post("/items:batch", json={"create": ["a"]}, headers={"Idempotency-Key": "x/y"})
+    _json_error(resp, 400, "invalid_idempotency_key")
+    assert os.listdir(storage_dir) == []
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_head_and_options_change_nothing(storage_client, storage_dir, method):
+    for path in ("/items/a", "/items:batch", "/items"):
+        storage_client.open(path, method=method)
+    assert os.listdir(storage_dir) == []

@@ -126,3 +126,68 @@ def test_concurrent_creates_and_deletes_never_double_count(storage_dir):
     assert _names(storage_dir) == []
     assert len(created) == len(deleted)  # every creation matched by exactly one deletion
     assert sorted(set(created)) == sorted(names)
+
+
+def test_a_resent_keyed_batch_reports_what_its_first_attempt_created(storage_dir):
+    store = Store(storage_dir)
+    (storage_dir / "old").write_text("x")  # there before: "existing" in every attempt
+    first = store.batch(create=["a", "b", "old"], key="k" * 16)
+    assert (first.created, first.existing) == (["a", "b"], ["old"])
+    again = store.batch(create=["a", "b", "c", "old"], key="k" * 16)  # its answer was lost
+    assert (again.created, again.existing) == (["a", "b", "c"], ["old"])
+    other = store.batch(create=["a", "d"], key="z" * 16)  # another batch: "a" is not its own
+    assert (other.created, other.existing) == (["d"], ["a"])
+    assert store.list() == ["a", "b", "c", "d", "old"]
+
+
+def test_a_keyed_batch_after_a_worker_died_mid_batch(storage_dir):
+    """A worker killed mid-batch leaves its idempotency file and some items; the re-sent batch,
+    in another process, counts those items as created by this batch."""
+    store = Store(storage_dir)
+    source = store_module._IdempotentSource(str(storage_dir), "dead" * 4)
+    source.__enter__()
+    source.link_to(str(storage_dir / "0"))  # ... and the worker dies here: no __exit__
+    result = Store(storage_dir).batch(create=["0", "1"], key="dead" * 4)
+    assert result.created == ["0", "1"] and not result.existing
+
+
+def test_invalid_idempotency_keys_are_refused(storage_dir):
+    for bad in ("short", "../../etc", "k" * 65, "a b c d e f"):
+        with pytest.raises(ValueError):
+            Store(storage_dir).batch(create=["a"], key=bad)
+
+
+def test_temporary_files_of_dead_processes_are_swept_while_running(storage_dir):
+    """No restart needed: the next listing removes a dead worker's temporary file at once
+    (same host), keeps a live process's and another host's (another replica's) files."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    orphan = storage_dir / f"{TEMP_PREFIX}{store_module.HOST}-{dead}-abc"
+    mine = storage_dir / f"{TEMP_PREFIX}{store_module.HOST}-{os.getpid()}-def"
+    foreign = storage_dir / f"{TEMP_PREFIX}otherhost-{dead}-ghi"
+    for path in (orphan, mine, foreign):
+        path.write_text("x")
+    store = Store(storage_dir)
+    assert store.list() == []
+    assert _names(storage_dir) == sorted([mine.name, foreign.name])
+
+
+def test_the_periodic_sweep_removes_old_temporary_and_idempotency_files(storage_dir, monkeypatch):
+    store = Store(storage_dir)
+    store.list()  # the first sweep ran now; the next one waits SWEEP_INTERVAL
+    old_temp = storage_dir / f"{TEMP_PREFIX}otherhost-1-old"
+    old_idem = storage_dir / f"{store_module.IDEM_PREFIX}{'k' * 16}-0"
+    fresh_idem = storage_dir / f"{store_module.IDEM_PREFIX}{'f' * 16}-0"
+    for path in (old_temp, old_idem, fresh_idem):
+        path.write_text("x")
+    hour_ago = time.time() - 3600
+    for path in (old_temp, old_idem):
+        os.utime(path, (hour_ago, hour_ago))
+    store.list()
+    assert old_temp.exists()  # not yet: at most one sweep per interval
+    monkeypatch.setattr(store, "_next_sweep", 0.0)
+    store.list()
+    assert _names(storage_dir) == [fresh_idem.name]

@@ -7,7 +7,10 @@ environment; a mapping (tests) replaces the environment. Settings:
   API_MAX_ITEMS        largest <number> accepted by /createlist (default 100000)
   API_BATCH_SIZE       items per call to the storage API (default 10000)
   API_CONNECT_TIMEOUT  seconds to connect to the storage API (default 1.0)
-  API_READ_TIMEOUT     seconds to wait for each storage answer (default 10.0)
+  API_READ_TIMEOUT     seconds to wait for data from the storage API, per wait (default 10.0)
+  API_DEADLINE         seconds one request may spend on the storage API in total, all its
+                       calls together (default 15.0: well under the clients' and probes'
+                       patience); past it the answer is a 504 (or, halfway, the rest in faileds)
   API_RETRIES          extra connection attempts when connecting fails (default 2)
   API_POOL_SIZE        keep-alive connections to the storage API per worker (default 8)
 
@@ -40,6 +43,7 @@ def create_app(config: Mapping | None = None) -> Flask:
         STO_API=base_url,
         API_MAX_ITEMS=env_int(settings, "API_MAX_ITEMS", 100_000, 0),
         API_BATCH_SIZE=env_int(settings, "API_BATCH_SIZE", 10_000, 1),
+        API_DEADLINE=env_float(settings, "API_DEADLINE", 15.0),
         TESTING=bool(settings.get("TESTING", False)),
     )
     app.extensions["storage"] = StorageClient(

@@ -3,12 +3,17 @@
   GET /createlist/<number>  create items "0" .. "<number>-1" that do not exist yet
   GET /clear                delete every item
 
-Both answer ``{"createds": [...], "deleteds": [...], "faileds": [...]}``. ``createds`` lists the
-items this call created (in numeric order), ``deleteds`` those it deleted (in the storage's
-sorted order), ``faileds`` those it could not create/delete. Items another client created or
-deleted concurrently are in none of the lists. If the storage tier fails before anything was
-done the answer is a JSON 502/503/504 error; if it fails halfway, the items not done are in
-``faileds`` and the answer is still 200.
+Both answer ``{"createds": [...], "deleteds": [...], "faileds": [...]}``. ``createds`` lists
+exactly the items this call created (in numeric order; a batch re-sent after a dropped
+connection counts what its first attempt created: idempotency keys), ``deleteds`` those it
+deleted (in the storage's sorted order), ``faileds`` those it could not create/delete. Items
+another client created or deleted concurrently are in none of the lists. If the storage tier
+fails on the first batch the answer is a JSON 502/503/504 error; if it fails halfway, the
+answer is still 200 and the items certainly not done are in ``faileds``: a re-list tells
+which; without it the batch in flight, which the storage may have partly done, is in no list. Each
+request has a total deadline (``API_DEADLINE``) for all its calls to the storage tier.
+
+HEAD on these two answers 405 (a HEAD must not create or delete anything).
 """
 from __future__ import annotations
 
@@ -16,22 +21,24 @@ import re
 
 from flask import Blueprint, current_app, jsonify
 
-from twotier_service.jsonapi import ApiError
-
-from .storage_client import StorageClient, StorageError
+from twotier_service.jsonapi import ApiError, no_head
+from .storage_client import Deadline, StorageClient, StorageError
 
 bp = Blueprint("lists", __name__)
+no_head(bp, "createlist", "clear")
 _NUMBER = re.compile(r"[0-9]+", re.ASCII)
 
 
 @bp.get("/createlist/<number>")
 def createlist(number: str):
     count = _parse_number(number, current_app.config["API_MAX_ITEMS"])
+    deadline = _deadline()
     names = [str(i) for i in range(count)]
     createds, faileds = [], []
-    for done, result in _batches(names, "create"):
-        if result is None:  # the storage failed after some batches had succeeded
-            faileds.extend(names[done:])
+    for result in _batches(names, "create", deadline):
+        if isinstance(result, _Stopped):
+            # not done: an item a re-list shows to exist is not reported as failed
+            faileds.extend(result.not_done(present=False))
             break
         createds.extend(result["created"])
         faileds.extend(result["failed"])
@@ -40,42 +47,67 @@ def createlist(number: str):
 
 @bp.get("/clear")
 def clear():
-    names = _storage().list_items()
+    deadline = _deadline()
+    names = _storage().list_items(deadline)
     deleteds, faileds = [], []
-    for done, result in _batches(names, "delete"):
-        if result is None:
-            faileds.extend(names[done:])
+    for result in _batches(names, "delete", deadline):
+        if isinstance(result, _Stopped):
+            faileds.extend(result.not_done(present=True))  # still there: not deleted
             break
         deleteds.extend(result["deleted"])
         faileds.extend(result["failed"])
     return jsonify(createds=[], deleteds=deleteds, faileds=faileds)
 
 
-def _batches(names: list[str], op: str):
-    """Yield (index of its first name, storage result) per chunk of API_BATCH_SIZE names.
-    A failure of the first chunk is raised (nothing done: a clean 5xx); a later failure yields
-    ``result=None`` once, so the caller reports the rest as failed."""
+class _Stopped:
+    """The storage failed on the chunk ``names[start:end]`` after earlier chunks succeeded."""
+
+    def __init__(self, names: list[str], start: int, end: int, err: StorageError, deadline: Deadline):
+        self.names, self.start, self.end, self.err, self.deadline = names, start, end, err, deadline
+
+    def not_done(self, present: bool) -> list[str]:
+        """The names from the failed chunk on whose operation certainly did not happen.
+
+        One re-list (within the deadline) tells: for a create, the names not listed; for a
+        delete, the names still listed. Without it, the chunk in flight is reported only if it
+        was certainly never received (no connection, or past the deadline); otherwise its outcome is unknown
+        (the storage may have done part of it) and its names are in no list."""
+        try:
+            listed = set(_storage().list_items(self.deadline))
+        except StorageError:
+            return self.names[self.end if self.err.sent else self.start:]
+        return [n for n in self.names[self.start:] if (n in listed) == present]
+
+
+def _batches(names: list[str], op: str, deadline: Deadline):
+    """Yield the storage's result per chunk of API_BATCH_SIZE names. A failure of the first
+    chunk is raised (a clean 5xx); a later failure yields one ``_Stopped`` and ends."""
     size = current_app.config["API_BATCH_SIZE"]
     storage = _storage()
     for start in range(0, len(names), size):
         chunk = names[start:start + size]
         try:
-            result = storage.batch(**{op: chunk})
+            result = storage.batch(**{op: chunk}, deadline=deadline)
         except StorageError as err:
             if start == 0:
                 raise
             current_app.logger.warning("%s stopped after %d of %d items: %s",
                                        op, start, len(names), err.message)
-            yield start, None
+            yield _Stopped(names, start, start + len(chunk), err, deadline)
             return
-        yield start, result
+        yield result
+
+
+def _deadline() -> Deadline:
+    return Deadline(current_app.config["API_DEADLINE"])
 
 
 def _parse_number(raw: str, limit: int) -> int:
     if not _NUMBER.fullmatch(raw):
         raise ApiError(400, "invalid_number", f"<number> must be a non-negative integer "
                        f"(0 to {limit}), got {raw[:40]!r}", max=limit)
-    value = int(raw) if len(raw) <= 18 else limit + 1
+    digits = raw.lstrip("0") or "0"  # leading zeros: the number they are
+    value = int(digits) if len(digits) <= 18 else limit + 1
     if value > limit:
         raise ApiError(400, "invalid_number", f"<number> may be at most {limit} (API_MAX_ITEMS), "
                        f"got {raw[:40]}", max=limit)

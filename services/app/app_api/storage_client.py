@@ -2,12 +2,16 @@
 
 - One ``requests.Session`` per process (created lazily, so gunicorn workers never share the
   sockets of their parent) with a connection pool of ``pool_size`` keep-alive connections.
-- Every call has a connect timeout and a read timeout.
+- Every call has a connect timeout, a read timeout (per wait for data) and the request's total
+  ``Deadline``: a timer shuts the connection's socket when the deadline passes, so a storage
+  tier that dribbles its answer a byte at a time cannot hold a request past it.
 - Retries only where safe: a failed *connection* (nothing was sent) is retried for every
-  method; a failed *read* for ``GET``; ``POST /items:batch`` (idempotent: create-if-missing,
-  delete-if-present) is re-sent once only when the connection was dropped before any answer -
-  typically a pooled keep-alive connection the storage server closed just as we reused it -
-  never after a read timeout (that would double the wait before the 504).
+  method; a connection dropped before any answer for ``GET`` and for ``POST /items:batch``
+  (idempotent: create-if-missing, delete-if-present; each batch carries an
+  ``Idempotency-Key``, so the storage reports what an earlier attempt of it created) - typically
+  a pooled keep-alive connection the storage server closed just as we reused it, or a storage
+  worker killed mid-batch. Never after a read timeout or past the deadline (that would
+  stretch the wait beyond what the 504's message says).
 - Failures become ``StorageError`` (an ``ApiError``) with a JSON-ready status:
   503 ``storage_unreachable`` (refused, DNS, connect timeout), 504 ``storage_timeout`` (no
   answer within the read timeout), 502 ``storage_bad_response`` (broken connection, non-200,
@@ -17,19 +21,51 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import threading
+import time
+import uuid
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NewConnectionError, ProtocolError,
+                                ReadTimeoutError)
 from urllib3.util.retry import Retry
 
 from twotier_service.jsonapi import ApiError
 
 
 class StorageError(ApiError):
-    """The storage tier could not be used; ``status`` is 502, 503 or 504."""
+    """The storage tier could not be used; ``status`` is 502, 503 or 504. ``sent`` is False
+    when the request certainly never reached the storage (no connection, or the deadline had
+    passed before sending): nothing was done."""
+
+    sent = True
+
+
+class Deadline:
+    """The total time one request to the application API may spend on the storage tier."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.end = self.start + seconds
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+#: the deadline of the call in progress on this thread (read by the connection guard below)
+_current = threading.local()
 
 
 class StorageClient:
@@ -44,20 +80,23 @@ class StorageClient:
         self._lock = threading.Lock()
 
     # -- the storage API's operations --------------------------------------------------------
-    def list_items(self) -> list[str]:
-        data = self._call("GET", "/items")
+    def list_items(self, deadline: Deadline | None = None) -> list[str]:
+        data = self._call("GET", "/items", deadline)
         items = data.get("items") if isinstance(data, dict) else None
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise _bad("GET /items", 'the body has no "items" list of strings')
         return items
 
-    def batch(self, *, create: list[str] = (), delete: list[str] = ()) -> dict[str, Any]:
+    def batch(self, *, create: list[str] = (), delete: list[str] = (),
+              deadline: Deadline | None = None) -> dict[str, Any]:
         body = {}
         if create:
             body["create"] = list(create)
         if delete:
             body["delete"] = list(delete)
-        data = self._call("POST", "/items:batch", json=body)
+        # one key per batch, the same for every (re-)sending of it
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        data = self._call("POST", "/items:batch", deadline, json=body, headers=headers)
         if not isinstance(data, dict):
             raise _bad("POST /items:batch", "the body is not a JSON object")
         for key in ("created", "existing", "deleted", "missing"):
@@ -81,7 +120,7 @@ class StorageClient:
         retry = _Retry(total=None, connect=self.retries, read=1, status=0, other=0, redirect=0,
                       allowed_methods=frozenset({"GET"}), backoff_factor=0.05,
                       raise_on_status=False, raise_on_redirect=False)
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=retry)
+        adapter = _GuardedAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=retry)
         session = requests.Session()
         session.trust_env = False  # no proxy from the environment between the two tiers
         session.mount("http://", adapter)
@@ -89,13 +128,27 @@ class StorageClient:
         session.headers["User-Agent"] = "app_api"
         return session
 
-    def _call(self, method: str, path: str, **kwargs) -> Any:
+    def _call(self, method: str, path: str, deadline: Deadline | None = None, **kwargs) -> Any:
         what = f"{method} {path}"
+        deadline = deadline or Deadline(3600.0)
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            err = self._timeout(what, deadline)
+            err.sent = False
+            raise err
+        timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+        _current.deadline, _current.timers = deadline, []
         try:
-            resp = self.session.request(method, self.base_url + path, timeout=self.timeout,
+            resp = self.session.request(method, self.base_url + path, timeout=timeout,
                                         allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
-            raise self._classify(exc, what) from None
+            if deadline.expired():
+                raise self._timeout(what, deadline) from None
+            raise self._classify(exc, what, deadline) from None
+        finally:
+            for timer in _current.timers:
+                timer.cancel()
+            _current.deadline, _current.timers = None, []
         if resp.status_code != 200:
             raise _bad(what, f"HTTP {resp.status_code}: {_snippet(resp.text)}")
         try:
@@ -103,15 +156,25 @@ class StorageClient:
         except ValueError:
             raise _bad(what, f"the body is not JSON: {_snippet(resp.text)}") from None
 
-    def _classify(self, exc: requests.RequestException, what: str) -> StorageError:
+    def _timeout(self, what: str, deadline: Deadline) -> StorageError:
+        return StorageError(504, "storage_timeout", f"the storage API at {self.base_url} did not "
+                            f"finish answering {what} within this request's deadline: gave up "
+                            f"after {deadline.elapsed():.1f} s (API_DEADLINE={deadline.seconds:g} s)")
+
+    def _classify(self, exc: requests.RequestException, what: str,
+                  deadline: Deadline | None = None) -> StorageError:
         chain = list(_causes(exc))
         if any(isinstance(e, (requests.ReadTimeout, ReadTimeoutError)) for e in chain):
+            waited = f" (gave up after {deadline.elapsed():.1f} s)" if deadline else ""
             return StorageError(504, "storage_timeout", f"the storage API at {self.base_url} did "
-                                f"not answer {what} within {self.timeout[1]:g} s")
+                                f"not answer {what} within {self.timeout[1]:g} s "
+                                f"(API_READ_TIMEOUT){waited}")
         if any(isinstance(e, (requests.ConnectTimeout, ConnectTimeoutError, NewConnectionError))
                for e in chain):
-            return StorageError(503, "storage_unreachable", f"cannot connect to the storage API "
-                                f"at {self.base_url}: {_reason(chain)}")
+            err = StorageError(503, "storage_unreachable", f"cannot connect to the storage API "
+                               f"at {self.base_url}: {_reason(chain)}")
+            err.sent = False
+            return err
         return _bad(what, f"the connection failed: {_reason(chain)}")
 
 
@@ -121,6 +184,10 @@ class _Retry(Retry):
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None,
                   _stacktrace=None):
+        deadline = getattr(_current, "deadline", None)
+        if isinstance(error, ReadTimeoutError) or (deadline is not None and deadline.expired()):
+            # the wait was the read timeout (or the deadline): sending again would double it
+            raise MaxRetryError(_pool, url, error or ReadTimeoutError(_pool, url, "deadline"))
         if method == "POST" and response is None and isinstance(error, ProtocolError) \
                 and error.args and isinstance(error.args[-1], _DROPPED):
             method = "GET"  # urllib3 wraps the OS error: ProtocolError("Connection aborted.", err)
@@ -128,6 +195,52 @@ class _Retry(Retry):
 
 
 _DROPPED = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+
+
+class _DeadlineGuard:
+    """Mixed into urllib3's connections: while an answer is awaited, a timer shuts the socket
+    at the deadline of the call in progress on this thread (``_current``), which makes the
+    blocked read return at once however slowly the storage tier dribbles bytes."""
+
+    def getresponse(self, *args, **kwargs):
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            timer = threading.Timer(max(deadline.remaining(), 0.0), self._expire)
+            timer.daemon = True
+            timer.start()
+            _current.timers.append(timer)
+        return super().getresponse(*args, **kwargs)
+
+    def _expire(self) -> None:
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _GuardedHTTPConnection(_DeadlineGuard, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_DeadlineGuard, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool,
+                                                   "https": _GuardedHTTPSPool}
 
 
 def _bad(what: str, detail: str) -> StorageError:

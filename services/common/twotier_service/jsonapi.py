@@ -13,37 +13,48 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import RequestRedirect
 
 
 class ApiError(Exception):
     """An error answer: HTTP status, machine-readable code, human message, optional extras."""
 
-    def __init__(self, status: int, error: str, message: str, **extra):
+    def __init__(self, status: int, error: str, message: str, headers: dict | None = None, **extra):
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
+        self.headers = dict(headers or {})
         self.extra = extra
 
 
-def error_response(status: int, error: str, message: str, **extra) -> Response:
+def error_response(status: int, error: str, message: str, headers: dict | None = None,
+                   **extra) -> Response:
     resp = jsonify(error=error, message=message, status=status, **extra)
     resp.status_code = status
+    resp.headers.update(headers or {})
     return resp
 
 
 def install_error_handlers(app: Flask) -> None:
     """Answer every error with JSON: our ApiError, Werkzeug's HTTP errors (routing 404/405,
-    413, ...) and any unexpected exception (logged with its traceback, answered as a 500)."""
+    413, ...) and any unexpected exception (logged with its traceback, answered as a 500).
+
+    Also: no redirects built from the client's ``Host`` header. Werkzeug would answer
+    ``/items//abc`` with a 308 to ``http://<Host>/items/abc``; a path with an empty segment is
+    simply not one of ours (a JSON 404)."""
+    app.url_map.merge_slashes = False
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        return error_response(err.status, err.error, err.message, **err.extra)
+        return error_response(err.status, err.error, err.message, err.headers, **err.extra)
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
+        if isinstance(err, RequestRedirect):  # e.g. a missing trailing slash: never redirect
+            err = NotFound()
         resp = err.get_response()  # keeps headers such as Allow on a 405
         code = err.code or 500
         name = (err.name or "error").lower().replace(" ", "_").replace("'", "")
@@ -58,6 +69,30 @@ def install_error_handlers(app: Flask) -> None:
     def _unexpected(err: Exception):
         app.logger.exception("unexpected error while handling the request")
         return error_response(500, "internal_error", "unexpected server error (see the server log)")
+
+
+def no_head(bp_or_app, *endpoints: str) -> None:
+    """GET endpoints with side effects (the seed's ``/createlist``, ``/clear``) answer HEAD with a
+    JSON 405 instead of doing the work: link checkers and monitors send HEAD and expect nothing
+    to change. OPTIONS (Flask's automatic answer) never runs the view; its ``Allow`` header is
+    corrected to leave HEAD out."""
+    names = set(endpoints)
+
+    def _endpoint() -> str:
+        return (request.endpoint or "").rsplit(".", 1)[-1]
+
+    @bp_or_app.before_request
+    def _refuse_head():
+        if request.method == "HEAD" and _endpoint() in names:
+            raise ApiError(405, "method_not_allowed", f"HEAD is not served on {request.path}: "
+                           "GET there changes the items; send GET to do it",
+                           headers={"Allow": "GET, OPTIONS"})
+
+    @bp_or_app.after_request
+    def _allow_without_head(resp: Response):
+        if request.method == "OPTIONS" and _endpoint() in names:
+            resp.headers["Allow"] = "GET, OPTIONS"
+        return resp
 
 
 def add_probes(app: Flask, readiness: Callable[[], tuple[bool, dict]] | None = None) -> None:

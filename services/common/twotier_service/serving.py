@@ -3,9 +3,12 @@
 Shared by every service package (storage_api, app_api, hello_app): one copy in
 services/common, copied into each image next to the service's own package.
 
-Production: gunicorn in this very process (it is the master, so it is PID 1 in a container and
-handles signals): ``gthread`` workers, graceful shutdown on SIGTERM (in-flight requests finish
-within the graceful timeout), one access-log line per request on stdout, errors on stderr.
+Production: granian (a Rust HTTP server, chosen by measurement: README "Benchmarks") in this very
+process, which is its master, so it is PID 1 in a container and handles the signals. Each worker
+process runs the Flask app through ``twotier_service.rsgi``: connections, slow clients and
+request bodies are handled on the event loop and only complete requests reach the app's few
+threads. SIGTERM is graceful (in-flight requests finish within the graceful timeout), one
+access-log line per request on stdout, a crashed worker is replaced.
 
 Dev (``--dev`` or ``TWOTIER_DEV=1``): Werkzeug's server with its reloader on watchdog (inotify):
 a change to a ``.py`` file under the working directory (the service folder; in the image the
@@ -16,10 +19,13 @@ connection. Python's own installation and site-packages are not watched.
 Environment (PREFIX is STO for the storage API, API for the application API, HELLO for hello):
   PREFIX_HOST             listen address (default 0.0.0.0)
   PREFIX_PORT             listen port (storage 5000, app 5001, hello 5000)
-  PREFIX_WORKERS          gunicorn worker processes (default 2)
-  PREFIX_THREADS          threads per worker (default 4)
-  PREFIX_TIMEOUT          seconds before a silent worker is killed and replaced (default 30)
+  PREFIX_WORKERS          worker processes (default 2)
+  PREFIX_THREADS          app threads per worker (default 4)
+  PREFIX_TIMEOUT          seconds a client gets to send its request headers, and again its
+                          body; slower clients get a 408 / are disconnected (default 10)
   PREFIX_GRACEFUL_TIMEOUT seconds in-flight requests get after SIGTERM (default 10)
+  PREFIX_CONNECTIONS      open connections per worker, idle ones included (default 4096;
+                          more wait in the listen backlog)
   TWOTIER_DEV             1 = dev mode (same as --dev)
 """
 from __future__ import annotations
@@ -29,7 +35,10 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms'
+ACCESS_LOG_FORMAT = '%(addr)s [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms'
+#: environment variable naming the service package, read by the workers' app factory
+PACKAGE_ENV = "TWOTIER_SERVICE_PACKAGE"
+PREFIX_ENV = "TWOTIER_SERVICE_PREFIX"
 
 
 class ConfigError(Exception):
@@ -72,7 +81,7 @@ def main(*, package: str, title: str, prefix: str, default_port: int,
     """Entry point of ``python -m <package>``; returns the exit code (config error = 2)."""
     parser = argparse.ArgumentParser(
         prog=f"python -m {package}",
-        description=f"Run the {title} (gunicorn; --dev for the reloading dev server).",
+        description=f"Run the {title} (granian; --dev for the reloading dev server).",
         epilog=f"Settings come from the environment ({prefix}_HOST, {prefix}_PORT, "
                f"{prefix}_WORKERS, {prefix}_THREADS, ...); flags override them.",
     )
@@ -90,43 +99,50 @@ def main(*, package: str, title: str, prefix: str, default_port: int,
         app = factory()
         if args.dev or truthy(env.get("TWOTIER_DEV")):
             return _run_dev(app, host, port)
-        return _run_gunicorn(app, host, port, prefix, package, env)
+        return _run_granian(host, port, prefix, package, env)
     except ConfigError as err:
         print(f"error: {title}: {err}", file=sys.stderr)
         return 2
 
 
-def _run_gunicorn(app, host: str, port: int, prefix: str, package: str, env: Mapping) -> int:
-    from gunicorn.app.base import BaseApplication
+def server_options(host: str, port: int, prefix: str, package: str, env: Mapping) -> dict:
+    """granian's settings from the environment (also read by the unit tests)."""
+    from granian.constants import HTTPModes, Interfaces, RuntimeModes
+    from granian.http import HTTP1Settings
 
-    threads = env_int(env, f"{prefix}_THREADS", 4, 1)
-    options = {
-        "bind": f"{host}:{port}",
-        "workers": env_int(env, f"{prefix}_WORKERS", 2, 1),
-        "threads": threads,
-        "worker_class": "gthread",
-        "timeout": env_int(env, f"{prefix}_TIMEOUT", 30, 1),
-        "graceful_timeout": env_int(env, f"{prefix}_GRACEFUL_TIMEOUT", 10, 0),
-        "keepalive": 5,
-        "accesslog": "-",
-        "errorlog": "-",
-        "access_log_format": ACCESS_LOG_FORMAT,
-        "loglevel": "info",
-        "proc_name": package,
+    workers = env_int(env, f"{prefix}_WORKERS", 2, 1)
+    connections = env_int(env, f"{prefix}_CONNECTIONS", 4096, 16)
+    timeout = env_int(env, f"{prefix}_TIMEOUT", 10, 1, 60)
+    return {
+        "target": "twotier_service.rsgi:app_from_env",
+        "factory": True,
+        "address": host,
+        "port": port,
+        "interface": Interfaces.RSGI,
+        "http": HTTPModes.http1,
+        "websockets": False,
+        "workers": workers,
+        # one event-loop thread per worker: the app's own threads are in the rsgi bridge
+        "runtime_mode": RuntimeModes.st,
+        "backpressure": connections,
+        "backlog": max(1024, min(65535, connections * workers)),
+        "http1_settings": HTTP1Settings(header_read_timeout=timeout * 1000, keep_alive=True),
+        "log_access": True,
+        "log_access_format": ACCESS_LOG_FORMAT,
+        "respawn_failed_workers": True,
+        "workers_kill_timeout": env_int(env, f"{prefix}_GRACEFUL_TIMEOUT", 10, 0) or None,
     }
-    # Worker heartbeat files: RAM-backed where possible (works with a read-only root filesystem).
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        options["worker_tmp_dir"] = "/dev/shm"
 
-    class _Server(BaseApplication):
-        def load_config(self):
-            for key, value in options.items():
-                self.cfg.set(key, value)
 
-        def load(self):
-            return app
+def _run_granian(host: str, port: int, prefix: str, package: str, env: Mapping) -> int:
+    from granian import Granian
 
-    _Server().run()  # returns only through sys.exit
+    options = server_options(host, port, prefix, package, env)
+    env_int(env, f"{prefix}_THREADS", 4, 1)  # fail here, not in every worker
+    # the workers build their own app (twotier_service.rsgi.app_from_env) from these
+    os.environ[PACKAGE_ENV] = package
+    os.environ[PREFIX_ENV] = prefix
+    Granian(**options).serve()
     return 0
 
 

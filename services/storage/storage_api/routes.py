@@ -5,13 +5,16 @@
   PUT  /items/<item>       201 {"created": {"<item>": true}}  created now
                            200 {"created": {"<item>": true}}  already there (idempotent)
   DELETE /items/<item>     200 {"deleted": {"<item>": true}}  404 JSON error if missing
-  POST /items:batch        {"create": [...], "delete": [...]} -> per-item outcome lists
+  POST /items:batch        {"create": [...], "delete": [...]} -> per-item outcome lists;
+                           an ``Idempotency-Key`` header makes a re-sent batch report what its
+                           first attempt created as ``created`` (see store.py)
 
 Invalid item names get a 400 JSON error before the filesystem is touched.
 """
 from __future__ import annotations
 
 import errno
+import json
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
@@ -19,7 +22,7 @@ from werkzeug.routing import BaseConverter
 from twotier_service.jsonapi import ApiError
 
 from .names import RULE, is_valid_name
-from .store import NotAnItem, Store
+from .store import KEY_PATTERN, NotAnItem, Store
 
 bp = Blueprint("items", __name__)
 
@@ -78,7 +81,11 @@ def delete_item(item: str):
 
 @bp.post("/items:batch")
 def batch():
-    body = request.get_json(force=True, silent=True)
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is not None and not KEY_PATTERN.fullmatch(idem_key):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 8 to 64 "
+                       "characters from A-Z a-z 0-9 _ - (e.g. a uuid4 in hex)")
+    body = _json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", 'expected a JSON object such as '
                        '{"create": ["a", "b"]} or {"delete": ["a"]}')
@@ -99,10 +106,20 @@ def batch():
         raise ApiError(400, "invalid_item_name", f"invalid item names (allowed: {RULE})",
                        invalid=[_shown(n) for n in invalid[:10]])
     try:
-        result = _store().batch(create=create, delete=delete)
+        result = _store().batch(create=create, delete=delete, key=idem_key)
     except OSError as err:  # the directory itself failed (e.g. the temporary file)
         raise _os_error(err, "run the batch") from None
     return jsonify(result.as_dict())
+
+
+def _json_body():
+    """The request body as JSON, or None when it is not JSON we can take: invalid JSON, not
+    UTF-8, or pathological (nesting deeper than the parser's recursion limit, integers with
+    more digits than Python converts)."""
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _check_name(item: str) -> None:

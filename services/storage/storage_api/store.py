@@ -16,14 +16,28 @@ at the same time, so every operation is a single atomic filesystem step:
 - list: the regular files whose names pass the allowlist (temporary files, directories,
   symlinks and foreign files such as ``lost+found`` are not items).
 
-Temporary files left by a crashed process are removed at start-up once they are older than
-``STALE_TEMP_SECONDS``.
+Idempotent batches: a batch sent with a key (``Idempotency-Key``; the application API sends one
+per batch) links its new items to a temporary file named after the key, ``.sto-idem-<key>-<n>``,
+and keeps that file ``IDEMPOTENCY_SECONDS`` after the batch. When the same batch is sent again
+(its answer was lost: a dropped connection, a worker killed mid-batch), an item that already
+exists *and is a link to that file* was created by the earlier attempt of this very batch, so it
+is reported as ``created`` again, not as ``existing``: the caller's count stays exact.
+
+Temporary files of crashed processes are swept while the service runs, not only at start-up:
+a ``.sto-tmp-<host>-<pid>-...`` file whose process (same host) is gone is removed by the next
+directory scan (every list and every worker start); any temporary file older than
+``STALE_TEMP_SECONDS`` (another replica's, say) and any idempotency file older than
+``IDEMPOTENCY_SECONDS`` are removed by a sweep that runs at most every ``SWEEP_INTERVAL``
+seconds, triggered by requests.
 """
 from __future__ import annotations
 
 import errno
 import os
+import re
+import socket
 import stat
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,7 +46,15 @@ from .names import is_valid_name
 
 CONTENT = b"x"
 TEMP_PREFIX = ".sto-tmp-"
+IDEM_PREFIX = ".sto-idem-"
 STALE_TEMP_SECONDS = 600
+IDEMPOTENCY_SECONDS = 300
+SWEEP_INTERVAL = 30.0
+#: an idempotency key: what the application API sends (a uuid4 hex) and similar tokens
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}", re.ASCII)
+#: this machine/container: processes of other hosts sharing the volume are not ours to judge
+HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:40] or "host"
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)-")
 _NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 
 
@@ -56,15 +78,21 @@ class BatchResult:
 class Store:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+        self._next_sweep = 0.0
+        self._sweep_lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------
     def list(self) -> list[str]:
         names = []
         with os.scandir(self.root) as entries:
             for entry in entries:
-                if is_valid_name(entry.name) and entry.is_file(follow_symlinks=False):
-                    names.append(entry.name)
+                if is_valid_name(entry.name):
+                    if entry.is_file(follow_symlinks=False):
+                        names.append(entry.name)
+                elif entry.name.startswith(TEMP_PREFIX):
+                    _remove_if_orphaned(entry)
         names.sort()
+        self.maybe_sweep()
         return names
 
     def is_writable(self) -> bool:
@@ -87,11 +115,16 @@ class Store:
             return False
         return True
 
-    def batch(self, create: list[str] = (), delete: list[str] = ()) -> BatchResult:
-        """Create then delete many items; per-item outcomes, OS errors reported per item."""
+    def batch(self, create: list[str] = (), delete: list[str] = (), key: str | None = None) -> BatchResult:
+        """Create then delete many items; per-item outcomes, OS errors reported per item.
+        With ``key`` (see the module doc) a re-sent batch reports what its first attempt created."""
+        if key is not None and not KEY_PATTERN.fullmatch(key):
+            raise ValueError(f"invalid idempotency key {key!r}")
+        self.maybe_sweep()
         result = BatchResult()
         if create:
-            with _LinkSource(self.root) as source:
+            source = _IdempotentSource(self.root, key) if key else _LinkSource(self.root)
+            with source:
                 for name in create:
                     try:
                         (result.created if self._create_one(source, name) else result.existing).append(name)
@@ -106,20 +139,43 @@ class Store:
                 result.failed[name] = err.strerror or str(err)
         return result
 
-    def remove_stale_temp_files(self, max_age: float = STALE_TEMP_SECONDS) -> int:
+    def remove_stale_temp_files(self, max_age: float = STALE_TEMP_SECONDS,
+                                idem_max_age: float = IDEMPOTENCY_SECONDS) -> int:
+        """Remove temporary files of dead processes of this host, temporary files older than
+        ``max_age`` and idempotency files older than ``idem_max_age``; the number removed."""
         removed = 0
         now = time.time()
         with os.scandir(self.root) as entries:
             for entry in entries:
-                if not entry.name.startswith(TEMP_PREFIX):
+                if entry.name.startswith(TEMP_PREFIX):
+                    limit = max_age
+                    if _remove_if_orphaned(entry):
+                        removed += 1
+                        continue
+                elif entry.name.startswith(IDEM_PREFIX):
+                    limit = idem_max_age
+                else:
                     continue
                 try:
-                    if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                    if now - entry.stat(follow_symlinks=False).st_mtime > limit:
                         os.unlink(entry.path)
                         removed += 1
                 except OSError:
                     pass  # another replica got there first, or it is not ours to remove
         return removed
+
+    def maybe_sweep(self) -> None:
+        """``remove_stale_temp_files`` at most every SWEEP_INTERVAL seconds (per process)."""
+        now = time.monotonic()
+        if now < self._next_sweep or not self._sweep_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_sweep = now + SWEEP_INTERVAL
+            self.remove_stale_temp_files()
+        except OSError:
+            pass  # the directory is gone: the request itself reports that
+        finally:
+            self._sweep_lock.release()
 
     # -- internals -----------------------------------------------------------------------
     def _path(self, name: str) -> str:
@@ -134,8 +190,9 @@ class Store:
             return True
         except FileExistsError:
             try:
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    return False
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode):
+                    return source.made(st)  # True: an earlier attempt of this same batch made it
             except FileNotFoundError:
                 # deleted by someone else right after our attempt: try once more
                 return self._create_one_retry(source, path)
@@ -165,6 +222,10 @@ class _LinkSource:
     def __exit__(self, *exc) -> None:
         self._drop_temp()
 
+    def made(self, st: os.stat_result) -> bool:
+        """Whether the existing file ``st`` was made by this source (only idempotent ones know)."""
+        return False
+
     def link_to(self, target: str) -> None:
         if self.hardlinks:
             try:
@@ -188,7 +249,7 @@ class _LinkSource:
             os.close(fd)
 
     def _new_temp(self) -> None:
-        path = os.path.join(self.root, f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
+        path = os.path.join(self.root, f"{TEMP_PREFIX}{HOST}-{os.getpid()}-{uuid.uuid4().hex}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, CONTENT)
@@ -203,3 +264,79 @@ class _LinkSource:
             except FileNotFoundError:
                 pass
             self.path = None
+
+
+class _IdempotentSource(_LinkSource):
+    """The link source of a keyed batch: ``.sto-idem-<key>-<n>``, reused by a re-sent batch and
+    kept after the batch (the sweep removes it after IDEMPOTENCY_SECONDS)."""
+
+    def __init__(self, root: str, key: str):
+        super().__init__(root)
+        self.key = key
+        self.inodes: set[tuple[int, int]] = set()
+        self.count = 0
+
+    def __enter__(self) -> "_IdempotentSource":
+        prefix = f"{IDEM_PREFIX}{self.key}-"
+        with os.scandir(self.root) as entries:  # the files of earlier attempts of this batch
+            for entry in entries:
+                if entry.name.startswith(prefix):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    self.inodes.add((st.st_dev, st.st_ino))
+                    self.count += 1
+        self._new_temp()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path = None  # kept: the record a re-sent batch needs
+
+    def made(self, st: os.stat_result) -> bool:
+        return (st.st_dev, st.st_ino) in self.inodes
+
+    def _new_temp(self) -> None:
+        # a fresh file per attempt (O_EXCL): never append links to a file a dead worker held
+        while True:
+            path = os.path.join(self.root, f"{IDEM_PREFIX}{self.key}-{self.count}")
+            self.count += 1
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue  # a concurrent attempt of the same batch took this number
+            try:
+                os.write(fd, CONTENT)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            self.inodes.add((st.st_dev, st.st_ino))
+            self.path = path
+            return
+
+    def _drop_temp(self) -> None:
+        self.path = None  # EMLINK roll-over: the full file stays as part of the record
+
+
+def _remove_if_orphaned(entry: os.DirEntry) -> bool:
+    """Remove ``entry`` (a temporary file) if the process of this host that made it is gone."""
+    match = _TEMP_NAME.match(entry.name)
+    if not match or match["host"] != HOST or _alive(int(match["pid"])):
+        return False
+    try:
+        os.unlink(entry.path)
+        return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True

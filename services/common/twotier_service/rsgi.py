@@ -1,0 +1,163 @@
+"""A WSGI app (Flask) served through granian's RSGI interface, with the request body read
+*before* a thread is given to the app.
+
+Why not granian's own WSGI interface: there ``wsgi.input`` reads the body from inside an app
+thread, so a client that sends its body one byte every few seconds holds one of the few app
+threads for as long as it likes; ten such clients stop a service. Here the body is read on the
+event loop (thousands of slow clients cost memory only), bounded in size (``max_body``: larger
+bodies get a JSON 413 without being read) and in time (``body_timeout``: a JSON 408), and only a
+complete request reaches the app's bounded thread pool (``threads``).
+
+The response is collected in full (our answers are small JSON documents) and sent with one
+``response_bytes``, which also keeps pipelined requests in order (granian/hyper answers them one
+after the other on their connection).
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote_to_bytes
+
+_BASE_ENVIRON = {
+    "SCRIPT_NAME": "",
+    "GATEWAY_INTERFACE": "CGI/1.1",
+    "SERVER_SOFTWARE": "granian",
+    "wsgi.version": (1, 0),
+    "wsgi.errors": sys.stderr,
+    "wsgi.multithread": True,
+    "wsgi.multiprocess": True,
+    "wsgi.run_once": False,
+}
+#: bodies larger than this get a 413 unless the app sets MAX_CONTENT_LENGTH
+DEFAULT_MAX_BODY = 1024 * 1024
+_PROTOCOLS = {"1": "HTTP/1.0", "1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _json_error(status: int, error: str, message: str) -> tuple[int, list, bytes]:
+    body = json.dumps({"error": error, "message": message, "status": status},
+                      sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    return status, [("content-type", "application/json"), ("content-length", str(len(body)))], body
+
+
+class RSGIToWSGI:
+    def __init__(self, app, *, threads: int, max_body: int, body_timeout: float):
+        self.app = app
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="app")
+
+    def __rsgi_del__(self, loop) -> None:
+        self.pool.shutdown(wait=True)
+
+    async def __rsgi__(self, scope, protocol) -> None:
+        if scope.proto != "http":  # websockets: not ours
+            protocol.close(403)
+            return
+        status, headers, body = await self._handle(scope, protocol)
+        protocol.response_bytes(status, headers, body)
+
+    async def _handle(self, scope, protocol):
+        length = scope.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return _json_error(400, "bad_request", f"invalid Content-Length {length[:40]!r}")
+            if declared > self.max_body:
+                return _json_error(413, "request_entity_too_large",
+                                   f"the body may be at most {self.max_body} bytes, got {declared}")
+        try:
+            if length in (None, "0") and "transfer-encoding" not in scope.headers:
+                body = b""  # nothing to wait for (most requests): no timer, no task
+            else:
+                body = await asyncio.wait_for(self._read_body(protocol), self.body_timeout)
+        except asyncio.TimeoutError:
+            return _json_error(408, "request_timeout", f"the request body did not arrive within "
+                               f"{self.body_timeout:g} s")
+        except BodyTooLarge:
+            return _json_error(413, "request_entity_too_large",
+                               f"the body may be at most {self.max_body} bytes")
+        environ = self._environ(scope, body)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self._call, environ)
+
+    async def _read_body(self, protocol) -> bytes:
+        chunks, size = [], 0
+        async for chunk in protocol:
+            size += len(chunk)
+            if size > self.max_body:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _environ(self, scope, body: bytes) -> dict:
+        server_host, _, server_port = scope.server.rpartition(":")
+        client_host, _, client_port = scope.client.rpartition(":")
+        environ = {
+            **_BASE_ENVIRON,
+            "REQUEST_METHOD": scope.method,
+            # WSGI: the percent-decoded path as latin-1 "bytes in a str"
+            "PATH_INFO": unquote_to_bytes(scope.path).decode("latin-1"),
+            "QUERY_STRING": scope.query_string,
+            "SERVER_NAME": server_host,
+            "SERVER_PORT": server_port,
+            "SERVER_PROTOCOL": _PROTOCOLS.get(scope.http_version, "HTTP/1.1"),
+            "REMOTE_ADDR": client_host,
+            "REMOTE_PORT": client_port,
+            "wsgi.url_scheme": scope.scheme,
+            "wsgi.input": io.BytesIO(body),
+            "CONTENT_LENGTH": str(len(body)) if body or "content-length" in scope.headers else "",
+        }
+        for key in scope.headers.keys():
+            if key == "content-length":
+                continue
+            value = ",".join(scope.headers.get_all(key))
+            if key == "content-type":
+                environ["CONTENT_TYPE"] = value
+            else:
+                environ["HTTP_" + key.upper().replace("-", "_")] = value
+        return environ
+
+    def _call(self, environ: dict):
+        started = {}
+
+        def start_response(status, headers, exc_info=None):
+            started["status"], started["headers"] = status, headers
+            return lambda data: chunks.append(data)
+
+        chunks: list[bytes] = []
+        result = self.app(environ, start_response)
+        try:
+            for data in result:
+                if data:
+                    chunks.append(data)
+        finally:
+            close = getattr(result, "close", None)
+            if close:
+                close()
+        return int(started["status"].split(" ", 1)[0]), started["headers"], b"".join(chunks)
+
+
+def app_from_env() -> RSGIToWSGI:
+    """The factory each granian worker calls: the service named by the master (serving.py)."""
+    import importlib
+    import os
+
+    from .serving import PACKAGE_ENV, PREFIX_ENV, env_int
+
+    package = importlib.import_module(os.environ[PACKAGE_ENV])
+    prefix = os.environ[PREFIX_ENV]
+    app = package.create_app()
+    return RSGIToWSGI(
+        app,
+        threads=env_int(os.environ, f"{prefix}_THREADS", 4, 1),
+        max_body=app.config.get("MAX_CONTENT_LENGTH") or DEFAULT_MAX_BODY,
+        body_timeout=env_int(os.environ, f"{prefix}_TIMEOUT", 10, 1, 60),
+    )
