@@ -1,38 +1,79 @@
-"""twotier: the seed's two-tier Flask system on Kubernetes, as Invoke tasks.
+"""twotier: the tutorial's two-tier Flask system on Kubernetes, as Invoke tasks.
 
-`invoke --list` shows every task; `invoke --help TASK` shows its options.
-Settings live under `twotier:` in invoke.yaml (override with INVOKE_TWOTIER_<KEY>).
-The machinery lives in the `twotier/` package; this file is the table of contents.
+`invoke --list` shows every task; `invoke --help TASK` shows its options. This file is the table
+of contents: each task reads the settings once (twotier.settings) and hands them to the
+machinery in twotier/ (the system's shape: system.yaml) or localcluster/.
+
+  run locally      serve, dev
+  images           build, push, base-image
+  deploy, inspect  render, deploy, up, status, logs, loader-shell, smoke, clean
+  dev loop         tilt.ci, tilt.smoke
+  local cluster    cluster.up, cluster.down, cluster.status, cluster.env, cluster.kubeconfig, cluster.build
+  quality, speed   test, lint, bench (bench.api, ...)
 """
 from invoke import Collection, task
+from invoke.exceptions import Exit
 
-from twotier.taskutil import friendly, settings
+from twotier.taskutil import friendly
 
-# ---------------------------------------------------------------------------------------------
-# Run the two services on this machine (the seed's "pre-containerization sanity check")
-# ---------------------------------------------------------------------------------------------
-
-_SERVE_HELP = {
+# One help string per concept, shared by every task that takes the option.
+HELP = {
+    "stage": "hello | storage | full: the tutorial's Step 1-2, deploy1.yaml, deploy2.yaml (default: twotier.stage)",
+    "overlay": "comma-separated components of k8s/components/ (default: twotier.overlay; see k8s/README.md)",
+    "namespace": "namespace to act in (default: twotier.namespace)",
+    "context": "kube context to act on (default: twotier.context, else the kubeconfig's current one)",
+    "allow_context": "allow this context although it does not look local (safety override)",
+    "target": "Dockerfile target: '' = production, dev = reloading server",
+    "rollout_timeout": "seconds to wait for the rollout (default: twotier.timeouts.rollout)",
     "storage_dir": "directory for the items, created if missing (default: twotier.serve.storage_dir; "
                    "empty = a temporary one, removed on exit)",
     "storage_port": "storage API port on 127.0.0.1 (default: twotier.serve.storage_port = 5000)",
     "app_port": "application API port on 127.0.0.1 (default: twotier.serve.app_port = 5001)",
 }
+KUBE_HELP = {k: HELP[k] for k in ("context", "namespace", "allow_context")}
 
+
+def _defaults() -> dict:
+    from twotier.settings import defaults
+
+    return defaults()
+
+
+def _settings(c, **flags):
+    """The settings, read once: invoke.yaml < twotier.local.yaml < INVOKE_TWOTIER_* < these flags."""
+    from twotier import shape
+    from twotier.settings import Settings
+
+    s = Settings.from_invoke(c.config).with_flags(**flags)
+    shape.load().stage(s.stage)  # an unknown stage fails here, before anything else
+    return s
+
+
+def _connect(s, allow_context):
+    from twotier.ops.cluster import connect
+
+    return connect(s, allow_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run locally: both services as processes on this machine (the tutorial's sanity check)
+# ---------------------------------------------------------------------------------------------
 
 def _serve(c, storage_dir, storage_port, app_port, dev):
-    from twotier import servers
+    from twotier.dev import servers
 
-    conf = settings(c).get("serve", {})
-    servers.serve(storage_dir if storage_dir is not None else conf.get("storage_dir", ""),
-                  storage_port or conf.get("storage_port", 5000),
-                  app_port or conf.get("app_port", 5001), dev=dev)
+    conf = _settings(c).serve
+    servers.serve(storage_dir if storage_dir is not None else conf.storage_dir,
+                  storage_port or conf.storage_port, app_port or conf.app_port, dev=dev)
+
+
+_SERVE_HELP = {k: HELP[k] for k in ("storage_dir", "storage_port", "app_port")}
 
 
 @task(help=_SERVE_HELP)
 @friendly
 def serve(c, storage_dir=None, storage_port=None, app_port=None):
-    """Run both services with gunicorn on 127.0.0.1 in the foreground; Ctrl-C stops both."""
+    """Run both services with the production server on 127.0.0.1 in the foreground; Ctrl-C stops both."""
     _serve(c, storage_dir, storage_port, app_port, dev=False)
 
 
@@ -43,203 +84,197 @@ def dev(c, storage_dir=None, storage_port=None, app_port=None):
     _serve(c, storage_dir, storage_port, app_port, dev=True)
 
 
-@task(name="bench-api", help={
-    "sizes": "comma-separated item counts to time (default 10,100,1000,10000)",
-    "repeat": "runs per measurement; the median is shown (default 3)",
-    "baseline_max": "largest count also timed with the per-item baseline (default 1000)",
-    "check": "exit non-zero unless the goals are met (createlist/1000 >= 20x baseline, "
-             "createlist/10000 < 0.5 s)",
-})
-@friendly
-def bench_api(c, sizes="10,100,1000,10000", repeat=3, baseline_max=1000, check=False):
-    """Time createlist/clear vs a per-item client (the seed's design) on loopback."""
-    from twotier import apibench
-
-    apibench.main(sizes=sizes, repeat=int(repeat), baseline_max=int(baseline_max), check=check)
-
-
 # ---------------------------------------------------------------------------------------------
-# Images and manifests
+# Images
 # ---------------------------------------------------------------------------------------------
 
-_STAGES_HELP = "hello | storage | full: the seed's step 1-2, deploy1.yaml, deploy2.yaml (default: twotier.stage)"
-_OVERLAY_HELP = "comma-separated components of k8s/components/ (default: twotier.overlay; see k8s/README.md)"
-
-
-@task(help={"stage": _STAGES_HELP, "overlay": _OVERLAY_HELP,
-            "namespace": "namespace to render for (default: twotier.namespace)"})
-@friendly
-def render(c, stage=None, overlay=None, namespace=None):
-    """Print the exact YAML that deploy applies for a stage (image tags from the sources' content)."""
-    from twotier import manifests, project
-
-    s = _settings(c, stage=stage, overlay=overlay, namespace=namespace)
-    print(manifests.to_yaml(project.render(s, s["stage"])), end="")
-
-
-@task(help={"stage": _STAGES_HELP, "target": "Dockerfile target: '' = production, dev = reloading server"})
+@task(help={"stage": HELP["stage"], "target": HELP["target"]})
 @friendly
 def build(c, stage=None, target=""):
     """Build the stage's images (content-derived tags; unchanged images are not rebuilt)."""
-    from twotier import images
+    from twotier.images import build as images
 
     s = _settings(c, stage=stage)
-    for img in images.build(s, s["stage"], target=target):
+    for img in images.build(s, s.stage, target=target):
         print(f"{img.ref}  {images.image_size(img.ref) / 1e6:.0f} MB")
 
 
-@task(help={"stage": _STAGES_HELP, "target": "Dockerfile target: '' = production, dev = reloading server"})
+@task(help={"stage": HELP["stage"], "target": HELP["target"]})
 @friendly
 def push(c, stage=None, target=""):
     """Build (if needed) and push the stage's images to twotier.registry."""
-    from twotier import images
+    from twotier.images import build as images
 
     s = _settings(c, stage=stage)
-    images.push(s, s["stage"], target=target)
+    images.push(s, s.stage, target=target)
 
 
 @task(name="base-image", help={"force": "rebuild even if the image exists from the same recipe"})
 @friendly
 def base_image(c, force=False):
     """Build the local Debian base image (debootstrap + docker import) used when base_image is `local`."""
-    from twotier import images
+    from twotier.images import build as images
 
     images.ensure_local_base(force=force)
+
 
 # ---------------------------------------------------------------------------------------------
 # Deploy, inspect, debug, clean
 # ---------------------------------------------------------------------------------------------
 
-_KUBE_HELP = {
-    "context": "kube context to act on (default: twotier.context, else the kubeconfig's current one)",
-    "namespace": "namespace to act in (default: twotier.namespace)",
-    "allow_context": "allow this context although it does not look local (safety override)",
-}
-_STAGE_HELP = "hello | storage | full: the seed's step 1-2, deploy1.yaml, deploy2.yaml (default: twotier.stage)"
+@task(help={"stage": HELP["stage"], "overlay": HELP["overlay"], "namespace": HELP["namespace"]})
+@friendly
+def render(c, stage=None, overlay=None, namespace=None):
+    """Print the exact YAML that deploy applies for a stage (image tags from the sources' content)."""
+    from twotier.ops import render as manifests
+
+    s = _settings(c, stage=stage, overlay=overlay, namespace=namespace)
+    print(manifests.to_yaml(manifests.render_stage(s, s.stage)), end="")
 
 
-def _settings(c, **flags):
-    """invoke.yaml < INVOKE_TWOTIER_* < these flags (None = not given)."""
-    from twotier.project import check_stage, effective
-
-    s = effective(settings(c), {k.replace("__", "."): v for k, v in flags.items()})
-    check_stage(s["stage"])
-    return s
-
-
-@task(help={"stage": _STAGE_HELP,
-            "dry_run": "show what would change (server-side dry run) without changing anything",
-            "timeout": "seconds to wait for the rollout (default: twotier.timeouts.rollout)", **_KUBE_HELP})
+@task(help={"stage": HELP["stage"], "timeout": HELP["rollout_timeout"],
+            "dry_run": "show what would change (server-side dry run) without changing anything", **KUBE_HELP})
 @friendly
 def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=None, allow_context=None):
     """Apply a stage to the cluster (server-side apply) and wait until it has rolled out."""
-    from twotier import project
+    from twotier.ops import render as manifests
+    from twotier.ops.deploy import deploy_objects
 
     s = _settings(c, stage=stage, context=context, namespace=namespace,
                   timeouts__rollout=float(timeout) if timeout else None)
-    cluster = project.connect(s, allow_context)
-    objs = project.render(s, s["stage"])
-    project.deploy_objects(cluster, objs, dry_run=dry_run, timeout=float(s["timeouts"]["rollout"]))
+    cluster = _connect(s, allow_context)
+    deploy_objects(cluster, manifests.render_stage(s, s.stage), dry_run=dry_run, timeout=s.timeouts.rollout)
 
 
-@task(help=dict(_KUBE_HELP))
+@task(help={"stage": HELP["stage"], "timeout": HELP["rollout_timeout"], **KUBE_HELP})
+@friendly
+def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=None):
+    """The main job: build and push the images, deploy the stage, run the smoke checks."""
+    from twotier.images import build as images
+    from twotier.ops import loader
+    from twotier.ops import render as manifests
+    from twotier.ops import smoke as smoke_checks
+    from twotier.ops.deploy import deploy_objects
+
+    s = _settings(c, stage=stage, context=context, namespace=namespace,
+                  timeouts__rollout=float(timeout) if timeout else None)
+    cluster = _connect(s, allow_context)  # fail fast, before minutes of building
+    print(f"== build and push ({s.stage})")
+    built = images.push(s, s.stage)
+    print(f"== deploy ({s.stage})")
+    deploy_objects(cluster, manifests.render_stage(s, s.stage, images.image_map(built)),
+                   dry_run=False, timeout=s.timeouts.rollout)
+    print(f"== smoke ({s.stage})")
+    loader.start_loader(cluster, s, next(img.ref for img in built if img.role == "loader"))
+    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv))
+
+
+@task(help=dict(KUBE_HELP))
 @friendly
 def status(c, context=None, namespace=None, allow_context=None):
     """Show the project's objects in the cluster: readiness, age, NodePort URLs."""
-    from twotier import project
-    from twotier.status import status_report
+    from twotier.kube.cleanup import targets_from
+    from twotier.ops import render as manifests
+    from twotier.ops.status import status_report
 
     s = _settings(c, context=context, namespace=namespace)
-    cluster = project.connect(s, allow_context)
-    print(status_report(cluster, project.project_targets(s, cluster.namespace)))
+    cluster = _connect(s, allow_context)
+    print(status_report(cluster, targets_from(manifests.every_stage_objects(s), cluster.namespace)))
 
 
 @task(help={"tier": "storage | app | hello | loader (default: every pod of the project)",
             "follow": "keep streaming new lines (Ctrl-C stops)",
-            "tail": "lines per pod to show first (default 50)", **_KUBE_HELP})
+            "tail": "lines per pod to show first (default 50)", **KUBE_HELP})
 @friendly
 def logs(c, tier=None, follow=False, context=None, namespace=None, allow_context=None, tail=50):
     """Show the logs of the project's pods, one tier or all, each line prefixed by its pod."""
     import shlex
 
-    from twotier import kube, project
+    from twotier.errors import UserError
+    from twotier.ops import logs as podlogs
+    from twotier.ops.cluster import kubectl
 
     s = _settings(c, context=context, namespace=namespace)
-    kubectl = kube.kubectl_binary()
-    cluster = project.connect(s, allow_context)
-    argv = project.logs_argv(kubectl, cluster, project.tier_selector(cluster, tier), follow, int(tail))
+    kubectl_bin = kubectl()
+    cluster = _connect(s, allow_context)
+    argv = podlogs.logs_argv(kubectl_bin, cluster, podlogs.tier_selector(cluster, tier), follow, int(tail))
     result = c.run(shlex.join(argv), env=cluster.kubectl_env(), warn=True, pty=False)
     if result is not None and result.exited:
-        from twotier.errors import UserError
-
         raise UserError(f"kubectl logs exited with {result.exited}", "see its message above",
                         code=result.exited)
 
 
-@task(help={"shell": "shell to run in the pod (default sh)", **_KUBE_HELP})
+@task(help={"shell": "shell to run in the pod (default sh)", **KUBE_HELP})
 @friendly
 def loader_shell(c, shell="sh", context=None, namespace=None, allow_context=None):
     """Open an interactive shell in the `loader` pod (created if missing) to curl the services."""
-    from twotier import kube, loader, project
+    from twotier.errors import UserError
+    from twotier.ops import loader
+    from twotier.ops.cluster import kubectl
 
     loader.require_tty()
-    kubectl = kube.kubectl_binary()
+    kubectl_bin = kubectl()
     s = _settings(c, context=context, namespace=namespace)
-    cluster = project.connect(s, allow_context)
-    project.start_loader(cluster, s)
+    cluster = _connect(s, allow_context)
+    loader.start_loader(cluster, s)
     print("try: curl -s in-svc:5000/items   (exit or Ctrl-D leaves the shell; the pod stays)")
-    code = loader.hand_over(loader.shell_argv(kubectl, cluster, shell), cluster.kubectl_env())
+    code = loader.hand_over(loader.shell_argv(kubectl_bin, cluster, shell), cluster.kubectl_env())
     if code:
-        from twotier.errors import UserError
-
         raise UserError(f"the loader shell exited with {code}", code=code)
 
 
-@task(help={"stage": _STAGE_HELP, **_KUBE_HELP})
+@task(help={"stage": HELP["stage"], **KUBE_HELP})
 @friendly
 def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
-    """Run the seed's functional checks from the host and the loader pod; one PASS/FAIL line each."""
-    from twotier import loader, project, smoke as smoke_checks
+    """Run the tutorial's functional checks from the host and the loader pod; one PASS/FAIL line each."""
+    from twotier.ops import loader
+    from twotier.ops import smoke as smoke_checks
 
     s = _settings(c, stage=stage, context=context, namespace=namespace)
-    cluster = project.connect(s, allow_context)
-    project.start_loader(cluster, s)
-    smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
+    cluster = _connect(s, allow_context)
+    loader.start_loader(cluster, s)
+    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv))
 
 
 @task(help={"timeout": "seconds to wait for each deletion phase (default: twotier.timeouts.delete)",
-            **_KUBE_HELP})
+            **KUBE_HELP})
 @friendly
 def clean(c, timeout=None, context=None, namespace=None, allow_context=None):
     """Delete everything the project created (all stages, loader pod, PVC, PV) and wait until gone."""
-    from twotier import cleanup, project
+    from twotier.kube import cleanup
+    from twotier.ops import render as manifests
 
     s = _settings(c, context=context, namespace=namespace,
                   timeouts__delete=float(timeout) if timeout else None)
-    cluster = project.connect(s, allow_context)
-    cleanup.clean(cluster, project.project_targets(s, cluster.namespace),
-                  timeout=float(s["timeouts"]["delete"]))
+    cluster = _connect(s, allow_context)
+    cleanup.clean(cluster, cleanup.targets_from(manifests.every_stage_objects(s), cluster.namespace),
+                  timeout=s.timeouts.delete)
 
 
-@task(help={"stage": _STAGE_HELP,
-            "timeout": "seconds to wait for the rollout (default: twotier.timeouts.rollout)", **_KUBE_HELP})
+# ---------------------------------------------------------------------------------------------
+# The dev loop (tilt.*)
+# ---------------------------------------------------------------------------------------------
+
+@task(name="ci", help={"timeout": "seconds tilt ci may take (default: twotier.timeouts.tilt_ci)"})
 @friendly
-def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=None):
-    """The main job: build and push the images, deploy the stage, run the smoke checks."""
-    from twotier import images, loader, project, smoke as smoke_checks
+def tilt_ci(c, timeout=None):
+    """Run `tilt ci` (build, deploy, smoke) on the configured cluster, then `tilt down`; fail if anything failed."""
+    from twotier.dev import tiltrun
 
-    s = _settings(c, stage=stage, context=context, namespace=namespace,
-                  timeouts__rollout=float(timeout) if timeout else None)
-    cluster = project.connect(s, allow_context)  # fail fast, before minutes of building
-    print(f"== build and push ({s['stage']})")
-    built = images.push(s, s["stage"])
-    print(f"== deploy ({s['stage']})")
-    objs = project.render(s, s["stage"], images.image_map(built))
-    project.deploy_objects(cluster, objs, dry_run=False, timeout=float(s["timeouts"]["rollout"]))
-    print(f"== smoke ({s['stage']})")
-    loader_ref = next(img.ref for img in built if img.role == "loader")
-    project.start_loader(cluster, s, loader_ref)
-    smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
+    s = _settings(c)
+    tiltrun.run_ci(s, timeout=float(timeout or s.timeouts.tilt_ci))
+
+
+@task(name="smoke")
+@friendly
+def tilt_smoke(c):
+    """Run the smoke checks through the loader pod `tilt up` runs (the Tiltfile's smoke button)."""
+    from twotier.dev import tiltrun
+
+    tiltrun.smoke_in_tilt_loader(_settings(c))
+
+
+tilt = Collection("tilt", tilt_ci, tilt_smoke)
 
 # ---------------------------------------------------------------------------------------------
 # The local cluster (cluster.*)
@@ -283,7 +318,8 @@ def cluster_kubeconfig(c):
     print(localcluster.kubeconfig_path())
 
 
-@task(name="build", help={"component": "one of kubernetes, etcd, containerd, cri-tools, coredns, tilt (default: all cluster parts)"})
+@task(name="build", help={"component": "one of kubernetes, etcd, containerd, cri-tools, coredns, tilt "
+                                       "(default: all cluster parts)"})
 @friendly
 def cluster_build(c, component=""):
     """Build the cluster's binaries from source (cached by version)."""
@@ -295,20 +331,8 @@ def cluster_build(c, component=""):
 cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluster_kubeconfig, cluster_build)
 
 # ---------------------------------------------------------------------------------------------
-# Dev loop, tests and benchmarks
+# Quality and speed: tests, lint, benchmarks (bench.*)
 # ---------------------------------------------------------------------------------------------
-
-
-@task(help={"only": "comma-separated sections to run: api, deploy, tilt, images (default: all)",
-            "skip": "comma-separated sections to leave out",
-            "sizes": "item counts for the api section (default 10,100,1000,10000)",
-            "edits": "live-update edits per tier for the tilt section (default 5)"})
-@friendly
-def bench(c, only="", skip="", sizes="10,100,1000,10000", edits=5):
-    """Measure the README's benchmark numbers side by side in one run."""
-    from twotier import bench as benchmark
-
-    benchmark.run(settings(c), only=only, skip=skip, sizes=sizes, edits=int(edits))
 
 
 @task(help={"tier": "unit, integration, e2e or all (default)", "k": "only tests matching this pytest -k expression",
@@ -318,8 +342,6 @@ def test(c, tier="all", k="", exitfirst=False):
     """Run the tests (the README's test command); e2e brings the cluster up."""
     import shlex
     import sys
-
-    from invoke.exceptions import Exit
 
     import localcluster
 
@@ -335,41 +357,50 @@ def test(c, tier="all", k="", exitfirst=False):
         raise Exit(code=res.exited)
 
 
-@task(name="tilt-ci", help={"timeout": "seconds tilt ci may take (default: twotier.timeouts.tilt_ci)"})
+@task(help={"fix": "let ruff fix what it can"})
 @friendly
-def tilt_ci(c, timeout=None):
-    """Run `tilt ci` (build, deploy, smoke) on the configured cluster, then `tilt down`; fail if anything failed."""
-    from twotier import tiltrun
+def lint(c, fix=False):
+    """Check the code (ruff) and the manifests (schemas, security policy) of every stage and component."""
+    import sys
 
-    s = _settings(c)
-    tiltrun.run_ci(s, timeout=float(timeout or s["timeouts"]["tilt_ci"]))
+    from twotier import lint as checks
+
+    code = checks.run(fix=fix)
+    if code:
+        raise Exit(code=code)
+    print("lint: clean", file=sys.stderr)
 
 
-@task(name="tilt-smoke")
+@task(name="all", default=True,
+      help={"only": "comma-separated sections to run: api, deploy, tilt, images (default: all)",
+            "skip": "comma-separated sections to leave out",
+            "sizes": "item counts for the api section (default 10,100,1000,10000)",
+            "edits": "live-update edits per tier for the tilt section (default 5)"})
 @friendly
-def tilt_smoke(c):
-    """Run the smoke checks through the loader pod `tilt up` runs (the Tiltfile's smoke button)."""
-    from twotier import tiltrun
+def bench_all(c, only="", skip="", sizes="10,100,1000,10000", edits=5):
+    """Measure the README's benchmark numbers side by side in one run (report: build/bench.md)."""
+    from twotier.bench import report
 
-    tiltrun.smoke_in_tilt_loader(_settings(c))
+    report.run(_settings(c), only=only, skip=skip, sizes=sizes, edits=int(edits))
 
-ns = Collection()
-ns.add_task(serve)
-ns.add_task(dev)
-ns.add_task(bench_api)
-ns.add_task(tilt_ci)
-ns.add_task(tilt_smoke)
-ns.add_collection(cluster)
-ns.add_task(test)
-ns.add_task(bench)
-ns.add_task(up)
-ns.add_task(render)
-ns.add_task(build)
-ns.add_task(push)
-ns.add_task(base_image)
-ns.add_task(deploy)
-ns.add_task(status)
-ns.add_task(logs)
-ns.add_task(loader_shell)
-ns.add_task(smoke)
-ns.add_task(clean)
+
+@task(name="api", help={
+    "sizes": "comma-separated item counts to time (default 10,100,1000,10000)",
+    "repeat": "runs per measurement; the median is shown (default 3)",
+    "baseline_max": "largest count also timed with the per-item baseline (default 1000)",
+    "check": "exit non-zero unless the goals are met (createlist/1000 >= 20x baseline, "
+             "createlist/10000 < 0.5 s)",
+})
+@friendly
+def bench_api(c, sizes="10,100,1000,10000", repeat=3, baseline_max=1000, check=False):
+    """Time createlist/clear vs a per-item client (the tutorial's design) on loopback."""
+    from twotier.bench import api as apibench
+
+    apibench.main(sizes=sizes, repeat=int(repeat), baseline_max=int(baseline_max), check=check)
+
+
+bench = Collection("bench", bench_all, bench_api)
+
+ns = Collection(serve, dev, build, push, base_image, render, deploy, up, status, logs, loader_shell,
+                smoke, clean, test, lint, tilt, cluster, bench)
+ns.configure({"twotier": _defaults()})

@@ -15,9 +15,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from localcluster.errors import ClusterError as UserError
 from localcluster import addons, configs, netclean, pki, procs
 from localcluster import layout as L
+from localcluster.errors import ClusterError as UserError
 from localcluster.layout import kubectl_path  # noqa: F401  (public API)
 
 COMPONENTS = ["containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
@@ -123,7 +123,7 @@ def write_configs(node_ip: str) -> None:
 
 def argv(component: str, node_ip: str) -> list[str]:
     p, s = L.PKI, L.STATE
-    k8s = lambda name: str(L.binary("kubernetes", name))  # noqa: E731
+    k8s = lambda name: str(L.binary("kubernetes", name))
     if component == "containerd":
         return [str(L.binary("containerd")), "--config", str(s / "containerd.toml")]
     if component == "etcd":
@@ -224,7 +224,7 @@ def up(progress=print) -> float:
             if node_ready() and docker_ok() and registry_ok():
                 progress(f"the local cluster is already up (context {L.CONTEXT})")
                 return time.monotonic() - t0
-        except Exception:  # noqa: BLE001 - fall through and repair
+        except Exception:
             pass
     preflight()
     ensure_binaries(progress=progress)
@@ -242,10 +242,10 @@ def up(progress=print) -> float:
     subprocess.run(["iptables", "-P", "FORWARD", "ACCEPT"], check=False)
     try:
         registry_ok()
-    except Exception:  # noqa: BLE001
+    except Exception:
         if procs.port_in_use(5000):
             raise UserError("port 5000 is in use by something that is not a container registry",
-                            hint="stop it (e.g. an `invoke serve` storage API) and run `invoke cluster.up` again")
+                            hint="stop it (e.g. an `invoke serve` storage API) and run `invoke cluster.up` again") from None
         progress(f"starting the local registry on {L.REGISTRY_HOST}")
         procs.start("registry", ["docker-registry", "serve", str(L.STATE / "registry.yml")])
         procs.wait_for(registry_ok, "the registry", 30, progress, name="registry")
@@ -339,12 +339,12 @@ def status_rows() -> list[tuple[str, str, str]]:
         if name == "registry" and not pid:
             try:
                 state = "running (not ours)" if registry_ok() else state
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         rows.append((name, str(pid or "-"), state))
     try:
         ready = "Ready" if node_ready() else "NotReady"
-    except Exception:  # noqa: BLE001
+    except Exception:
         ready = "unreachable"
     rows.append((f"node/{L.NODE_NAME}", "-", ready))
     return rows

@@ -5,8 +5,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from localcluster.errors import ClusterError as UserError
 from localcluster import layout as L
+from localcluster.errors import ClusterError as UserError
 
 ADDONS = L.HERE / "addons"
 
@@ -39,7 +39,8 @@ def import_scratch_image(ref: str, files: dict[str, Path], entrypoint: list[str]
             copies.append(f"COPY {Path(dest).name} {dest}")
         entry = ", ".join(f'"{a}"' for a in entrypoint)
         (Path(tmp) / "Dockerfile").write_text("FROM scratch\n" + "\n".join(copies) + f"\nENTRYPOINT [{entry}]\n")
-        _run(["docker", "build", "-q", "-t", ref, tmp], f"docker build of {ref}", env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"})
+        _run(["docker", "build", "-q", "-t", ref, tmp], f"docker build of {ref}",
+             env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"})
     save = subprocess.Popen(["docker", "save", ref], stdout=subprocess.PIPE)
     _run(ctr("images", "import", "--all-platforms", "-"), f"import of {ref} into containerd", stdin=save.stdout)
     save.wait()

@@ -119,7 +119,7 @@ def remove_kubepods_cgroups() -> int:
         top = hier / "kubepods"
         if not top.is_dir():
             continue
-        for dirpath, dirnames, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
+        for dirpath, _dirnames, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
             try:
                 os.rmdir(dirpath)
                 n += 1

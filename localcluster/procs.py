@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
+
 from localcluster import layout as L
 
 
@@ -25,18 +27,10 @@ def pid_of(name: str) -> int | None:
         pid = int(pidfile(name).read_text().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    try:  # a zombie is not running
+        return pid if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
         return None
-    # A zombie or a recycled pid is not ours.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return None
-    except OSError:
-        return None
-    return pid
 
 
 def running(name: str) -> bool:
@@ -86,15 +80,10 @@ def tail(name: str, lines: int = 15) -> str:
 def find(predicate) -> list[tuple[int, str]]:
     """(pid, command line) of every process whose command line satisfies predicate."""
     found = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or ())
         if cmd and predicate(cmd):
-            found.append((int(p.name), cmd))
+            found.append((proc.info["pid"], cmd))
     return found
 
 
@@ -111,7 +100,7 @@ def wait_for(check, what: str, timeout: float, progress=print, interval: float =
     while True:
         try:
             result = check()
-        except Exception:  # noqa: BLE001 - any failure means "not yet"
+        except Exception:
             result = None
         if result:
             return result

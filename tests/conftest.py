@@ -141,7 +141,7 @@ def hello_client(hello_app_):
 @pytest.fixture(scope="module")
 def live_storage(tmp_path_factory):
     """The storage API as a real process; ``.url``, ``.storage_dir`` (a fresh directory)."""
-    from twotier.servers import STORAGE, ServiceProcess, free_port
+    from twotier.dev.servers import STORAGE, ServiceProcess, free_port
 
     directory = tmp_path_factory.mktemp("live-storage")
     with ServiceProcess(STORAGE, free_port(), {"STO_STORAGE": str(directory)}) as proc:
@@ -152,7 +152,7 @@ def live_storage(tmp_path_factory):
 @pytest.fixture(scope="module")
 def live_app(live_storage):
     """The application API as a real process, talking to ``live_storage``."""
-    from twotier.servers import APP, ServiceProcess, free_port
+    from twotier.dev.servers import APP, ServiceProcess, free_port
 
     with ServiceProcess(APP, free_port(), {"STO_API": live_storage.url}) as proc:
         yield proc

@@ -35,7 +35,7 @@ def cluster():
         pytest.fail("the local cluster is not up: run `invoke cluster.up` (CI's .ci/run starts it)", pytrace=False)
     try:
         ready = localcluster.node_ready()
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         pytest.fail(f"the local cluster's API server does not answer ({err}): run `invoke cluster.up`", pytrace=False)
     assert ready, "the local cluster's node is not Ready"
     os.environ["KUBECONFIG"] = str(localcluster.kubeconfig_path())

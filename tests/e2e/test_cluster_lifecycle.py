@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import run_invoke
-
 import localcluster
-from localcluster import layout as L, netclean, procs
+from localcluster import layout as L
+from localcluster import netclean, procs
+from tests.e2e.conftest import run_invoke
 
 pytestmark = pytest.mark.cluster
 

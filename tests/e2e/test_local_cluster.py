@@ -1,4 +1,4 @@
-"""Acceptance of the local cluster itself (issue 5): a real node, registry, DNS, Services, PV, logs, exec."""
+"""Acceptance of the local cluster itself: a real node, registry, DNS, Services, PV, logs, exec."""
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_json
-from twotier import images
 from localcluster import layout as L
+from tests.e2e.conftest import kubectl, kubectl_json
+from twotier.images import build as images
 
 pytestmark = pytest.mark.cluster
 

@@ -91,7 +91,7 @@ def test_full_stage_seed_final_checks(node_ip):
     assert "FAIL" not in out
     svc_ip = kubectl_json("get", "svc", "out-svc")["spec"]["clusterIP"]
     api_pod_ip = pods("run=api-app")[0]["status"]["podIP"]
-    seed = lambda created: {"createds": created, "deleteds": [], "faileds": []}  # noqa: E731
+    seed = lambda created: {"createds": created, "deleteds": [], "faileds": []}
     assert http(f"http://{node_ip}:31001/createlist/3") == (200, seed(["0", "1", "2"]))
     assert from_loader(f"http://{svc_ip}:5001/createlist/4") == seed(["3"])
     assert from_loader(f"http://{api_pod_ip}:5001/createlist/5") == seed(["4"])
@@ -123,7 +123,7 @@ def test_zero_failed_requests_while_pods_die_and_tiers_roll():
                 status, body = http(url, timeout=15)
                 if status != 200 or body.get("faileds"):
                     failures.append(f"{url}: {status} {body}")
-            except Exception as err:  # noqa: BLE001 - any error is a failed request
+            except Exception as err:
                 failures.append(f"{url}: {err!r}")
             count[0] += 1
             i += 1

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import REPO, kubectl, kubectl_json, must, run_invoke
 from localcluster import layout as L
+from tests.e2e.conftest import REPO, kubectl, kubectl_json, must, run_invoke
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
@@ -198,7 +198,7 @@ def test_deploy_of_images_never_pushed_stops_before_any_change():
 
 
 def _probe_deployment(name, spec_extra, command):
-    from twotier.kube import PROJECT_LABEL
+    from twotier.kube.client import PROJECT_LABEL
     image = kubectl_json("get", "pod", "loader")["spec"]["containers"][0]["image"]
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -214,18 +214,18 @@ def _probe_deployment(name, spec_extra, command):
 
 @pytest.fixture
 def connected():
-    import yaml
 
-    from twotier import kube
-    settings = yaml.safe_load((REPO / "invoke.yaml").read_text())["twotier"]
-    return kube.connect(settings)
+    from twotier import settings as settingsmod
+    from twotier.ops.cluster import connect
+
+    return connect(settingsmod.load())
 
 
 def test_image_pull_failure_fails_fast_with_events(connected):
     """Past the registry preflight (a registry that can't be asked, a tag deleted meanwhile):
     the waiter stops at the first pull error instead of waiting out the timeout."""
-    from twotier.project import deploy_objects
-    from twotier.rollout import RolloutFailed
+    from twotier.kube.rollout import RolloutFailed
+    from twotier.ops.deploy import deploy_objects
     dep = _probe_deployment("twotier-pull-probe", {}, ["sh", "-c", "sleep 600"])
     dep["spec"]["template"]["spec"]["containers"][0]["image"] = "localhost:5000/never-pushed/x:1"
     start = time.monotonic()
@@ -243,8 +243,8 @@ def test_image_pull_failure_fails_fast_with_events(connected):
 
 
 def test_crash_loop_fails_fast_with_its_last_log_lines(connected):
-    from twotier.project import deploy_objects
-    from twotier.rollout import RolloutFailed
+    from twotier.kube.rollout import RolloutFailed
+    from twotier.ops.deploy import deploy_objects
     dep = _probe_deployment("twotier-crash-probe", {},
                             ["sh", "-c", "echo probe-says-goodbye; echo KeyError: STO_STORAGE; exit 3"])
     start = time.monotonic()
@@ -262,8 +262,8 @@ def test_crash_loop_fails_fast_with_its_last_log_lines(connected):
 
 
 def test_pod_never_ready_times_out_with_the_reason(connected):
-    from twotier.project import deploy_objects
-    from twotier.rollout import RolloutFailed
+    from twotier.kube.rollout import RolloutFailed
+    from twotier.ops.deploy import deploy_objects
     dep = _probe_deployment("twotier-unready-probe",
                             {"readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1}},
                             ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"])

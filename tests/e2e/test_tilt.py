@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from twotier import tiltbench, tiltrun
+from twotier.bench import tilt as tiltbench
+from twotier.dev import tiltrun
 from twotier.errors import UserError
 
 pytestmark = pytest.mark.tilt
@@ -25,7 +26,9 @@ pytestmark = pytest.mark.tilt
 
 @pytest.fixture(scope="module")
 def settings(cluster):
-    return tiltrun.project_settings()
+    from twotier import settings as settingsmod
+
+    return settingsmod.load()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +109,7 @@ def test_tilt_up_live_updates_both_tiers_without_a_rebuild(cluster, settings):
 
 
 def host_path(settings) -> str:
-    from twotier import manifests
+    from twotier.ops import render as manifests
 
     (pv,) = [o for o in manifests.render_stage(settings, "full", images={}, overlay=["dev"])
              if o["kind"] == "PersistentVolume"]
@@ -114,14 +117,14 @@ def host_path(settings) -> str:
 
 
 def test_invoke_tilt_ci_passes_and_leaves_nothing_behind(cluster, settings):
-    """`invoke tilt-ci`: tilt ci (builds, rollout, unit tests, smoke) passes, then tilt down and the
+    """`invoke tilt.ci`: tilt ci (builds, rollout, unit tests, smoke) passes, then tilt down and the
     wait leave none of the Tiltfile's objects in the cluster."""
-    proc = subprocess.run([sys.executable, "-m", "invoke", "tilt-ci"], cwd=tiltrun.ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "invoke", "tilt.ci"], cwd=tiltrun.ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "SUCCESS. All workloads are healthy." in proc.stdout
     assert re.search(r"smoke \(full\): \d+ passed, 0 failed", proc.stdout), "the smoke resource must run and pass"
-    from twotier import project
+    from twotier.ops.cluster import connect
 
-    api = project.connect(settings)
+    api = connect(settings)
     for target in tiltrun.tilt_targets(settings, api.namespace):
         assert api.get(target.api_version, target.kind, target.name, target.namespace) is None, target.ref

@@ -9,6 +9,7 @@ application one with curl from the loader container (like the seed's Alpine box)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,13 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from twotier import images, manifests
 from twotier.errors import UserError
+from twotier.images import build as images
+from twotier.ops import render as manifests
+from twotier.settings import Settings
 
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = {"registry": "localhost:5000", "base_image": "local"}
+SETTINGS = Settings(base_image="local")
 PREFIX = f"tt-it-{os.getpid()}"
 HARDENED = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
 STOP_BUDGET = 5.0  # seconds a SIGTERM may take
@@ -123,7 +126,7 @@ def wait_ready(url, timeout=20.0, expect=200):
             if status == expect:
                 return body
             last = (status, body)
-        except (urllib.error.URLError, ConnectionError, socket.timeout) as err:
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as err:
             last = err
         time.sleep(0.2)
     raise AssertionError(f"{url} not ready after {timeout}s: {last}")
@@ -271,7 +274,7 @@ def test_storage_owner_init_container_makes_a_root_owned_host_directory_writable
     host_dir = tmp_path / "kubetestpv"
     host_dir.mkdir(mode=0o755)  # as the kubelet creates a DirectoryOrCreate hostPath: root, 0755
     os.chown(host_dir, 0, 0)
-    dep = next(o for o in manifests.render_stage({}, "storage", images={"sto-img": built["storage"].ref})
+    dep = next(o for o in manifests.render_stage(Settings(), "storage", images={"sto-img": built["storage"].ref})
                if o["kind"] == "Deployment")
     init = dep["spec"]["template"]["spec"]["initContainers"][0]
     sc = init["securityContext"]
@@ -325,7 +328,7 @@ def test_push_to_the_local_registry(built):
 
 
 def test_refused_push_is_a_user_error_with_a_hint(built):
-    settings = {**SETTINGS, "registry": "127.0.0.1:9"}  # nothing listens on the discard port
+    settings = dataclasses.replace(SETTINGS, registry="127.0.0.1:9")  # nothing listens on the discard port
     try:
         with pytest.raises(UserError) as err:
             images.push(settings, "hello", progress=lambda line: None)

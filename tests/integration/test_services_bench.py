@@ -1,4 +1,4 @@
-"""`invoke bench-api` (twotier.apibench): a small real run, and its table/goal logic."""
+"""`invoke bench.api` (twotier.bench.api): a small real run, and its table/goal logic."""
 from __future__ import annotations
 
 import subprocess
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from twotier import apibench
-from twotier.apibench import Row
+from twotier.bench import api as apibench
+from twotier.bench.api import Row
 from twotier.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def test_small_real_run_is_correct_and_beats_the_per_item_client():
 
 
 def test_invoke_bench_api_prints_the_table_and_the_goals():
-    result = subprocess.run([sys.executable, "-m", "invoke", "bench-api", "--sizes", "10,50",
+    result = subprocess.run([sys.executable, "-m", "invoke", "bench.api", "--sizes", "10,50",
                              "--repeat", "1", "--baseline-max", "50"],
                             cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr

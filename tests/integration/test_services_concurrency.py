@@ -9,7 +9,7 @@ import threading
 import pytest
 import requests
 
-from twotier.servers import APP, STORAGE, ServiceProcess, free_port
+from twotier.dev.servers import APP, STORAGE, ServiceProcess, free_port
 
 THREADS = 8
 NAMES = [f"item{i}" for i in range(60)]

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from twotier.servers import APP, STORAGE, ServiceProcess, free_port
+from twotier.dev.servers import APP, STORAGE, ServiceProcess, free_port
 
 
 class FakeTier:

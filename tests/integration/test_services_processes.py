@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from twotier.dev.servers import APP, HELLO, STORAGE, ServiceProcess, check_port_free, free_port, port_owner, service_env
 from twotier.errors import UserError
-from twotier.servers import (APP, HELLO, STORAGE, ServiceProcess, check_port_free, free_port, port_owner,
-                             service_env)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 
-from twotier.kube import CLUSTER_SCOPED, ApiError
+from twotier.kube.client import CLUSTER_SCOPED, ApiError
 
 LABEL = {"app.kubernetes.io/part-of": "twotier"}
 
@@ -93,7 +93,7 @@ class FakeCluster:
                 {"type": "InternalIP", "address": ip} for ip in self._node_ips]}}]
         ns = None if kind in CLUSTER_SCOPED else (namespace or self.namespace)
         out = []
-        for (k, n, _name), obj in list(self.objects.items()):
+        for (k, n, _name), _obj in list(self.objects.items()):
             if k != kind or (not all_namespaces and n != ns):
                 continue
             # lingering objects count as reads too
@@ -266,7 +266,10 @@ def project_context(monkeypatch=None, env=None, run=None):
             monkeypatch.delenv(key)
         for key, value in (env or {}).items():
             monkeypatch.setenv(key, value)
-    cfg = Config(project_location=str(Path(__file__).resolve().parents[2]))
+    from twotier.settings import defaults
+
+    cfg = Config(defaults={**Config.global_defaults(), "twotier": defaults()},
+                 project_location=str(Path(__file__).resolve().parents[2]))
     cfg.load_project()
     cfg.load_shell_env()
     return MockContext(config=cfg, run=run if run is not None else {}, repeat=False)

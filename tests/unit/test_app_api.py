@@ -7,10 +7,11 @@ from http.client import RemoteDisconnected
 
 import pytest
 import requests
-from app_api import ConfigError, create_app
 from jsonerrors import json_error as _json_error
 from requests.adapters import BaseAdapter
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
+
+from app_api import ConfigError, create_app
 
 STORAGE = "http://storage.test"
 

@@ -3,6 +3,7 @@ and the ``python -m <package>`` entry point's error handling."""
 from __future__ import annotations
 
 import pytest
+
 from twotier_service import serving
 
 

@@ -5,8 +5,9 @@ import json
 import os
 
 import pytest
-from storage_api import ConfigError, create_app
 from jsonerrors import json_error as _json_error
+
+from storage_api import ConfigError, create_app
 
 
 def _files(directory) -> list[str]:

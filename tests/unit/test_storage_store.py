@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from storage_api import create_app
 from storage_api import store as store_module
 from storage_api.names import is_valid_name
@@ -113,7 +114,7 @@ def test_concurrent_creates_and_deletes_never_double_count(storage_dir):
                     if store.delete(name):
                         with lock:
                             deleted.append(name)
-        except Exception as err:  # noqa: BLE001 - reported below
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]

@@ -183,7 +183,7 @@ class Store:
             raise ValueError(f"invalid item name {name!r}")
         return os.path.join(self.root, name)
 
-    def _create_one(self, source: "_LinkSource", name: str) -> bool:
+    def _create_one(self, source: _LinkSource, name: str) -> bool:
         path = self._path(name)
         try:
             source.link_to(path)
@@ -199,7 +199,7 @@ class Store:
             raise NotAnItem(name) from None
 
     @staticmethod
-    def _create_one_retry(source: "_LinkSource", path: str) -> bool:
+    def _create_one_retry(source: _LinkSource, path: str) -> bool:
         try:
             source.link_to(path)
             return True
@@ -215,7 +215,7 @@ class _LinkSource:
         self.path: str | None = None
         self.hardlinks = True
 
-    def __enter__(self) -> "_LinkSource":
+    def __enter__(self) -> _LinkSource:
         self._new_temp()
         return self
 

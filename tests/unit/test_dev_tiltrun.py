@@ -1,0 +1,170 @@
+"""twotier.tiltrun and twotier.tiltbench: which Tilt runs, with which arguments, and the source edit
+the e2e test and the benchmark make (pure parts; the real runs are in tests/e2e/test_tilt.py)."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from twotier.bench import tilt as tiltbench
+from twotier.dev import tiltrun
+from twotier.errors import UserError
+from twotier.settings import Settings
+
+
+class FakeCluster:
+    context = "twotier-local"
+    namespace = "default"
+    kubeconfig = "/tmp/kubeconfig"
+
+
+def test_the_pinned_build_wins_over_path(tmp_path, monkeypatch):
+    pinned = tmp_path / "tilt-v0.37.5" / "tilt"
+    pinned.parent.mkdir()
+    pinned.write_text("#!/bin/sh\n")
+    pinned.chmod(0o755)
+    (pinned.parent / ".complete").touch()
+    monkeypatch.setattr(tiltrun, "pinned_tilt", lambda: pinned)
+    monkeypatch.setattr(tiltrun.shutil, "which", lambda name: "/usr/local/bin/tilt")
+    assert tiltrun.tilt_binary() == str(pinned)
+
+
+def test_an_unfinished_build_is_not_used(tmp_path, monkeypatch):
+    pinned = tmp_path / "tilt-v0.37.5" / "tilt"
+    pinned.parent.mkdir()
+    pinned.write_text("partial")
+    monkeypatch.setattr(tiltrun, "pinned_tilt", lambda: pinned)
+    monkeypatch.setattr(tiltrun.shutil, "which", lambda name: "/usr/local/bin/tilt")
+    assert tiltrun.tilt_binary() == "/usr/local/bin/tilt"
+
+
+def test_no_tilt_at_all_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiltrun, "pinned_tilt", lambda: tmp_path / "tilt-v0.37.5" / "tilt")
+    monkeypatch.setattr(tiltrun.shutil, "which", lambda name: None)
+    with pytest.raises(UserError) as err:
+        tiltrun.tilt_binary()
+    assert "invoke cluster.build --component tilt" in err.value.hint
+
+
+@pytest.mark.parametrize("base, expected", [
+    ("", ["--registry=localhost:5000"]),
+    ("local", ["--registry=localhost:5000", "--base-image=twotier-base:bookworm"]),
+    ("python:3.12-slim", ["--registry=localhost:5000", "--base-image=python:3.12-slim"]),
+])
+def test_settings_reach_the_tiltfile_as_arguments(base, expected):
+    assert tiltrun.tiltfile_args(Settings.from_mapping({"registry": "localhost:5000/", "base_image": base})) == expected
+
+
+def test_tilt_acts_on_exactly_the_configured_context_and_namespace():
+    argv = tiltrun.tilt_argv("tilt", "ci", FakeCluster(), 10351, ["--timeout", "900s"], ["--registry=r"])
+    assert argv[:2] == ["tilt", "ci"]
+    assert argv[argv.index("--context") + 1] == "twotier-local"
+    assert argv[argv.index("--namespace") + 1] == "default"
+    assert argv[argv.index("--port") + 1] == "10351"
+    assert argv[argv.index("--file") + 1] == str(tiltrun.TILTFILE)
+    assert argv[-2:] == ["--", "--registry=r"]  # Tiltfile arguments come last, after --
+
+
+def test_tilt_gets_the_kubeconfig_and_its_port(monkeypatch):
+    monkeypatch.setattr("twotier.ops.cluster.kubectl", lambda: "/opt/k8s/bin/kubectl")
+    env = tiltrun.tilt_env("/tmp/kubeconfig", 12345)
+    assert env["KUBECONFIG"] == "/tmp/kubeconfig"
+    assert env["TILT_PORT"] == "12345"
+    assert env["PATH"].startswith("/opt/k8s/bin" + ":")  # kustomize() falls back to this kubectl
+
+
+def test_a_busy_default_port_is_replaced_by_a_free_one():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert not tiltrun.port_free(port)
+        chosen = tiltrun.pick_port(port)
+    assert chosen != port and tiltrun.port_free(chosen)
+
+
+VIEW = '''\
+@bp.route("/items")
+def list_items():
+    return jsonify(items=sorted(x))
+
+
+def other():
+    return jsonify(a=1)
+'''
+
+
+def _tier(path: Path) -> tiltbench.Tier:
+    return tiltbench.Tier("storage", path, "list_items", 31000, "/items", 5000, "run=sto-app", "sto-dep")
+
+
+def test_the_edit_adds_one_field_to_the_view_and_restores_the_file(tmp_path):
+    src = tmp_path / "routes.py"
+    src.write_text(VIEW)
+    with tiltbench.SourceEdit(_tier(src)) as edit:
+        edit.apply("m1")
+        edit.apply("m2")  # each edit starts from the original: one field, the latest value
+        text = src.read_text()
+        assert 'return jsonify(tilt_probe="m2", items=sorted(x))' in text
+        assert text.count("tilt_probe") == 1
+        assert "return jsonify(a=1)" in text
+    assert src.read_text() == VIEW
+
+
+def test_restoring_keeps_somebody_elses_later_edit(tmp_path):
+    src = tmp_path / "routes.py"
+    src.write_text(VIEW)
+    edit = tiltbench.SourceEdit(_tier(src))
+    edit.apply("m1")
+    src.write_text(src.read_text() + "\n# added meanwhile\n")
+    edit.restore()
+    assert src.read_text() == VIEW + "\n# added meanwhile\n"
+
+
+def test_a_view_that_moved_is_a_clear_error(tmp_path):
+    src = tmp_path / "routes.py"
+    src.write_text("def something_else():\n    return 1\n")
+    with pytest.raises(UserError, match="list_items"):
+        tiltbench.SourceEdit(_tier(src))
+
+
+def test_the_benchmark_edits_real_views_of_both_services():
+    for tier in tiltbench.TIERS.values():
+        edit = tiltbench.SourceEdit(tier)
+        assert 'tilt_probe="x", ' in edit.text_with("x")
+
+
+def test_the_table_shows_medians_and_rebuild_times():
+    result = {"live_update": {"storage": {"service_median_s": 1.234, "all_replicas_median_s": 1.5},
+                              "app": {"service_median_s": 0.9, "all_replicas_median_s": 0.9}},
+              "rebuild": {"storage": {"tilt_build_median_s": 6.04, "service_median_s": 21.0,
+                                      "all_replicas_median_s": 30.2}}}
+    table = tiltbench.format_table(result)
+    assert "| storage | 1.23 s | 1.50 s | 6.0 s | 21.0 s | 30.2 s |" in table
+    assert "| app | 0.90 s | 0.90 s | - | - | - |" in table
+
+
+class _Proc:
+    def __init__(self, returncode):
+        self.returncode = returncode
+
+
+@pytest.mark.parametrize("ci_code", [0, 1])
+def test_tilt_ci_always_ends_with_tilt_down_and_the_clean_wait(monkeypatch, ci_code):
+    calls = []
+    monkeypatch.setattr(tiltrun, "prepare", lambda settings, progress: ("tilt", FakeCluster()))
+    monkeypatch.setattr(tiltrun, "tilt_version", lambda tilt: "v0.37.5")
+    monkeypatch.setattr(tiltrun, "tilt_targets", lambda settings, ns: ["targets"])
+    monkeypatch.setattr("twotier.ops.cluster.kubectl", lambda: "/opt/k8s/bin/kubectl")
+    monkeypatch.setattr(tiltrun.subprocess, "run",
+                        lambda argv, **kw: calls.append(argv[1]) or _Proc(ci_code if argv[1] == "ci" else 0))
+    monkeypatch.setattr("twotier.kube.cleanup.clean", lambda cluster, targets, timeout, out: calls.append(("clean", targets)))
+    settings = Settings.from_mapping({"timeouts": {"delete": 5}})
+    if ci_code:
+        with pytest.raises(UserError, match="tilt ci failed") as err:
+            tiltrun.run_ci(settings, timeout=60, progress=lambda _line: None)
+        assert err.value.code == ci_code
+    else:
+        tiltrun.run_ci(settings, timeout=60, progress=lambda _line: None)
+    assert calls == ["ci", "down", ("clean", ["targets"])]

@@ -1,0 +1,43 @@
+"""`invoke deploy`: apply a stage's rendered objects, then wait like `kubectl rollout status`."""
+from __future__ import annotations
+
+import time
+
+from twotier.errors import UserError
+from twotier.images import registry
+from twotier.kube import apply, rollout
+
+
+def deploy_objects(cluster, objs: list[dict], dry_run: bool, timeout: float, out=print,
+                   check_images: bool = True) -> list:
+    """Apply rendered objects in order, then wait until every Deployment has rolled out.
+
+    First, unless ``check_images`` is off, ask the registry whether every image exists: a
+    missing one stops the deploy before anything changes (a dry run only notes it)."""
+    start = time.monotonic()
+    apply.check_nodeports(cluster, objs)  # the other stage holding 31000 is the first thing to say
+    if check_images:
+        missing = registry.missing_images(objs)
+        if missing and dry_run:
+            out("note: not in the registry (yet): " + ", ".join(missing)
+                + "; a real deploy would stop here: `invoke push` first")
+        elif missing:
+            raise UserError(
+                "not in the registry: " + ", ".join(missing) + " (nothing was changed)",
+                "build and push them first: `invoke push --stage ...`, or `invoke up` to build, "
+                "push, deploy and smoke-check in one go")
+    out(f"applying {len(objs)} objects to context {cluster.context}, namespace {cluster.namespace}"
+        + (" (server dry run: nothing is changed)" if dry_run else ""))
+    changes = apply.apply_objects(cluster, objs, dry_run=dry_run, out=out)
+    if dry_run:
+        would = [c for c in changes if c.action != "unchanged"]
+        out(f"dry run: {len(would)} of {len(changes)} objects would change")
+        return changes
+    names = apply.deployments_of(objs)
+    if names:
+        out(f"waiting for {', '.join(names)} (timeout {timeout:.0f}s)")
+        rollout.wait_for_rollouts(cluster, names, timeout=timeout, out=out)
+    changed = sum(c.action != "unchanged" for c in changes)
+    out(f"deployed: {changed} changed, {len(changes) - changed} unchanged, "
+        f"all ready in {time.monotonic() - start:.1f}s")
+    return changes

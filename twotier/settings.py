@@ -1,0 +1,189 @@
+"""The user's settings, read once into a typed object that the rest of the machinery receives.
+
+Precedence, lowest to highest:
+  0. the defaults below (``defaults()``: what tasks.py gives ``ns.configure``)
+  1. invoke.yaml, key ``twotier:`` (the checkout's choices, in git)
+  2. twotier.local.yaml (git-ignored: what ``./bootstrap.sh`` decided for this machine, such as
+     ``base_image: local``), unless an INVOKE_TWOTIER_* variable sets the same key
+  3. INVOKE_TWOTIER_<KEY>[_<SUB>] environment variables (Invoke applies them to existing keys)
+  4. task flags (``Settings.with_flags``)
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from twotier.errors import UserError
+from twotier.shape import ROOT
+
+LOCAL_FILE = ROOT / "twotier.local.yaml"
+ENV_PREFIX = "INVOKE_TWOTIER_"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    rollout: float = 180.0  # seconds to wait for Deployments
+    delete: float = 120.0   # seconds to wait for deletions
+    api: float = 5.0        # seconds per Kubernetes API call before "unreachable"
+    tilt_ci: float = 900.0  # seconds `invoke tilt.ci` gives `tilt ci`
+
+
+@dataclass(frozen=True)
+class Serve:
+    storage_port: int = 5000
+    app_port: int = 5001
+    storage_dir: str = ""  # empty = a temporary directory, removed on exit
+
+
+@dataclass(frozen=True)
+class Settings:
+    registry: str = "localhost:5000"
+    images: Mapping[str, str] = field(default_factory=dict)  # role -> image name overrides
+    base_image: str = ""
+    context: str = ""
+    kubeconfig: str = ""
+    allowed_contexts: tuple[str, ...] = ("twotier-local",)
+    namespace: str = "default"
+    stage: str = "full"
+    overlay: str = ""
+    field_manager: str = "twotier"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    serve: Serve = field(default_factory=Serve)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping | None) -> Settings:
+        """Settings from a plain mapping shaped like invoke.yaml's ``twotier:``; bad values are
+        a UserError that names the key."""
+        data = plain(data or {})
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data or data[f.name] is None:
+                continue
+            value = data[f.name]
+            if f.name == "timeouts":
+                value = _nested(Timeouts, value, "timeouts")
+            elif f.name == "serve":
+                value = _nested(Serve, value, "serve")
+            elif f.name == "images":
+                if not isinstance(value, Mapping):
+                    raise UserError("setting twotier.images must be a mapping of tier to image name")
+                value = {str(k): str(v) for k, v in value.items() if v}
+            elif f.name == "allowed_contexts":
+                value = tuple(str(v) for v in ([value] if isinstance(value, str) else value))
+            else:
+                value = str(value).strip()
+            kwargs[f.name] = value
+        s = cls(**kwargs)
+        return dataclasses.replace(s, registry=s.registry.rstrip("/"))
+
+    @classmethod
+    def from_invoke(cls, config, local_file: Path = LOCAL_FILE, environ=None) -> Settings:
+        """The settings of an Invoke context's config (invoke.yaml + env already merged by
+        Invoke), with this machine's twotier.local.yaml slotted in below the environment."""
+        environ = os.environ if environ is None else environ
+        merged = plain(config.get("twotier", {}) if hasattr(config, "get") else config)
+        for key, value in read_local(local_file).items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+                for sub, subvalue in value.items():
+                    if f"{ENV_PREFIX}{key}_{sub}".upper() not in environ:
+                        merged[key][sub] = subvalue
+            elif f"{ENV_PREFIX}{key}".upper() not in environ:
+                merged[key] = value
+        return cls.from_mapping(merged)
+
+    def with_flags(self, **flags) -> Settings:
+        """These settings with the task flags that were given (``None`` = not given);
+        ``timeouts__rollout=`` reaches a nested setting."""
+        top, nested = {}, {}
+        for key, value in flags.items():
+            if value is None:
+                continue
+            if "__" in key:
+                group, sub = key.split("__", 1)
+                nested.setdefault(group, {})[sub] = value
+            else:
+                top[key] = value
+        result = dataclasses.replace(self, **top)
+        for group, values in nested.items():
+            result = dataclasses.replace(result, **{group: dataclasses.replace(getattr(result, group), **values)})
+        return result
+
+
+def _nested(kind, value, name: str):
+    if not isinstance(value, Mapping):
+        raise UserError(f"setting twotier.{name} must be a mapping")
+    known = {f.name: f.type for f in dataclasses.fields(kind)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise UserError(f"unknown setting twotier.{name}.{unknown[0]}",
+                        f"known: {', '.join(known)} (see invoke.yaml)")
+    out = {}
+    defaults = kind()
+    for key, raw in value.items():
+        if raw is None:
+            continue
+        want = type(getattr(defaults, key))
+        try:
+            out[key] = want(raw) if want is not str else str(raw)
+        except (TypeError, ValueError):
+            raise UserError(f"setting twotier.{name}.{key} must be a {want.__name__}, got {raw!r}") from None
+        if want in (int, float) and out[key] < 0:
+            raise UserError(f"setting twotier.{name}.{key} must not be negative, got {raw!r}")
+    return kind(**out)
+
+
+def defaults() -> dict:
+    """The defaults as the plain mapping Invoke's ``ns.configure`` takes (every key must exist
+    there for INVOKE_TWOTIER_* variables to apply to it)."""
+    data = dataclasses.asdict(Settings())
+    data["allowed_contexts"] = list(data["allowed_contexts"])
+    return data
+
+
+def read_local(path: Path = LOCAL_FILE) -> dict:
+    """This machine's settings file (a mapping like invoke.yaml's ``twotier:``), {} if absent."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read {path}: {err}", f"fix or delete {path.name}; ./bootstrap.sh writes it") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of settings", f"fix or delete {path.name}")
+    return data
+
+
+def write_local(values: Mapping, path: Path = LOCAL_FILE) -> None:
+    """Record machine-dependent settings for every later shell (merged into the existing file)."""
+    data = read_local(path)
+    data.update(values)
+    path.write_text("# This machine's twotier settings (git-ignored), written by ./bootstrap.sh;\n"
+                    "# same keys as twotier: in invoke.yaml, which they override.\n"
+                    + yaml.safe_dump(data, default_flow_style=False, sort_keys=True))
+
+
+def plain(value):
+    """An Invoke DataProxy (or any mapping) as plain dicts and lists, detached from the config."""
+    if hasattr(value, "items") and callable(value.items):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def load(root: Path = ROOT) -> Settings:
+    """The settings tasks see, for callers outside Invoke (benchmarks, tests, tools)."""
+    from invoke import Config
+
+    cfg = Config(defaults={**Config.global_defaults(), "twotier": defaults()}, project_location=str(root))
+    cfg.load_project()
+    cfg.load_shell_env()
+    return Settings.from_invoke(cfg)
