@@ -84,7 +84,7 @@ def test_production_server_options(monkeypatch, tmp_path):
     assert captured["served"] and (captured["address"], captured["port"]) == ("0.0.0.0", 5050)
     assert captured["workers"] == 3 and captured["interface"] == Interfaces.RSGI
     assert captured["target"] == "twotier_service.rsgi:app_from_env" and captured["factory"]
-    assert captured["log_access"] and captured["respawn_failed_workers"]
+    assert captured["respawn_failed_workers"] and not captured["log_access"]  # the bridge logs
     assert captured["workers_kill_timeout"] == 10  # STO_GRACEFUL_TIMEOUT's default
     assert captured["http1_settings"].header_read_timeout == 7000  # STO_TIMEOUT, in ms
     assert captured["backpressure"] == 4096  # connections per worker, idle ones included
@@ -104,6 +104,7 @@ def test_the_workers_app_factory_wraps_the_flask_app(monkeypatch, tmp_path):
     bridge = rsgi.app_from_env()
     assert bridge.app.name == "storage_api" and bridge.pool._max_workers == 3
     assert bridge.max_body == 4096 and bridge.body_timeout == 10
+    assert bridge.access_log is rsgi.access_logger()
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])

@@ -35,7 +35,6 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-ACCESS_LOG_FORMAT = '%(addr)s [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1fms'
 #: environment variable naming the service package, read by the workers' app factory
 PACKAGE_ENV = "TWOTIER_SERVICE_PACKAGE"
 PREFIX_ENV = "TWOTIER_SERVICE_PREFIX"
@@ -127,8 +126,7 @@ def server_options(host: str, port: int, prefix: str, package: str, env: Mapping
         "backpressure": connections,
         "backlog": max(1024, min(65535, connections * workers)),
         "http1_settings": HTTP1Settings(header_read_timeout=timeout * 1000, keep_alive=True),
-        "log_access": True,
-        "log_access_format": ACCESS_LOG_FORMAT,
+        "log_access": False,  # written by the bridge (twotier_service.rsgi): raw target, escaped
         "respawn_failed_workers": True,
         "workers_kill_timeout": env_int(env, f"{prefix}_GRACEFUL_TIMEOUT", 10, 0) or None,
     }
