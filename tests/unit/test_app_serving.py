@@ -34,14 +34,15 @@ def test_truthy(value, expected):
     assert serving.truthy(value) is expected
 
 
-def test_main_reports_config_errors_without_traceback(monkeypatch, capsys):
+def test_main_reports_config_errors_without_traceback(monkeypatch, capfd):
+    """(capfd: the app is first built in a forked child, which writes the line.)"""
     monkeypatch.delenv("STO_STORAGE", raising=False)
     from storage_api import create_app
 
     code = serving.main(package="storage_api", title="storage API", prefix="STO", default_port=5000,
                         factory=create_app, argv=[])
     assert code == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.startswith("error: storage API: STO_STORAGE is not set")
     assert "Traceback" not in err
 

@@ -7,6 +7,8 @@ worker processes where the server has them, 4 app threads per worker, one access
 request where the server writes one) on loopback; the load generator is ``wrk`` (Debian:
 ``apt-get install wrk``) on the same 2-core machine. Measured per candidate:
 
+Each hostile check runs on a fresh storage API (a server wedged by one must not fail the next).
+
 - throughput (requests/s) and p99 latency of ``GET /items`` (20 items), ``PUT /items/<item>``
   and ``GET /createlist/100`` (application API -> storage API) with 1, 16 and 128 keep-alive
   connections (``--duration`` seconds each);
@@ -17,7 +19,7 @@ request where the server writes one) on loopback; the load generator is ``wrk`` 
 - pipelining: 20 ``PUT`` written at once on one connection: answers received;
 - graceful stop: SIGTERM to the application API with 8 ``createlist`` requests in flight:
   how many got their 200, and the exit code;
-- memory: resident set (all processes of the storage API) at rest, and after the load.
+- memory: RSS and PSS (all processes of the storage API) at rest; RSS after the load.
 
 Writes a Markdown report to build/bench-servers.md (and stdout). ``run()`` is the entry point
 ``invoke bench`` calls.
@@ -146,13 +148,16 @@ class Server:
         self.proc.wait()
         return self.proc.returncode
 
-    def rss_mb(self) -> float:
+    def memory_mb(self) -> tuple[float, float]:
+        """(RSS, PSS) summed over the server's processes, in MiB. RSS counts the pages the
+        processes share (libpython, the libraries) once per process; PSS splits them, which
+        is what the machine (or a container's memory limit) actually pays."""
         try:
             root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-            return sum(p.memory_info().rss for p in procs) / 2**20
+            infos = [p.memory_full_info() for p in (root, *root.children(recursive=True))]
         except psutil.Error:
-            return float("nan")
+            return float("nan"), float("nan")
+        return sum(i.rss for i in infos) / 2**20, sum(i.pss for i in infos) / 2**20
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -310,6 +315,7 @@ class Result:
     pipeline: str = ""
     graceful: str = ""
     rss_rest: float = 0.0
+    pss_rest: float = 0.0
     rss_load: float = 0.0
 
 
@@ -320,7 +326,7 @@ def measure(name: str, duration: float, progress) -> Result:
         items = tmp / "items"
         with Server(name, STORAGE, {"STO_STORAGE": str(items)}, tmp) as storage:
             time.sleep(1.0)
-            result.rss_rest = storage.rss_mb()
+            result.rss_rest, result.pss_rest = storage.memory_mb()
             for i in range(20):
                 requests.put(f"{storage.url}/items/{i}", timeout=10)
             with Server(name, APP, {"STO_API": storage.url}, tmp) as app:
@@ -333,12 +339,13 @@ def measure(name: str, duration: float, progress) -> Result:
             for c in CONCURRENCY:
                 progress(f"{name}: PUT /items/<item>, {c} connections")
                 result.loads[f"put{c}"] = wrk(storage.url, c, duration, _PUT_SCRIPT)
-            result.rss_load = storage.rss_mb()
-            progress(f"{name}: slow clients, idle flood, pipelining, graceful stop")
-            result.slow = slow_clients(storage)
-            result.idle = idle_flood(storage)
-            result.pipeline = pipelining(storage)
-            result.graceful = graceful_stop(name, storage, tmp)
+            result.rss_load = storage.memory_mb()[0]
+        # each hostile check on a fresh storage API: one wedged server must not fail the next check
+        progress(f"{name}: slow clients, idle flood, pipelining, graceful stop")
+        for attr, check in (("slow", slow_clients), ("idle", idle_flood), ("pipeline", pipelining),
+                            ("graceful", lambda storage: graceful_stop(name, storage, tmp))):
+            with Server(name, STORAGE, {"STO_STORAGE": str(items)}, tmp) as storage:
+                setattr(result, attr, check(storage))
     return result
 
 
@@ -349,7 +356,7 @@ def report(results: list[Result], duration: float, command: str) -> str:
                           ("createlist", "GET /createlist/100")):
             load_rows.append([r.name, label] + [r.loads[f"{op}{c}"].cell() for c in CONCURRENCY])
     hostile_rows = [[r.name, CANDIDATES[r.name][1], r.slow, r.idle, r.pipeline, r.graceful,
-                     f"{r.rss_rest:.0f}", f"{r.rss_load:.0f}"] for r in results]
+                     f"{r.rss_rest:.0f} / {r.pss_rest:.0f}", f"{r.rss_load:.0f}"] for r in results]
     servers = "\n".join(f"- `{name}`: {CANDIDATES[name][0]}" for name in (r.name for r in results))
     return (f"# Production server benchmark, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC\n\n"
             f"`{command}` on {platform.node()} ({os.cpu_count()} cores, Python "
@@ -358,10 +365,11 @@ def report(results: list[Result], duration: float, command: str) -> str:
             f"{servers}\n\n"
             + markdown(["server", "request"] + [f"{c} connection{'s' if c > 1 else ''}" for c in CONCURRENCY],
                        load_rows)
-            + "\n\nHostile clients (storage API) and memory (all processes of the storage API):\n\n"
+            + "\n\nHostile clients (each check on a fresh storage API) and memory (all processes of "
+              "the storage API; RSS counts shared pages once per process, PSS shares them out):\n\n"
             + markdown(["server", "access log", "served during 48 slow clients", "2000 idle connections: "
                         "served during, after", "20 pipelined PUTs answered",
-                        "SIGTERM, 8 in flight: answered", "RSS at rest MB", "RSS after load MB"],
+                        "SIGTERM, 8 in flight: answered", "memory at rest MiB (RSS / PSS)", "RSS after load MiB"],
                        hostile_rows) + "\n")
 
 

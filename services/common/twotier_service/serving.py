@@ -95,13 +95,40 @@ def main(*, package: str, title: str, prefix: str, default_port: int,
         port = args.port if args.port is not None else env_int(env, f"{prefix}_PORT", default_port, 1, 65535)
         if not 1 <= port <= 65535:
             raise ConfigError(f"port must be 1..65535, got {port}")
-        app = factory()
         if args.dev or truthy(env.get("TWOTIER_DEV")):
-            return _run_dev(app, host, port)
+            return _run_dev(factory(), host, port)
+        code = _check_in_child(factory, title)
+        if code:
+            return code
         return _run_granian(host, port, prefix, package, env)
     except ConfigError as err:
         print(f"error: {title}: {err}", file=sys.stderr)
         return 2
+
+
+def _check_in_child(factory: Callable, title: str) -> int:
+    """Build the app once in a forked child, so that a bad setting is one clear line and exit 2
+    before any worker starts, while the master process (PID 1, it only supervises) never
+    imports Flask: about 12 MB less per service."""
+    if not hasattr(os, "fork"):
+        factory()
+        return 0
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into the caller's code
+        code = 1
+        try:
+            factory()
+            code = 0
+        except ConfigError as err:
+            print(f"error: {title}: {err}", file=sys.stderr, flush=True)
+            code = 2
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
 
 
 def server_options(host: str, port: int, prefix: str, package: str, env: Mapping) -> dict:
