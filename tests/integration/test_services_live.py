@@ -1,4 +1,4 @@
-"""Both services as real processes (gunicorn) on loopback: the seed's transcripts run verbatim
+"""Both services as real processes (granian) on loopback: the seed's transcripts run verbatim
 with curl, the bad-input table over raw HTTP, and the request log line."""
 from __future__ import annotations
 

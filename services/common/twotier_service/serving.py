@@ -21,8 +21,9 @@ Environment (PREFIX is STO for the storage API, API for the application API, HEL
   PREFIX_PORT             listen port (storage 5000, app 5001, hello 5000)
   PREFIX_WORKERS          worker processes (default 2)
   PREFIX_THREADS          app threads per worker (default 4)
-  PREFIX_TIMEOUT          seconds a client gets to send its request headers, and again its
-                          body; slower clients get a 408 / are disconnected (default 10)
+  PREFIX_TIMEOUT          seconds a client gets to send its request headers (an idle
+                          keep-alive connection is closed after as long), and again its body;
+                          slower clients are disconnected / get a JSON 408 (default 10)
   PREFIX_GRACEFUL_TIMEOUT seconds in-flight requests get after SIGTERM (default 10)
   PREFIX_CONNECTIONS      open connections per worker, idle ones included (default 4096;
                           more wait in the listen backlog)
