@@ -129,3 +129,15 @@ def test_dev_mode_uses_werkzeugs_watchdog_reloader_without_watching_python_itsel
     assert captured["use_reloader"] and captured["reloader_type"] == "watchdog"
     assert sys.prefix + "/*" in captured["exclude_patterns"]
     assert str(tmp_path) + "/*" in captured["exclude_patterns"]  # items are data, not code
+
+
+def test_only_services_that_never_wait_on_the_network_run_bodiless_requests_inline(monkeypatch, tmp_path):
+    from twotier_service import rsgi
+
+    monkeypatch.setenv("STO_STORAGE", str(tmp_path))
+    monkeypatch.setenv("STO_API", "http://127.0.0.1:9")
+    for package, prefix, inline in (("storage_api", "STO", True), ("app_api", "API", False),
+                                    ("hello_app", "HELLO", True)):
+        monkeypatch.setenv(serving.PACKAGE_ENV, package)
+        monkeypatch.setenv(serving.PREFIX_ENV, prefix)
+        assert rsgi.app_from_env().inline_without_body is inline, package

@@ -11,7 +11,8 @@ Each hostile check runs on a fresh storage API (a server wedged by one must not 
 
 - throughput (requests/s) and p99 latency of ``GET /items`` (20 items), ``PUT /items/<item>``
   and ``GET /createlist/100`` (application API -> storage API) with 1, 16 and 128 keep-alive
-  connections (``--duration`` seconds each);
+  connections (``--duration`` seconds each, the median of ``--rounds`` rounds interleaved
+  across the candidates, which all run at once);
 - slow clients: 24 connections dribbling request headers and 24 dribbling a body, one piece
   every 0.5 s; normal ``GET /items`` answered meanwhile (of 8, each with a 2 s client timeout);
 - idle flood: 2000 idle connections open: normal requests answered (of 5), then all closed:
@@ -319,37 +320,55 @@ class Result:
     rss_load: float = 0.0
 
 
-def measure(name: str, duration: float, progress) -> Result:
-    result = Result(name)
-    with tempfile.TemporaryDirectory(prefix="twotier-bench-servers-") as tmp:
+def _median(loads: list[Load]) -> Load:
+    return sorted(loads, key=lambda load: load.rps)[len(loads) // 2]
+
+
+def measure(names: list[str], duration: float, rounds: int, progress) -> list[Result]:
+    """All candidates up at once; every load figure interleaved across them (``rounds`` rounds,
+    alternating order; the median by throughput), so that a change in the machine's load
+    during the run hits every candidate alike. Then the hostile checks, each on a fresh server."""
+    results = {name: Result(name) for name in names}
+    with tempfile.TemporaryDirectory(prefix="twotier-bench-servers-") as tmp, ExitStack() as stack:
         tmp = Path(tmp)
-        items = tmp / "items"
-        with Server(name, STORAGE, {"STO_STORAGE": str(items)}, tmp) as storage:
-            time.sleep(1.0)
-            result.rss_rest, result.pss_rest = storage.memory_mb()
+        pairs = {}
+        for name in names:
+            progress(f"starting {name}")
+            storage = stack.enter_context(Server(name, STORAGE, {"STO_STORAGE": str(tmp / f"items-{name}")}, tmp))
+            app = stack.enter_context(Server(name, APP, {"STO_API": storage.url}, tmp))
+            pairs[name] = (storage, app)
+        time.sleep(2.0)
+        for name, (storage, _) in pairs.items():
+            results[name].rss_rest, results[name].pss_rest = storage.memory_mb()
             for i in range(20):
                 requests.put(f"{storage.url}/items/{i}", timeout=10)
-            with Server(name, APP, {"STO_API": storage.url}, tmp) as app:
-                for c in CONCURRENCY:
-                    progress(f"{name}: GET /items, {c} connections")
-                    result.loads[f"get{c}"] = wrk(storage.url + "/items", c, duration)
-                for c in CONCURRENCY:
-                    progress(f"{name}: GET /createlist/100, {c} connections")
-                    result.loads[f"createlist{c}"] = wrk(app.url + "/createlist/100", c, duration)
+        workloads = [("get", "GET /items", lambda st, ap, c: wrk(st.url + "/items", c, duration)),
+                     ("createlist", "GET /createlist/100",
+                      lambda st, ap, c: wrk(ap.url + "/createlist/100", c, duration)),
+                     ("put", "PUT /items/<item>", lambda st, ap, c: wrk(st.url, c, duration, _PUT_SCRIPT))]
+        for key, label, load in workloads:
             for c in CONCURRENCY:
-                progress(f"{name}: PUT /items/<item>, {c} connections")
-                result.loads[f"put{c}"] = wrk(storage.url, c, duration, _PUT_SCRIPT)
-            result.rss_load = storage.memory_mb()[0]
-        # each hostile check on a fresh storage API: one wedged server must not fail the next check
+                progress(f"{label}, {c} connections, {rounds} rounds x {len(names)} servers")
+                samples: dict[str, list[Load]] = {name: [] for name in names}
+                for r in range(rounds):
+                    for name in (names if r % 2 == 0 else names[::-1]):
+                        samples[name].append(load(*pairs[name], c))
+                for name in names:
+                    results[name].loads[f"{key}{c}"] = _median(samples[name])
+        for name, (storage, _) in pairs.items():
+            results[name].rss_load = storage.memory_mb()[0]
+    for name in names:
         progress(f"{name}: slow clients, idle flood, pipelining, graceful stop")
-        for attr, check in (("slow", slow_clients), ("idle", idle_flood), ("pipeline", pipelining),
-                            ("graceful", lambda storage: graceful_stop(name, storage, tmp))):
-            with Server(name, STORAGE, {"STO_STORAGE": str(items)}, tmp) as storage:
-                setattr(result, attr, check(storage))
-    return result
+        with tempfile.TemporaryDirectory(prefix="twotier-bench-servers-") as tmp:
+            tmp, result = Path(tmp), results[name]
+            for attr, check in (("slow", slow_clients), ("idle", idle_flood), ("pipeline", pipelining),
+                                ("graceful", lambda storage: graceful_stop(name, storage, tmp))):
+                with Server(name, STORAGE, {"STO_STORAGE": str(tmp / "items")}, tmp) as storage:
+                    setattr(result, attr, check(storage))
+    return [results[name] for name in names]
 
 
-def report(results: list[Result], duration: float, command: str) -> str:
+def report(results: list[Result], duration: float, rounds: int, command: str) -> str:
     load_rows = []
     for r in results:
         for op, label in (("get", "GET /items (20 items)"), ("put", "PUT /items/<item>"),
@@ -360,8 +379,10 @@ def report(results: list[Result], duration: float, command: str) -> str:
     servers = "\n".join(f"- `{name}`: {CANDIDATES[name][0]}" for name in (r.name for r in results))
     return (f"# Production server benchmark, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC\n\n"
             f"`{command}` on {platform.node()} ({os.cpu_count()} cores, Python "
-            f"{platform.python_version()}); load generator wrk on the same machine, {duration:g} s per "
-            "figure; each cell: requests/s / p99 ms (errors, if any).\n\n"
+            f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end); load "
+            f"generator wrk on the same machine, {duration:g} s per figure, the median of {rounds} "
+            "rounds interleaved across the servers; each cell: requests/s / p99 ms (errors, if any)."
+            "\n\n"
             f"{servers}\n\n"
             + markdown(["server", "request"] + [f"{c} connection{'s' if c > 1 else ''}" for c in CONCURRENCY],
                        load_rows)
@@ -373,18 +394,19 @@ def report(results: list[Result], duration: float, command: str) -> str:
                        hostile_rows) + "\n")
 
 
-def run(duration: float = 5.0, servers: str | list[str] | None = None, progress=None,
-        out: Path = REPORT, command: str = "python -m twotier.bench.servers") -> str:
+def run(duration: float = 3.0, servers: str | list[str] | None = None, rounds: int = 3,
+        progress=None, out: Path = REPORT, command: str = "python -m twotier.bench.servers") -> str:
     """Measure ``servers`` (default: all candidates) one after the other; write and return the report."""
     progress = progress or (lambda msg: print(f"[bench-servers] {msg}", file=sys.stderr, flush=True))
     names = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers or CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise UserError(f"unknown servers {unknown}", f"choose from {', '.join(CANDIDATES)}")
-    if duration <= 0:
-        raise UserError(f"--duration must be > 0, got {duration}", "e.g. --duration 5")
-    results = [measure(name, duration, progress) for name in names if name]
-    text = report(results, duration, command)
+    if duration <= 0 or rounds < 1:
+        raise UserError(f"--duration must be > 0 and --rounds >= 1, got {duration}, {rounds}",
+                        "e.g. --duration 3 --rounds 3")
+    results = measure([n for n in names if n], duration, rounds, progress)
+    text = report(results, duration, rounds, command)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
@@ -392,13 +414,14 @@ def run(duration: float = 5.0, servers: str | list[str] | None = None, progress=
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m twotier.bench.servers", description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load figure (default 5)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per load figure (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per figure, the median is shown (default 3)")
     parser.add_argument("--servers", default="", help=f"comma-separated subset of: {', '.join(CANDIDATES)}")
     args = parser.parse_args(argv)
     command = "python -m twotier.bench.servers" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     try:
-        print(run(args.duration, args.servers or None, command=command))
+        print(run(args.duration, args.servers or None, args.rounds, command=command))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -164,7 +164,7 @@ def _run_granian(host: str, port: int, prefix: str, package: str, env: Mapping) 
     from granian import Granian
 
     options = server_options(host, port, prefix, package, env)
-    env_int(env, f"{prefix}_THREADS", 4, 1)  # fail here, not in every worker
+    env_int(env, f"{prefix}_THREADS", 4, 0)  # fail here, not in every worker
     # the workers build their own app (twotier_service.rsgi.app_from_env) from these
     os.environ[PACKAGE_ENV] = package
     os.environ[PREFIX_ENV] = prefix
