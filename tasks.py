@@ -186,7 +186,8 @@ def loader_shell(c, shell="sh", context=None, namespace=None, allow_context=None
     kubectl = kube.kubectl_binary()
     s = _settings(c, context=context, namespace=namespace)
     cluster = project.connect(s, allow_context)
-    project.start_loader(cluster, s)
+    if loader.running_loader(cluster) is None:  # a running one needs no image
+        project.start_loader(cluster, s)
     print("try: curl -s in-svc:5000/items   (exit or Ctrl-D leaves the shell; the pod stays)")
     code = loader.hand_over(loader.shell_argv(kubectl, cluster, shell), cluster.kubectl_env())
     if code:

@@ -67,17 +67,21 @@ def _local_cluster_file(func_name: str) -> str | None:
 
 
 def resolve_kubeconfig(settings, environ=None) -> str:
-    """Which kubeconfig to use: settings.kubeconfig, else the local cluster's if it exists,
-    else $KUBECONFIG, else ~/.kube/config. May return a ':'-separated list (from $KUBECONFIG)."""
+    """Which kubeconfig to use, in the ecosystem's order: settings.kubeconfig (the project's
+    setting), else $KUBECONFIG, else the local cluster's if it exists (the default when nothing
+    is set), else ~/.kube/config. May return a ':'-separated list (from $KUBECONFIG).
+
+    An explicit $KUBECONFIG is never passed over for the local cluster: a user whose KUBECONFIG
+    names their kind cluster, or a file that does not exist, gets that (or its error)."""
     environ = os.environ if environ is None else environ
     configured = (settings.get("kubeconfig") or "").strip()
     if configured:
         return os.path.expanduser(configured)
+    if environ.get("KUBECONFIG"):
+        return environ["KUBECONFIG"]
     local = _local_cluster_file("kubeconfig_path")
     if local and os.path.isfile(local):
         return local
-    if environ.get("KUBECONFIG"):
-        return environ["KUBECONFIG"]
     return os.path.expanduser("~/.kube/config")
 
 

@@ -98,6 +98,19 @@ def ensure_loader(cluster, manifest: dict, timeout: float, out=print, poll: floa
         sleep(poll)
 
 
+def running_loader(cluster, out=print) -> dict | None:
+    """The project's loader pod if it is already running, whatever its image; else None.
+
+    A shell in it needs no image: `invoke loader-shell` reuses it without computing image tags
+    or asking the registry (the pod `invoke up` left for its smoke checks is the usual one)."""
+    live = cluster.get("v1", "Pod", LOADER_NAME)
+    labels = ((live or {}).get("metadata") or {}).get("labels") or {}
+    if live is None or labels.get(PROJECT_LABEL[0]) != PROJECT_LABEL[1] or not _is_ready(live):
+        return None
+    out(f"pod/{LOADER_NAME} reused ({_image_of(live)})")
+    return live
+
+
 def _describe(cluster, pod) -> str:
     lines = [pod_summary(pod)] + ["  event: " + e for e in
                                   event_lines(cluster.events_for("Pod", LOADER_NAME))]

@@ -36,15 +36,16 @@ SERVICE_RESOURCES = ("storage", "app")
 
 
 def project_settings() -> dict:
-    """The settings tasks see (invoke.yaml < INVOKE_TWOTIER_*), for callers outside Invoke."""
+    """The settings tasks see (invoke.yaml < twotier.local.yaml < INVOKE_TWOTIER_*), for callers
+    outside Invoke."""
     from invoke import Config  # noqa: PLC0415
 
-    from twotier.project import plain  # noqa: PLC0415
+    from twotier import localsettings  # noqa: PLC0415
 
     cfg = Config(project_location=str(ROOT))
     cfg.load_project()
     cfg.load_shell_env()
-    return plain(cfg.twotier)
+    return localsettings.overlay(cfg.twotier, localsettings.load())
 
 
 # ------------------------------------------------------------------------------------ the binary

@@ -401,10 +401,11 @@ def test_invoke_render_prints_what_deploy_applies():
     assert proc.returncode == 0, proc.stderr
     from invoke.config import Config
 
-    from twotier import project
+    from twotier import localsettings, project
 
     config = Config(project_location=str(ROOT))
     config.load_project()
-    config.load_shell_env()  # INVOKE_TWOTIER_* as the task sees them
-    settings = project.effective(config.twotier, {"stage": "storage"})
+    config.load_shell_env()  # INVOKE_TWOTIER_* and twotier.local.yaml as the task sees them
+    settings = project.effective(localsettings.overlay(config.twotier, localsettings.load()),
+                                 {"stage": "storage"})
     assert proc.stdout == manifests.to_yaml(project.render(settings, "storage"))
