@@ -194,9 +194,12 @@ fi
 if ! flock -n "$lockfd"; then
   ino=$(stat -c %i "$CACHE/.build.lock")
   holder=$(awk -v ino="$ino" '$2 == "FLOCK" { n = split($6, a, ":"); if (a[n] == ino) print $5 }' /proc/locks | head -1)
+  # /proc/locks names the process that took the lock (maybe an exited `flock`); else the holder's note
+  if [ -z "$holder" ] || [ ! -d "/proc/$holder" ]; then holder=$(head -c 32 "$CACHE/.build.lock" 2>/dev/null | tr -dc 0-9); fi
   log "waiting for another build (pid ${holder:-unknown}) to finish ..."
   flock "$lockfd"
 fi
+[ -n "${TWOTIER_BUILD_LOCK_FD:-}" ] || printf '%s\n' "$$" >"$CACHE/.build.lock"  # for the next waiter
 case $what in
   cluster) build_etcd; build_containerd; build_critools; build_coredns; build_kubernetes ;;
   all) build_etcd; build_containerd; build_critools; build_coredns; build_kubernetes; build_tilt ;;

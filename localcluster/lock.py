@@ -34,21 +34,38 @@ def cluster_lock_path() -> Path:
     return L.STATE.parent / ".cluster.lock"
 
 
+def _alive(pid: int) -> bool:
+    return pid > 0 and Path(f"/proc/{pid}").exists()
+
+
 def holder_pid(fd: int) -> int | None:
-    """The pid holding a flock on the file open as ``fd`` (from /proc/locks), if any."""
+    """The pid holding a flock on the file open as ``fd``, if any.
+
+    /proc/locks names the process that took the lock; that may be a `flock` command that has
+    exited while the script that ran it holds on. Then the pid the holder wrote into the file."""
     st = os.fstat(fd)
     try:
         lines = Path("/proc/locks").read_text().splitlines()
     except OSError:
-        return None
+        lines = []
+    locked = None
     for line in lines:
         # "1: FLOCK  ADVISORY  WRITE 11925 fe:00:778373 0 EOF"; waiters are "1: -> FLOCK ...".
         parts = line.split()
         if len(parts) >= 6 and parts[1] == "FLOCK":
             dev_ino = parts[5].split(":")
             if len(dev_ino) == 3 and dev_ino[2] == str(st.st_ino) and parts[4].isdigit():
-                return int(parts[4])
-    return None
+                locked = int(parts[4])
+                break
+    if locked is None:
+        return None
+    if _alive(locked):
+        return locked
+    try:
+        written = int(os.pread(fd, 32, 0).decode().strip() or 0)
+    except (OSError, ValueError):
+        written = 0
+    return written if _alive(written) else locked
 
 
 @contextmanager

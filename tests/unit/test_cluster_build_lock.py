@@ -246,3 +246,23 @@ def test_an_unknown_component_is_named_with_the_choices():
     with pytest.raises(ClusterError) as info:
         build.ensure(["kubelet"])
     assert "kubelet" in info.value.message and "kubernetes" in info.value.hint
+
+
+def test_a_lock_taken_by_an_exited_flock_command_names_the_script_that_holds_it(tmp_path):
+    """As build-binaries.sh does it: `flock 9` (a process that exits) on the script's descriptor."""
+    path = tmp_path / "x.lock"
+    script = subprocess.Popen(["bash", "-c", f'exec 9<>"{path}"; flock 9; echo $$ >"{path}"; echo locked; '
+                               'read -r _'], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert script.stdout.readline().strip() == "locked"
+        lines = []
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from localcluster import lock\n"
+             "with lock.hold(Path(sys.argv[1]), 'build', progress=lambda m: print(m, flush=True)): pass",
+             str(path)], cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines.append(waiter.stdout.readline().strip())
+        assert lines == [f"waiting for another build (pid {script.pid}) to finish ..."]
+    finally:
+        script.communicate("\n", timeout=BOUND)
+    out, _ = waiter.communicate(timeout=BOUND)
+    assert waiter.returncode == 0 and "the other build finished" in out
