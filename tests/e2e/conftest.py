@@ -102,9 +102,9 @@ def empty_volume() -> list[str]:
 
 def set_aside() -> list[str]:
     """Move the volume's items to KEPT. Items already there (an interrupted run) stay there."""
-    KEPT.mkdir(mode=0o700, exist_ok=True)
     moved = []
     for path in sorted(PV_DIR.iterdir()) if PV_DIR.is_dir() else []:
+        KEPT.mkdir(mode=0o700, exist_ok=True)
         if not (KEPT / path.name).exists():
             path.rename(KEPT / path.name)
             moved.append(path.name)

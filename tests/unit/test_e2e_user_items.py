@@ -38,7 +38,8 @@ def test_an_interrupted_run_loses_nothing(volume):
     assert e2e.put_back() == ["later", "mine"]
 
 
-def test_no_volume_directory_yet(volume):
+def test_no_volume_directory_yet(volume, monkeypatch):
+    monkeypatch.setattr(e2e, "KEPT", volume.parent / "absent" / "kept")  # its parent is missing too
     assert e2e.set_aside() == []
     assert e2e.put_back() == []
     assert not e2e.KEPT.exists()
