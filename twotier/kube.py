@@ -114,7 +114,9 @@ def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
         raise UserError(
             f"no kubeconfig at {kubeconfig}",
             "start the local cluster with `invoke cluster.up`, or set twotier.kubeconfig "
-            "(INVOKE_TWOTIER_KUBECONFIG) / $KUBECONFIG to your cluster's kubeconfig",
+            "(INVOKE_TWOTIER_KUBECONFIG) / $KUBECONFIG to your cluster's kubeconfig "
+            "(a $KUBECONFIG that is set wins over the local cluster: for the local one, "
+            "`eval \"$(invoke cluster.env)\"` or unset KUBECONFIG)",
         )
     try:
         merged = KubeConfigMerger(kubeconfig).config  # the client's own merge of KUBECONFIG lists
