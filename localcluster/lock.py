@@ -65,7 +65,27 @@ def holder_pid(fd: int) -> int | None:
         written = int(os.pread(fd, 32, 0).decode().strip() or 0)
     except (OSError, ValueError):
         written = 0
-    return written if _alive(written) else locked
+    if _alive(written):
+        return written
+    return _oldest_opener(os.readlink(f"/proc/self/fd/{fd}")) or locked
+
+
+def _oldest_opener(path: str) -> int | None:
+    """The process (other than us) that has ``path`` open and whose parent has not: the script,
+    not the compilers it runs, which inherit the descriptor. The oldest if there are several."""
+    openers = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd) == path for fd in (proc / "fd").iterdir()):
+                # /proc/PID/stat after the command's closing paren: state ppid ... starttime (22nd)
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                openers[int(proc.name)] = (int(fields[1]), int(fields[19]))
+        except (OSError, ValueError, IndexError):  # gone, or not ours to read
+            continue
+    roots = [pid for pid, (ppid, _) in openers.items() if ppid not in openers]
+    return min(roots, key=lambda pid: openers[pid][1]) if roots else None
 
 
 @contextmanager

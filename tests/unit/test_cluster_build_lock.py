@@ -266,3 +266,19 @@ def test_a_lock_taken_by_an_exited_flock_command_names_the_script_that_holds_it(
         script.communicate("\n", timeout=BOUND)
     out, _ = waiter.communicate(timeout=BOUND)
     assert waiter.returncode == 0 and "the other build finished" in out
+
+
+def test_a_holder_that_wrote_no_pid_is_found_by_its_open_descriptor(tmp_path):
+    """A script that locked through an exited `flock` and wrote nothing (an older build script)."""
+    path = tmp_path / "x.lock"
+    script = subprocess.Popen(["bash", "-c", f'exec 9>"{path}"; flock 9; echo locked; read -r _'],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert script.stdout.readline().strip() == "locked"
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert lock.holder_pid(fd) == script.pid
+        finally:
+            os.close(fd)
+    finally:
+        script.communicate("\n", timeout=BOUND)
