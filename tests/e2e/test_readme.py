@@ -17,11 +17,14 @@ Items a user had stored on the volume are set aside and put back (tests/e2e/conf
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
 import select
 import signal
 import struct
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +103,6 @@ class Terminal:
     """bash on a pseudo-terminal, in a fresh login-like environment."""
 
     def __init__(self, cwd: Path):
-        import pty
-
         pid, fd = pty.fork()
         if pid == 0:  # the child: becomes the new terminal's shell
             try:
@@ -110,9 +111,6 @@ class Terminal:
             finally:
                 os._exit(127)
         self.pid, self.fd = pid, fd
-        import fcntl
-        import termios
-
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))  # no wrapped tables
         self.buffer = ""
         self.log: list[str] = []
@@ -173,12 +171,8 @@ def run_host(term: Terminal, cmd: Command) -> list[str]:
     timeout = next((t for prefix, t in TIMEOUTS.items() if cmd.text.startswith(prefix)), DEFAULT_TIMEOUT)
     start = time.monotonic()
     term.send(cmd.text)
-    if cmd.inside:
-        failures = run_loader_session(term, cmd)
-        before, mark = term.read_until(HOST_MARK, timeout)
-    else:
-        failures = []
-        before, mark = term.read_until(HOST_MARK, timeout)
+    failures = run_loader_session(term, cmd) if cmd.inside else []
+    before, mark = term.read_until(HOST_MARK, timeout)
     took = time.monotonic() - start
     rc = int(mark.group(1))
     print(f"$ {cmd.text}   [{cmd.section}: exit {rc}, {took:.1f}s]\n{before.strip()}")
