@@ -318,6 +318,16 @@ def cluster_kubeconfig(c):
     print(localcluster.kubeconfig_path())
 
 
+@task(name="env")
+@friendly
+def cluster_env(c):
+    """Print shell lines for the local cluster: eval "$(invoke cluster.env)" sets KUBECONFIG and
+    puts invoke, the pinned kubectl and tilt on PATH."""
+    from twotier.dev.shellenv import env_lines
+
+    print("\n".join(env_lines()))
+
+
 @task(name="build", help={"component": "one of kubernetes, etcd, containerd, cri-tools, coredns, tilt "
                                        "(default: all cluster parts)"})
 @friendly
@@ -328,7 +338,8 @@ def cluster_build(c, component=""):
     localcluster.ensure_binaries([component] if component else localcluster.CLUSTER_BUILDS)
 
 
-cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluster_kubeconfig, cluster_build)
+cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluster_kubeconfig, cluster_env,
+                     cluster_build)
 
 # ---------------------------------------------------------------------------------------------
 # Quality and speed: tests, lint, benchmarks (bench.*)

@@ -15,10 +15,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from localcluster import addons, configs, netclean, pki, procs
+from localcluster import addons, build, configs, netclean, pki, procs
 from localcluster import layout as L
 from localcluster.errors import ClusterError as UserError
 from localcluster.layout import kubectl_path  # noqa: F401  (public API)
+from localcluster.lock import exclusive
 
 COMPONENTS = ["containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
               "kubelet", "kube-proxy"]
@@ -43,20 +44,11 @@ def missing_builds(components=CLUSTER_BUILDS) -> list[str]:
 
 
 def ensure_binaries(components=CLUSTER_BUILDS, progress=print) -> None:
-    """Build what is not cached yet (cold: tens of minutes on 2 cores; warm: nothing to do)."""
-    for comp in missing_builds(components):
-        if not shutil.which("go"):
-            raise UserError(f"{comp} is not built and the Go toolchain is missing",
-                            hint="install Go 1.24+ (the build uses the Go module proxy)")
-        progress(f"building {comp} {L.versions()[{'cri-tools': 'CRITOOLS'}.get(comp, comp.upper()) + '_VERSION']} "
-                 "from source (cached afterwards) ...")
-        script_name = {"cri-tools": "critools"}.get(comp, comp)
-        start = time.monotonic()
-        res = subprocess.run(["bash", str(L.BUILD_SCRIPT), script_name])
-        if res.returncode != 0:
-            raise UserError(f"building {comp} failed (exit {res.returncode})",
-                            hint="read the output above; the Go module proxy must be reachable")
-        progress(f"built {comp} in {time.monotonic() - start:.0f}s")
+    """Build what is not cached yet (cold: tens of minutes on 2 cores; warm: nothing to do).
+
+    One build at a time per cache, one progress line per step, the full log in a file
+    (localcluster/build.py)."""
+    build.ensure(list(components), progress=progress)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -216,6 +208,7 @@ def _start(name: str, node_ip: str, progress) -> bool:
     return True
 
 
+@exclusive("cluster.up/down")  # two terminals starting or stopping at once take turns
 def up(progress=print) -> float:
     """Bring the cluster up (or repair it); returns the seconds it took."""
     t0 = time.monotonic()
@@ -283,6 +276,7 @@ def crictl(*args: str) -> list[str]:
             "--timeout", "30s", *args]
 
 
+@exclusive("cluster.up/down")
 def down(progress=print, purge: bool = False) -> None:
     """Stop everything up() started and remove the host state it created."""
     for name in ("kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):

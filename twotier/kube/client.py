@@ -52,7 +52,9 @@ def context_is_local(name: str, allowed=(), extra=()) -> bool:
 def resolve_kubeconfig(configured: str = "", local_default: str = "", environ=None) -> str:
     """Which kubeconfig to use, in the ecosystem's precedence: the configured path, else
     $KUBECONFIG (may be a ':'-separated list), else LOCAL_DEFAULT (a local cluster's kubeconfig,
-    when it exists), else ~/.kube/config."""
+    when it exists), else ~/.kube/config. An explicit $KUBECONFIG is never passed over for the
+    local cluster: a user whose KUBECONFIG names their kind cluster, or a file that does not
+    exist, gets that (or its error)."""
     environ = os.environ if environ is None else environ
     if configured.strip():
         return os.path.expanduser(configured.strip())
@@ -104,7 +106,9 @@ def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
         raise UserError(
             f"no kubeconfig at {kubeconfig}",
             "start the local cluster with `invoke cluster.up`, or set twotier.kubeconfig "
-            "(INVOKE_TWOTIER_KUBECONFIG) / $KUBECONFIG to your cluster's kubeconfig",
+            "(INVOKE_TWOTIER_KUBECONFIG) / $KUBECONFIG to your cluster's kubeconfig "
+            "(a $KUBECONFIG that is set wins over the local cluster: for the local one, "
+            "`eval \"$(invoke cluster.env)\"` or unset KUBECONFIG)",
         )
     try:
         merged = KubeConfigMerger(kubeconfig).config  # the client's own merge of KUBECONFIG lists
