@@ -134,11 +134,12 @@ def _settings(c, **flags):
 def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=None, allow_context=None):
     """Apply a stage to the cluster (server-side apply) and wait until it has rolled out."""
     from twotier import project
+    from twotier.ops import storagenode
 
     s = _settings(c, stage=stage, context=context, namespace=namespace,
                   timeouts__rollout=float(timeout) if timeout else None)
     cluster = project.connect(s, allow_context)
-    objs = project.render(s, s["stage"])
+    objs = storagenode.pin_for_cluster(cluster, project.render(s, s["stage"]), s)
     project.deploy_objects(cluster, objs, dry_run=dry_run, timeout=float(s["timeouts"]["rollout"]))
 
 
@@ -227,6 +228,7 @@ def clean(c, timeout=None, context=None, namespace=None, allow_context=None):
 def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=None):
     """The main job: build and push the images, deploy the stage, run the smoke checks."""
     from twotier import images, loader, project, smoke as smoke_checks
+    from twotier.ops import storagenode
 
     s = _settings(c, stage=stage, context=context, namespace=namespace,
                   timeouts__rollout=float(timeout) if timeout else None)
@@ -234,7 +236,7 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
     print(f"== build and push ({s['stage']})")
     built = images.push(s, s["stage"])
     print(f"== deploy ({s['stage']})")
-    objs = project.render(s, s["stage"], images.image_map(built))
+    objs = storagenode.pin_for_cluster(cluster, project.render(s, s["stage"], images.image_map(built)), s)
     project.deploy_objects(cluster, objs, dry_run=False, timeout=float(s["timeouts"]["rollout"]))
     print(f"== smoke ({s['stage']})")
     loader_ref = next(img.ref for img in built if img.role == "loader")
@@ -246,13 +248,13 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
 # ---------------------------------------------------------------------------------------------
 
 
-@task(name="up")
+@task(name="up", help={"nodes": "number of nodes (default: setting cluster_nodes, 1); adds or removes nodes 2..N"})
 @friendly
-def cluster_up(c):
+def cluster_up(c, nodes=0):
     """Start the local Kubernetes cluster (its binaries build once); idempotent."""
     import localcluster
 
-    localcluster.up()
+    localcluster.up(nodes=int(nodes) or int(c.config.twotier.get("cluster_nodes", 1)))
 
 
 @task(name="down", help={"purge": "also delete the local registry's images"})
