@@ -239,9 +239,15 @@ def _hierarchies() -> list[Path]:
     return out
 
 
+def _all_hierarchies() -> list[Path]:
+    """Every mounted hierarchy, the cgroup2 one too: runc mirrors v1 cgroups into it on hybrid hosts."""
+    base = Path("/sys/fs/cgroup")
+    return [h for h in base.iterdir() if h.is_dir()] if base.is_dir() else []
+
+
 def _cgroup_pids(node: Node) -> set[int]:
     pids = set()
-    for hier in _hierarchies():
+    for hier in _all_hierarchies():
         top = hier / node.name
         if top.is_dir():
             for procs_file in top.rglob("cgroup.procs"):
@@ -254,7 +260,7 @@ def _cgroup_pids(node: Node) -> set[int]:
 
 def remove_cgroups(node: Node) -> int:
     n = 0
-    for hier in _hierarchies():
+    for hier in _all_hierarchies():
         top = hier / node.name
         if not top.is_dir():
             continue
@@ -347,6 +353,11 @@ def remove(node: Node, progress=print) -> None:
     shutil.rmtree(node.run, ignore_errors=True)
     for comp in (*COMPONENTS, "namespaces"):
         procs.pidfile(node.proc(comp)).unlink(missing_ok=True)
+    for parent in (node.state.parent, node.run.parent):
+        try:
+            parent.rmdir()   # the last node gone: no empty nodes/ directory either
+        except OSError:
+            pass
     progress(f"removed node {node.name}")
 
 
