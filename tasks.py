@@ -138,12 +138,14 @@ def render(c, stage=None, overlay=None, namespace=None):
 def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=None, allow_context=None):
     """Apply a stage to the cluster (server-side apply) and wait until it has rolled out."""
     from twotier.ops import render as manifests
+    from twotier.ops import storagenode
     from twotier.ops.deploy import deploy_objects
 
     s = _settings(c, stage=stage, context=context, namespace=namespace,
                   timeouts__rollout=float(timeout) if timeout else None)
     cluster = _connect(s, allow_context)
-    deploy_objects(cluster, manifests.render_stage(s, s.stage), dry_run=dry_run, timeout=s.timeouts.rollout)
+    objs = storagenode.pin_for_cluster(cluster, manifests.render_stage(s, s.stage), s)
+    deploy_objects(cluster, objs, dry_run=dry_run, timeout=s.timeouts.rollout)
 
 
 @task(help={"stage": HELP["stage"], "timeout": HELP["rollout_timeout"], **KUBE_HELP})
@@ -151,7 +153,7 @@ def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=N
 def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=None):
     """The main job: build and push the images, deploy the stage, run the smoke checks."""
     from twotier.images import build as images
-    from twotier.ops import loader
+    from twotier.ops import loader, storagenode
     from twotier.ops import render as manifests
     from twotier.ops import smoke as smoke_checks
     from twotier.ops.deploy import deploy_objects
@@ -162,8 +164,8 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
     print(f"== build and push ({s.stage})")
     built = images.push(s, s.stage)
     print(f"== deploy ({s.stage})")
-    deploy_objects(cluster, manifests.render_stage(s, s.stage, images.image_map(built)),
-                   dry_run=False, timeout=s.timeouts.rollout)
+    objs = storagenode.pin_for_cluster(cluster, manifests.render_stage(s, s.stage, images.image_map(built)), s)
+    deploy_objects(cluster, objs, dry_run=False, timeout=s.timeouts.rollout)
     print(f"== smoke ({s.stage})")
     loader.start_loader(cluster, s, next(img.ref for img in built if img.role == "loader"))
     smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv))
@@ -281,13 +283,13 @@ tilt = Collection("tilt", tilt_ci, tilt_smoke)
 # ---------------------------------------------------------------------------------------------
 
 
-@task(name="up")
+@task(name="up", help={"nodes": "number of nodes (default: setting cluster_nodes, 1); adds or removes nodes 2..N"})
 @friendly
-def cluster_up(c):
+def cluster_up(c, nodes=0):
     """Start the local Kubernetes cluster (its binaries build once); idempotent."""
     import localcluster
 
-    localcluster.up()
+    localcluster.up(nodes=int(nodes) or _settings(c).cluster_nodes)
 
 
 @task(name="down", help={"purge": "also delete the local registry's images"})

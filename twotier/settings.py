@@ -60,6 +60,8 @@ class Settings:
     kubeconfig: str = ""
     allowed_contexts: tuple[str, ...] = ("twotier-local",)
     namespace: str = "default"
+    storage_node: str = ""  # node holding local-pv's data ("" = kept, else chosen at first deploy)
+    cluster_nodes: int = 1  # nodes of the local cluster (invoke cluster.up --nodes N)
     stage: str = "full"
     overlay: str = ""
     field_manager: str = "twotier"
@@ -86,6 +88,11 @@ class Settings:
                 value = {str(k): str(v) for k, v in value.items() if v}
             elif f.name == "allowed_contexts":
                 value = tuple(str(v) for v in ([value] if isinstance(value, str) else value))
+            elif f.type in ("int", int):
+                try:
+                    value = int(value)
+                except (TypeError, ValueError):
+                    raise UserError(f"setting twotier.{f.name} must be a whole number, got {value!r}") from None
             else:
                 value = str(value).strip()
             kwargs[f.name] = value

