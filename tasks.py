@@ -168,7 +168,8 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
     deploy_objects(cluster, objs, dry_run=False, timeout=s.timeouts.rollout)
     print(f"== smoke ({s.stage})")
     loader.start_loader(cluster, s, next(img.ref for img in built if img.role == "loader"))
-    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv))
+    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv),
+                           access=s.access)
 
 
 @task(help=dict(KUBE_HELP))
@@ -181,7 +182,8 @@ def status(c, context=None, namespace=None, allow_context=None):
 
     s = _settings(c, context=context, namespace=namespace)
     cluster = _connect(s, allow_context)
-    print(status_report(cluster, targets_from(manifests.every_stage_objects(s), cluster.namespace)))
+    print(status_report(cluster, targets_from(manifests.every_stage_objects(s), cluster.namespace),
+                        access=s.access))
 
 
 @task(help={"tier": "storage | app | hello | loader (default: every pod of the project)",
@@ -235,7 +237,8 @@ def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
     s = _settings(c, stage=stage, context=context, namespace=namespace)
     cluster = _connect(s, allow_context)
     loader.start_loader(cluster, s)
-    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv))
+    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv),
+                           access=s.access)
 
 
 @task(help={"timeout": "seconds to wait for each deletion phase (default: twotier.timeouts.delete)",

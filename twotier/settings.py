@@ -24,6 +24,7 @@ from twotier.errors import UserError
 from twotier.shape import ROOT
 
 ENV_PREFIX = "INVOKE_TWOTIER_"
+ACCESS_MODES = ("nodeport", "port-forward")
 # What ./bootstrap.sh decides when nothing says otherwise: no registry is reachable from the
 # reference machine, so images build FROM the local Debian base; the local cluster's registry.
 BOOTSTRAP_DEFAULTS = {"base_image": "local", "registry": "localhost:5000"}
@@ -65,6 +66,8 @@ class Settings:
     stage: str = "full"
     overlay: str = ""
     field_manager: str = "twotier"
+    access: str = "nodeport"  # how the host reaches the Services: nodeport | port-forward
+    forward_ports: Mapping[str, int] = field(default_factory=lambda: {"storage": 15000, "app": 15001})
     timeouts: Timeouts = field(default_factory=Timeouts)
     serve: Serve = field(default_factory=Serve)
 
@@ -82,6 +85,10 @@ class Settings:
                 value = _nested(Timeouts, value, "timeouts")
             elif f.name == "serve":
                 value = _nested(Serve, value, "serve")
+            elif f.name == "forward_ports":
+                if not isinstance(value, Mapping):
+                    raise UserError("setting twotier.forward_ports must be a mapping of tier to port")
+                value = {str(k): int(v) for k, v in value.items()}
             elif f.name == "images":
                 if not isinstance(value, Mapping):
                     raise UserError("setting twotier.images must be a mapping of tier to image name")
@@ -97,6 +104,9 @@ class Settings:
                 value = str(value).strip()
             kwargs[f.name] = value
         s = cls(**kwargs)
+        if s.access not in ACCESS_MODES:
+            raise UserError(f"access must be one of {', '.join(ACCESS_MODES)}, got {s.access!r}",
+                            "set twotier.access in invoke.yaml, or INVOKE_TWOTIER_ACCESS=port-forward")
         return dataclasses.replace(s, registry=s.registry.rstrip("/"))
 
     @classmethod

@@ -31,7 +31,7 @@ from localcluster import layout as L
 from localcluster import nodes as node_ops
 from localcluster.node import Node
 from tests.e2e.conftest import REPO, kubectl, kubectl_json, must, run_invoke
-from twotier import images
+from twotier.images import build as images
 
 pytestmark = pytest.mark.cluster
 

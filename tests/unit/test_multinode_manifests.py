@@ -7,10 +7,10 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from twotier.ops import render as manifests
-from twotier.settings import Settings
 from twotier.errors import UserError
+from twotier.ops import render as manifests
 from twotier.ops import storagenode
+from twotier.settings import Settings
 
 SETTINGS = Settings()
 REFS = {name: f"localhost:5000/{name}:0123456789ab" for name in ("first-app", "sto-img", "api-img", "loader")}
