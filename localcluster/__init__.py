@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import time
 import urllib.request
@@ -172,16 +171,23 @@ def argv(component: str, node_ip: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ health
 
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(L.PKI / "ca.crt"))
-    ctx.load_cert_chain(str(L.PKI / "admin.crt"), str(L.PKI / "admin.key"))
-    return ctx
+def _api_client():
+    """The Kubernetes Python client on the cluster's own kubeconfig (admin credentials)."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(L.KUBECONFIG), context=L.CONTEXT, client_configuration=cfg,
+                            persist_config=False)
+    cfg.retries = False  # callers poll; a refused connection must fail at once, not retry
+    return client.ApiClient(cfg)
 
 
 def api_get(path: str, timeout: float = 3):
-    with urllib.request.urlopen(f"https://127.0.0.1:{L.APISERVER_PORT}{path}", context=_tls(), timeout=timeout) as r:
-        body = r.read().decode()
-        return json.loads(body) if body.startswith("{") else body
+    """GET an API path (JSON as a dict, anything else as text) through the Python client."""
+    resp = _api_client().call_api(path, "GET", auth_settings=["BearerToken"], _preload_content=False,
+                                  _request_timeout=timeout)[0]
+    body = resp.data.decode()
+    return json.loads(body) if body.startswith("{") else body
 
 
 def _http_ok(url: str) -> bool:
