@@ -1,4 +1,4 @@
-"""Fuzz each service's OpenAPI description against the real running server (gunicorn).
+"""Fuzz each service's OpenAPI description against the real running server (granian).
 
 Schemathesis generates valid and invalid requests from services/*/openapi.yaml and runs its
 default checks on every answer: no 5xx, status codes and bodies as documented, JSON content

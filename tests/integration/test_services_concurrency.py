@@ -1,4 +1,4 @@
-"""Two storage API processes (each gunicorn, 2 workers x 4 threads) sharing one directory, as two
+"""Two storage API processes (each granian, 2 workers x 4 threads) sharing one directory, as two
 replicas on one volume: many parallel PUT/DELETE never give a 5xx, lose or double an item."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Both services as real processes (gunicorn) on loopback: the seed's transcripts run verbatim
+"""Both services as real processes (granian) on loopback: the seed's transcripts run verbatim
 with curl, the bad-input table over raw HTTP, and the request log line."""
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def test_storage_bad_input_table(live_storage, tmp_path_factory, method, path, s
     assert (got_status, body["error"]) == (status, error), body
     assert content_type == "application/json" and body["status"] == status
     assert sorted(p.name for p in parent.iterdir()) == before  # nothing created beside it
-    assert not any(p.name.startswith(".") for p in live_storage.storage_dir.iterdir())
+    # no temporary file left (idempotency records of earlier batches, .sto-idem-*, may be)
+    assert not any(p.name.startswith(".sto-tmp-") for p in live_storage.storage_dir.iterdir())
 
 
 APP_BAD_INPUT = [

@@ -34,14 +34,15 @@ def test_truthy(value, expected):
     assert serving.truthy(value) is expected
 
 
-def test_main_reports_config_errors_without_traceback(monkeypatch, capsys):
+def test_main_reports_config_errors_without_traceback(monkeypatch, capfd):
+    """(capfd: the app is first built in a forked child, which writes the line.)"""
     monkeypatch.delenv("STO_STORAGE", raising=False)
     from storage_api import create_app
 
     code = serving.main(package="storage_api", title="storage API", prefix="STO", default_port=5000,
                         factory=create_app, argv=[])
     assert code == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err.startswith("error: storage API: STO_STORAGE is not set")
     assert "Traceback" not in err
 
@@ -84,7 +85,7 @@ def test_production_server_options(monkeypatch, tmp_path):
     assert captured["served"] and (captured["address"], captured["port"]) == ("0.0.0.0", 5050)
     assert captured["workers"] == 3 and captured["interface"] == Interfaces.RSGI
     assert captured["target"] == "twotier_service.rsgi:app_from_env" and captured["factory"]
-    assert captured["log_access"] and captured["respawn_failed_workers"]
+    assert captured["respawn_failed_workers"] and not captured["log_access"]  # the bridge logs
     assert captured["workers_kill_timeout"] == 10  # STO_GRACEFUL_TIMEOUT's default
     assert captured["http1_settings"].header_read_timeout == 7000  # STO_TIMEOUT, in ms
     assert captured["backpressure"] == 4096  # connections per worker, idle ones included
@@ -104,6 +105,7 @@ def test_the_workers_app_factory_wraps_the_flask_app(monkeypatch, tmp_path):
     bridge = rsgi.app_from_env()
     assert bridge.app.name == "storage_api" and bridge.pool._max_workers == 3
     assert bridge.max_body == 4096 and bridge.body_timeout == 10
+    assert bridge.access_log is rsgi.access_logger()
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
@@ -126,3 +128,15 @@ def test_dev_mode_runs_the_reloading_supervisor_without_watching_python_itself(
     assert captured["port"] == 5000 and captured["host"] == "0.0.0.0"
     assert sys.prefix in captured["exclude"]
     assert str(tmp_path) in captured["exclude"]  # items are data, not code
+
+
+def test_only_services_that_never_wait_on_the_network_run_bodiless_requests_inline(monkeypatch, tmp_path):
+    from twotier_service import rsgi
+
+    monkeypatch.setenv("STO_STORAGE", str(tmp_path))
+    monkeypatch.setenv("STO_API", "http://127.0.0.1:9")
+    for package, prefix, inline in (("storage_api", "STO", True), ("app_api", "API", False),
+                                    ("hello_app", "HELLO", True)):
+        monkeypatch.setenv(serving.PACKAGE_ENV, package)
+        monkeypatch.setenv(serving.PREFIX_ENV, prefix)
+        assert rsgi.app_from_env().inline_without_body is inline, package

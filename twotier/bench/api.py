@@ -1,6 +1,6 @@
 """`invoke bench.api`: our createlist/clear against the seed's per-item design, same run, loopback.
 
-Both services run as real processes (gunicorn, as in production) on free loopback ports with a
+Both services run as real processes (granian, as in production) on free loopback ports with a
 temporary storage directory. For each N the benchmark times, as the median of ``repeat`` runs:
 
 - ours: ``GET /createlist/N`` then ``GET /clear`` on the application API (one batch call to the
@@ -67,7 +67,7 @@ def measure(sizes: list[int], repeat: int = 3, baseline_max: int = 1000, progres
     limit = max(sizes)
     with tempfile.TemporaryDirectory(prefix="twotier-bench-") as directory:
         storage = ServiceProcess(STORAGE, free_port(), {"STO_STORAGE": directory})
-        progress("starting the storage API and the application API (gunicorn) on loopback ...")
+        progress("starting the storage API and the application API (granian) on loopback ...")
         with storage:
             app_env = {"STO_API": storage.url, "API_MAX_ITEMS": str(max(limit, 100_000))}
             with ServiceProcess(APP, free_port(), app_env) as app:
@@ -163,7 +163,7 @@ def machine() -> str:
     cpus = os.cpu_count() or 1
     busy = " - the machine is busy, numbers are pessimistic" if load[0] > cpus / 2 else ""
     return (f"{platform.node()}: {cpus} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-            f"{busy}; Python {platform.python_version()}; services: gunicorn, 2 workers x 4 threads")
+            f"{busy}; Python {platform.python_version()}; services: granian, 2 workers x 4 threads")
 
 
 def main(sizes="10,100,1000,10000", repeat: int = 3, baseline_max: int = 1000, check: bool = False,

@@ -3,7 +3,7 @@
 Each service runs as ``python -m <package>`` from its own folder (exactly as in its image), with
 ``services/common`` (the shared package ``twotier_service``, ``/app/twotier_service`` in the image)
 on ``PYTHONPATH``, in its own session so that a terminal's Ctrl-C reaches only us and we stop the children in order:
-SIGTERM (gunicorn finishes in-flight requests), then SIGKILL after a timeout. The children also
+SIGTERM (the server finishes in-flight requests), then SIGKILL after a timeout. The children also
 get SIGTERM if this process dies without cleaning up (Linux parent-death signal).
 """
 from __future__ import annotations
@@ -306,7 +306,7 @@ def serve(storage_dir: str | None, storage_port, app_port, *, dev: bool = False,
     check_port_free(aport, "--app-port", avoid={sport})
     directory, temporary = prepare_storage_dir(storage_dir)
 
-    mode = "dev server, reloads on code change" if dev else "gunicorn"
+    mode = "dev server, reloads on code change" if dev else "granian"
     storage = ServiceProcess(STORAGE, sport, {"STO_STORAGE": str(directory)}, dev=dev,
                              echo=out, label="storage")
     app = ServiceProcess(APP, aport, {"STO_API": storage.url}, dev=dev, echo=out, label="app    ")

@@ -116,8 +116,10 @@ class StorageClient:
             return self._session
 
     def _new_session(self) -> requests.Session:
-        retry = _Retry(total=None, connect=self.retries, read=1, status=0, other=0, redirect=0,
-                      allowed_methods=frozenset({"GET"}), backoff_factor=0.05,
+        # read=2: a connection dropped before any answer (a storage worker killed and replaced,
+        # a keep-alive connection closed as we reused it) is sent again up to twice
+        retry = _Retry(total=None, connect=self.retries, read=2, status=0, other=0, redirect=0,
+                      allowed_methods=frozenset({"GET"}), backoff_factor=0.2,
                       raise_on_status=False, raise_on_redirect=False)
         adapter = _GuardedAdapter(pool_connections=1, pool_maxsize=self.pool_size, max_retries=retry)
         session = requests.Session()
@@ -136,14 +138,16 @@ class StorageClient:
             err.sent = False
             raise err
         timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
-        _current.deadline, _current.timers = deadline, []
+        _current.deadline, _current.timers, _current.sent = deadline, [], False
         try:
             resp = self.session.request(method, self.base_url + path, timeout=timeout,
                                         allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
             if deadline.expired():
                 raise self._timeout(what, deadline) from None
-            raise self._classify(exc, what, deadline) from None
+            err = self._classify(exc, what, deadline)
+            err.sent = err.sent or _current.sent  # an earlier attempt may have got through
+            raise err from None
         finally:
             for timer in _current.timers:
                 timer.cancel()
@@ -184,6 +188,8 @@ class _Retry(Retry):
     def increment(self, method=None, url=None, response=None, error=None, _pool=None,
                   _stacktrace=None):
         deadline = getattr(_current, "deadline", None)
+        if error is not None and not isinstance(error, (ConnectTimeoutError, NewConnectionError)):
+            _current.sent = True  # this attempt reached the storage (the last may not)
         if isinstance(error, ReadTimeoutError) or (deadline is not None and deadline.expired()):
             # the wait was the read timeout (or the deadline): sending again would double it
             raise MaxRetryError(_pool, url, error or ReadTimeoutError(_pool, url, "deadline"))
