@@ -371,3 +371,103 @@ def test_zero_failed_requests_through_a_rolling_update_on_three_nodes(multinode)
     assert len(results) > 20
     assert failed == []
     assert list(pods_by_node("run=sto-app")) == [L.NODE_NAME]
+
+
+# ------------------------------------------------------------------------------ 4. node loss
+
+STORAGE_NODE = Node(2)
+
+
+def out_svc_endpoints() -> dict[str, bool]:
+    """{pod name: ready} of out-svc's endpoints."""
+    out = {}
+    for es in kubectl_json("get", "endpointslices", "-l", "kubernetes.io/service-name=out-svc")["items"]:
+        for ep in es.get("endpoints") or []:
+            out[ep["targetRef"]["name"]] = bool(ep.get("conditions", {}).get("ready"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def storage_on_node2(multinode):
+    """The full stage with local-pv pinned to node 2 (setting storage_node) and the two app replicas
+    on the other nodes, 5 items stored."""
+    must("clean")
+    env = {"INVOKE_TWOTIER_OVERLAY": "spread-app", "INVOKE_TWOTIER_STORAGE_NODE": STORAGE_NODE.name}
+    must("deploy", env=env)
+    assert list(pods_by_node("run=sto-app")) == [STORAGE_NODE.name]
+    # Keep the app tier off the storage node, so losing it loses storage only.
+    kubectl("cordon", STORAGE_NODE.name)
+    for name in pods_by_node("run=api-app").get(STORAGE_NODE.name, []):
+        kubectl("delete", "pod", name, "--wait=true")
+    kubectl("rollout", "status", "deployment/api-dep", "--timeout=120s", timeout=150)
+    kubectl("uncordon", STORAGE_NODE.name)
+    app = pods_by_node("run=api-app")
+    assert STORAGE_NODE.name not in app and len(app) == 2, app
+    assert http(f"http://{Node(1).ip}:31001/createlist/5")[1]["faileds"] == []
+    yield app
+    for i in range(2, NODES + 1):   # whatever happened, every node is back
+        if not node_ops.components_running(Node(i)):
+            node_ops.start(Node(i), progress=lambda *_: None)
+    run_invoke("clean")
+
+
+def test_storage_node_lost_app_answers_fast_json_503_and_recovers_with_every_item(storage_on_node2):
+    url = f"http://{Node(1).ip}:31001/createlist/5"
+    assert http(url) == (200, {"createds": [], "deleteds": [], "faileds": []})
+    killed = time.monotonic()
+    node_ops.kill(STORAGE_NODE)
+    answers = []
+    while time.monotonic() - killed < 20:
+        t0 = time.monotonic()
+        status, body = http(url, timeout=30)
+        answers.append((t0 - killed, time.monotonic() - t0, status, body))
+        time.sleep(0.2)
+    unavailable = [a for a in answers if a[2] == 503]
+    assert unavailable, answers[:5]
+    assert all(a[2] in (200, 503) for a in answers), [a for a in answers if a[2] not in (200, 503)][:5]
+    assert all(isinstance(a[3], dict) and a[3].get("error") for a in unavailable), unavailable[:3]
+    first_503 = unavailable[0][0]
+    slowest = max(a[1] for a in unavailable)
+    # The node comes back (kubelet and containerd restart, as after a reboot).
+    restarted = time.monotonic()
+    node_ops.start(STORAGE_NODE, progress=lambda *_: None)
+    wait_until(lambda: http(url, timeout=5)[0] == 200, "the app answering 200 again", 180, interval=0.5)
+    recovered = time.monotonic() - restarted
+    assert http(url) == (200, {"createds": [], "deleteds": [], "faileds": []})   # all 5 items still there
+    assert list(pods_by_node("run=sto-app")) == [STORAGE_NODE.name]
+    print(f"storage node {STORAGE_NODE.name} killed: first JSON 503 after {first_503:.2f}s, "
+          f"{len(unavailable)}/{len(answers)} requests in 20 s answered 503, slowest 503 took {slowest:.2f}s; "
+          f"after its kubelet and containerd restarted, the app answered 200 with every item in {recovered:.1f}s")
+
+
+def test_app_node_lost_requests_succeed_through_the_other_replica(storage_on_node2):
+    victim = Node(max(i for i in range(2, NODES + 1) if Node(i).name in storage_on_node2))
+    url = lambda i: f"http://{Node(1).ip}:31001/createlist/5"  # noqa: E731
+    results: list = []
+    stop = threading.Event()
+    worker = threading.Thread(target=load, args=(url, stop, results), kwargs={"timeout": 5}, daemon=True)
+    worker.start()
+    try:
+        time.sleep(2)
+        killed = time.monotonic()
+        node_ops.kill(victim)
+        lost_pod = storage_on_node2[victim.name][0]
+        wait_until(lambda: out_svc_endpoints().get(lost_pod) is not True, "the lost pod's endpoint to go", 180)
+        endpoint_gone = time.monotonic() - killed
+        time.sleep(10)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    after_kill = [r for r in results if r[0] >= killed]
+    failed = [r for r in after_kill if r[2] != 200]
+    settled = [r for r in after_kill if r[0] >= killed + endpoint_gone + 1]
+    assert settled and all(r[2] == 200 for r in settled), [r for r in settled if r[2] != 200][:5]
+    last_failure = max((r[0] - killed for r in failed), default=0.0)
+    print(f"app node {victim.name} killed: out-svc dropped its endpoint after {endpoint_gone:.1f}s; "
+          f"{len(failed)}/{len(after_kill)} requests failed, the last {last_failure:.1f}s after the kill; "
+          f"all {len(settled)} requests after that succeeded through the other replica")
+    t0 = time.monotonic()
+    node_ops.start(victim, progress=lambda *_: None)
+    wait_until(lambda: localcluster.node_ready(victim.name), f"{victim.name} Ready again", 120)
+    kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s", timeout=200)
+    print(f"app node {victim.name} restarted: Ready and api-dep complete again in {time.monotonic() - t0:.1f}s")
