@@ -228,3 +228,244 @@ def test_host_path_is_per_node(probes):
     assert (Node(2).tmp / "twotier-mn-probe" / "written-on").read_text() == Node(2).name
     for node, pod in probes.items():
         _exec(pod, "import os; os.remove('/hostdir/written-on')")
+
+
+# ------------------------------------------------------------------------------ 2. the tutorial's flaw
+
+def tutorial_step3_manifests() -> str:
+    """deploy1.yaml and deploy2.yaml's additions, as docs/first-steps.md gives them."""
+    text = TUTORIAL.read_text()
+    blocks = []
+    for marker in ("The manifest to use is as follows (`deploy1.yaml`):",
+                   "The final manifest `deploy2.yaml` is the one given previously with the addition"):
+        after = text[text.index(marker):]
+        blocks.append(after.split("```", 2)[1].strip("\n"))
+    return "\n---\n".join(blocks)
+
+
+def project_image_refs() -> dict[str, str]:
+    """{bare name: reference} of the images `invoke push --stage full` pushed."""
+    must("push", "--stage", "full")
+    rendered = must("render", "--stage", "full").stdout
+    refs = {}
+    for ref in re.findall(r"image: (\S+)", rendered):
+        refs[ref.rsplit("/", 1)[-1].split(":")[0]] = ref
+    return refs
+
+
+@pytest.fixture(scope="module")
+def refs(multinode):
+    return project_image_refs()
+
+
+def test_tutorial_step3_on_two_nodes_replicas_diverge(refs):
+    """The tutorial's hostPath PV on two nodes: each storage replica writes its own node's
+    /tmp/data/kubetestpv, so an item written through one replica is missing through the other.
+
+    Changes to the tutorial's text: the images are ours (stlottini/* cannot be pulled here), and
+    sto-dep gets a required pod anti-affinity so that the scheduler's usual spreading of the two
+    replicas over two nodes happens on every run, not just most runs."""
+    must("cluster.up", "--nodes", "2")
+    docs = [d for d in yaml.safe_load_all(tutorial_step3_manifests()) if d]
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("PersistentVolume", "local-pv"), ("PersistentVolumeClaim", "sto-pvc"), ("Deployment", "sto-dep"),
+        ("Service", "in-svc"), ("Deployment", "api-dep"), ("Service", "out-svc")]
+    for d in docs:
+        if d["kind"] == "Deployment":
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                c["image"] = refs[c["image"].split("/")[-1].split(":")[0]]
+    sto = next(d for d in docs if d["metadata"]["name"] == "sto-dep")
+    sto["spec"]["template"]["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"run": "sto-app"}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    # The tutorial's image ran as root; ours runs as uid 10001. Hand each node's directory to it,
+    # as the project's storage-owner init container does (node 1's /tmp is the host's).
+    dirs = [(Path("/tmp") if i == 1 else Node(i).tmp) / "data" / "kubetestpv" for i in (1, 2)]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["chown", "10001:10001", str(d)], check=True)
+        d.chmod(0o770)
+        (d / "FromFirst").unlink(missing_ok=True)     # a stale item from an interrupted run
+    manifest = "\n---\n".join(yaml.safe_dump(d) for d in docs)
+    kubectl("apply", "-f", "-", input=manifest)
+    try:
+        pods = wait_until(lambda: (p := [x for x in running_pods("run=sto-app")
+                                         if all(c.get("ready") for c in x["status"].get("containerStatuses", []))])
+                          and len(p) == 2 and p, "two Ready tutorial storage pods", 180)
+        assert sorted(p["spec"]["nodeName"] for p in pods) == [Node(1).name, Node(2).name]
+        first, second = (f"http://{p['status']['podIP']}:5000" for p in pods)
+        # The tutorial has no readiness probe: a pod is Ready before its server listens.
+        for url in (first, second, f"http://{Node(1).ip}:31000"):
+            wait_until(lambda: http(f"{url}/items", timeout=2)[0] == 200, f"{url} answering", 60)
+        # The tutorial's own check: write through the first pod, read through the second.
+        assert http(f"{first}/items/FromFirst", "PUT")[1] == {"created": {"FromFirst": True}}
+        assert "FromFirst" in http(f"{first}/items")[1]["items"]
+        assert "FromFirst" not in http(f"{second}/items")[1]["items"]    # the tutorial expects it there
+        # Through in-svc's NodePort, a client sees the item or not, depending on the replica.
+        seen = {"FromFirst" in http(f"http://{Node(1).ip}:31000/items")[1]["items"] for _ in range(40)}
+        assert seen == {True, False}, seen
+        print(f"tutorial Step 3 on 2 nodes: replicas on {[p['spec']['nodeName'] for p in pods]}; an item written "
+              "through one is missing through the other; in-svc answers both ways")
+        assert http(f"{first}/items/FromFirst", "DELETE")[0] == 200
+    finally:
+        kubectl("delete", "--wait=true", "--timeout=120s", "-f", "-", input=manifest, check=False)
+        for d in dirs:
+            (d / "FromFirst").unlink(missing_ok=True)
+    must("cluster.up", "--nodes", str(NODES))
+
+
+# ------------------------------------------------------------------------------ 3. the project's manifests
+
+def pods_by_node(selector: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for p in running_pods(selector):
+        out.setdefault(p["spec"]["nodeName"], []).append(p["metadata"]["name"])
+    return out
+
+
+def test_invoke_up_on_three_nodes_passes_every_smoke_check(multinode):
+    out = must("up", env={"INVOKE_TWOTIER_OVERLAY": "spread-app"}).stdout
+    passes = [ln for ln in out.splitlines() if ln.startswith("PASS")]
+    assert "FAIL" not in out and len(passes) == 17, out
+    storage = pods_by_node("run=sto-app")
+    assert list(storage) == [L.NODE_NAME] and len(storage[L.NODE_NAME]) == 2, storage   # pinned, together
+    pv = kubectl_json("get", "pv", "local-pv")
+    assert pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [L.NODE_NAME]
+    app = pods_by_node("run=api-app")
+    assert len(app) == 2 and all(len(v) == 1 for v in app.values()), app                # spread over nodes
+    print(f"invoke up on {NODES} nodes: {len(passes)} PASS; sto-app on {storage}, api-app on {app}")
+
+
+def load(url_for, stop: threading.Event, results: list, limit: int = 20000, timeout: float = 15) -> None:
+    """Requests one after the other until stop: (start, seconds, status, body or error)."""
+    i = 0
+    while not stop.is_set() and i < limit:
+        t0 = time.monotonic()
+        try:
+            status, body = http(url_for(i), timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - any error is a failed request
+            status, body = 0, repr(err)
+        results.append((t0, time.monotonic() - t0, status, body))
+        i += 1
+
+
+def test_zero_failed_requests_through_a_rolling_update_on_three_nodes(multinode):
+    results: list = []
+    stop = threading.Event()
+    ips = list(multinode.values())
+    url = lambda i: f"http://{ips[i % len(ips)]}:31001/" + ("createlist/20" if i % 2 == 0 else "clear")  # noqa: E731
+    worker = threading.Thread(target=load, args=(url, stop, results), daemon=True)
+    worker.start()
+    try:
+        time.sleep(3)
+        kubectl("rollout", "restart", "deployment/sto-dep", "deployment/api-dep")
+        kubectl("rollout", "status", "deployment/sto-dep", "--timeout=180s", timeout=200)
+        kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s", timeout=200)
+        time.sleep(3)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    failed = [r for r in results if r[2] != 200 or not isinstance(r[3], dict) or r[3].get("faileds")]
+    print(f"rolling update on {NODES} nodes: {len(results)} requests over every node IP, {len(failed)} failed")
+    assert len(results) > 20
+    assert failed == []
+    assert list(pods_by_node("run=sto-app")) == [L.NODE_NAME]
+
+
+# ------------------------------------------------------------------------------ 4. node loss
+
+STORAGE_NODE = Node(2)
+
+
+def out_svc_endpoints() -> dict[str, bool]:
+    """{pod name: ready} of out-svc's endpoints."""
+    out = {}
+    for es in kubectl_json("get", "endpointslices", "-l", "kubernetes.io/service-name=out-svc")["items"]:
+        for ep in es.get("endpoints") or []:
+            out[ep["targetRef"]["name"]] = bool(ep.get("conditions", {}).get("ready"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def storage_on_node2(multinode):
+    """The full stage with local-pv pinned to node 2 (setting storage_node) and the two app replicas
+    on the other nodes, 5 items stored."""
+    must("clean")
+    env = {"INVOKE_TWOTIER_OVERLAY": "spread-app", "INVOKE_TWOTIER_STORAGE_NODE": STORAGE_NODE.name}
+    must("deploy", env=env)
+    assert list(pods_by_node("run=sto-app")) == [STORAGE_NODE.name]
+    # Keep the app tier off the storage node, so losing it loses storage only.
+    kubectl("cordon", STORAGE_NODE.name)
+    for name in pods_by_node("run=api-app").get(STORAGE_NODE.name, []):
+        kubectl("delete", "pod", name, "--wait=true")
+    kubectl("rollout", "status", "deployment/api-dep", "--timeout=120s", timeout=150)
+    kubectl("uncordon", STORAGE_NODE.name)
+    app = pods_by_node("run=api-app")
+    assert STORAGE_NODE.name not in app and len(app) == 2, app
+    assert http(f"http://{Node(1).ip}:31001/createlist/5")[1]["faileds"] == []
+    yield app
+    for i in range(2, NODES + 1):   # whatever happened, every node is back
+        if not node_ops.components_running(Node(i)):
+            node_ops.start(Node(i), progress=lambda *_: None)
+    run_invoke("clean")
+
+
+def test_storage_node_lost_app_answers_fast_json_503_and_recovers_with_every_item(storage_on_node2):
+    url = f"http://{Node(1).ip}:31001/createlist/5"
+    assert http(url) == (200, {"createds": [], "deleteds": [], "faileds": []})
+    killed = time.monotonic()
+    node_ops.kill(STORAGE_NODE)
+    answers = []
+    while time.monotonic() - killed < 20:
+        t0 = time.monotonic()
+        status, body = http(url, timeout=30)
+        answers.append((t0 - killed, time.monotonic() - t0, status, body))
+        time.sleep(0.2)
+    unavailable = [a for a in answers if a[2] == 503]
+    assert unavailable, answers[:5]
+    assert all(a[2] in (200, 503) for a in answers), [a for a in answers if a[2] not in (200, 503)][:5]
+    assert all(isinstance(a[3], dict) and a[3].get("error") for a in unavailable), unavailable[:3]
+    first_503 = unavailable[0][0]
+    slowest = max(a[1] for a in unavailable)
+    # The node comes back (kubelet and containerd restart, as after a reboot).
+    restarted = time.monotonic()
+    node_ops.start(STORAGE_NODE, progress=lambda *_: None)
+    wait_until(lambda: http(url, timeout=5)[0] == 200, "the app answering 200 again", 180, interval=0.5)
+    recovered = time.monotonic() - restarted
+    assert http(url) == (200, {"createds": [], "deleteds": [], "faileds": []})   # all 5 items still there
+    assert list(pods_by_node("run=sto-app")) == [STORAGE_NODE.name]
+    print(f"storage node {STORAGE_NODE.name} killed: first JSON 503 after {first_503:.2f}s, "
+          f"{len(unavailable)}/{len(answers)} requests in 20 s answered 503, slowest 503 took {slowest:.2f}s; "
+          f"after its kubelet and containerd restarted, the app answered 200 with every item in {recovered:.1f}s")
+
+
+def test_app_node_lost_requests_succeed_through_the_other_replica(storage_on_node2):
+    victim = Node(max(i for i in range(2, NODES + 1) if Node(i).name in storage_on_node2))
+    url = lambda i: f"http://{Node(1).ip}:31001/createlist/5"  # noqa: E731
+    results: list = []
+    stop = threading.Event()
+    worker = threading.Thread(target=load, args=(url, stop, results), kwargs={"timeout": 5}, daemon=True)
+    worker.start()
+    try:
+        time.sleep(2)
+        killed = time.monotonic()
+        node_ops.kill(victim)
+        lost_pod = storage_on_node2[victim.name][0]
+        wait_until(lambda: out_svc_endpoints().get(lost_pod) is not True, "the lost pod's endpoint to go", 180)
+        endpoint_gone = time.monotonic() - killed
+        time.sleep(10)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    after_kill = [r for r in results if r[0] >= killed]
+    failed = [r for r in after_kill if r[2] != 200]
+    settled = [r for r in after_kill if r[0] >= killed + endpoint_gone + 1]
+    assert settled and all(r[2] == 200 for r in settled), [r for r in settled if r[2] != 200][:5]
+    last_failure = max((r[0] - killed for r in failed), default=0.0)
+    print(f"app node {victim.name} killed: out-svc dropped its endpoint after {endpoint_gone:.1f}s; "
+          f"{len(failed)}/{len(after_kill)} requests failed, the last {last_failure:.1f}s after the kill; "
+          f"all {len(settled)} requests after that succeeded through the other replica")
+    t0 = time.monotonic()
+    node_ops.start(victim, progress=lambda *_: None)
+    wait_until(lambda: localcluster.node_ready(victim.name), f"{victim.name} Ready again", 120)
+    kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s", timeout=200)
+    print(f"app node {victim.name} restarted: Ready and api-dep complete again in {time.monotonic() - t0:.1f}s")
