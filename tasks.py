@@ -151,7 +151,14 @@ def status(c, context=None, namespace=None, allow_context=None):
 
     s = _settings(c, context=context, namespace=namespace)
     cluster = project.connect(s, allow_context)
-    print(status_report(cluster, project.project_targets(s, cluster.namespace)))
+    print(status_report(cluster, project.project_targets(s, cluster.namespace), access=_access(s)))
+
+
+def _access(s) -> str:
+    """twotier.access: nodeport | port-forward (how the host reaches the Services)."""
+    from twotier.kube.portforward import access_mode
+
+    return access_mode(s)
 
 
 @task(help={"tier": "storage | app | hello | loader (default: every pod of the project)",
@@ -204,7 +211,8 @@ def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
     s = _settings(c, stage=stage, context=context, namespace=namespace)
     cluster = project.connect(s, allow_context)
     project.start_loader(cluster, s)
-    smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
+    smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv),
+                           access=_access(s))
 
 
 @task(help={"timeout": "seconds to wait for each deletion phase (default: twotier.timeouts.delete)",
@@ -239,7 +247,8 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
     print(f"== smoke ({s['stage']})")
     loader_ref = next(img.ref for img in built if img.role == "loader")
     project.start_loader(cluster, s, loader_ref)
-    smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv))
+    smoke_checks.run_smoke(cluster, s["stage"], lambda argv: loader.exec_in_loader(cluster, argv),
+                           access=_access(s))
 
 # ---------------------------------------------------------------------------------------------
 # The local cluster (cluster.*)

@@ -211,7 +211,10 @@ def smoke_in_tilt_loader(settings, progress=print) -> None:
     if pod is None or (pod.get("status") or {}).get("phase") != "Running":
         raise UserError("the loader pod is not running",
                         "start the dev loop with `tilt up` (it runs the loader pod), or use `invoke smoke`")
-    smoke.run_smoke(cluster, "full", lambda argv: loader.exec_in_loader(cluster, argv), out=progress)
+    from twotier.kube.portforward import access_mode  # noqa: PLC0415
+
+    smoke.run_smoke(cluster, "full", lambda argv: loader.exec_in_loader(cluster, argv), out=progress,
+                    access=access_mode(settings))
 
 
 # ------------------------------------------------------------------- tilt up, for tests and bench

@@ -128,6 +128,8 @@ def _worker(app, host: str, port: int) -> int:
 
 
 def _start_debugger(port: int) -> None:
+    # Python 3.11+ freezes some stdlib modules; pydevd warns about it at every start, harmlessly.
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     try:
         import debugpy
     except ImportError:
