@@ -225,14 +225,15 @@ class TiltSession:
     Used as a context manager: ``with TiltSession(settings) as tilt: tilt.wait_ready()``; on exit
     Tilt is stopped and, unless ``keep=True``, `tilt down` removes what it deployed."""
 
-    def __init__(self, settings, log_path: Path | None = None, keep: bool = False, progress=print):
+    def __init__(self, settings, log_path: Path | None = None, keep: bool = False, progress=print,
+                 extra_args: list[str] = ()):
         self.settings = settings
         self.keep = keep
         self.progress = progress
         self.tilt, self.cluster = prepare(settings, progress)
         self.port = free_port()
         self.env = tilt_env(self.cluster.kubeconfig, self.port)
-        self.args = tiltfile_args(settings)
+        self.args = tiltfile_args(settings) + list(extra_args)  # e.g. --debug=app, --access=port-forward
         self.log_path = log_path or ROOT / "build" / "logs" / f"tilt-up-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 

@@ -131,13 +131,20 @@ class DapClient:
             self._seen_events.append(event)
 
     # -- the usual sequence
+    def initialize(self, timeout: float | None = None) -> dict:
+        """The first request of a session: the adapter's capabilities."""
+        self.initialized = True
+        return self.request("initialize", {"clientID": "twotier-tests", "adapterID": "debugpy",
+                                           "pathFormat": "path", "linesStartAt1": True,
+                                           "columnsStartAt1": True, "supportsVariableType": True},
+                            timeout=timeout)
+
     def attach(self, breakpoints: dict[str, list[int]], path_mappings: list[dict] | None = None,
                just_my_code: bool = True) -> dict[str, list[dict]]:
-        """initialize + attach + breakpoints + configurationDone; returns the breakpoints as set
-        ({path: [{verified, line, ...}]})."""
-        self.request("initialize", {"clientID": "twotier-tests", "adapterID": "debugpy",
-                                    "pathFormat": "path", "linesStartAt1": True, "columnsStartAt1": True,
-                                    "supportsVariableType": True})
+        """(initialize +) attach + breakpoints + configurationDone; returns the breakpoints as
+        set ({path: [{verified, line, ...}]})."""
+        if not getattr(self, "initialized", False):
+            self.initialize()
         attach_seq = self.send_request("attach", {"name": "twotier", "type": "debugpy", "request": "attach",
                                                   "justMyCode": just_my_code,
                                                   "pathMappings": path_mappings or []})
