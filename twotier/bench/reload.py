@@ -198,12 +198,10 @@ def stress(session: TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -
     since = datetime.now(timezone.utc)
     before = _restarts(session)
     refs = session.image_refs()
-    targets = {}
     probe_urls = {}
     for name, tier in tiltbench.TIERS.items():
-        service, urls = tiltbench.tier_urls(session, tier)
-        targets[name] = (service, urls)
-        health = [u.rsplit("/", 1)[0] if False else u.replace(tier.path, "/healthz") for u in urls]
+        _service, urls = tiltbench.tier_urls(session, tier)
+        health = [u.replace(tier.path, "/healthz") for u in urls]
         probe_urls[f"{name} Service"] = health[0]
         for i, url in enumerate(health[1:], 1):
             probe_urls[f"{name} pod {i}"] = url
@@ -214,32 +212,42 @@ def stress(session: TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -
             last_marker: dict[str, str | None] = {name: None for name in edits}
             for r in range(rounds):
                 for name, edit in edits.items():
-                    service, urls = targets[name]
                     for kind in ("plain", "busy", "syntax error, then fix"):
-                        if kind == "busy":
-                            with Busy():
-                                time.sleep(0.5)  # let the loops take the CPU first
+                        try:  # a restarted or replaced pod may have a new IP: look again each time
+                            service, urls = tiltbench.tier_urls(session, tiltbench.TIERS[name])
+                            if kind == "busy":
+                                with Busy():
+                                    time.sleep(0.5)  # let the loops take the CPU first
+                                    run = _save_and_time(edit, urls, service)
+                            elif kind == "plain":
                                 run = _save_and_time(edit, urls, service)
-                        elif kind == "plain":
-                            run = _save_and_time(edit, urls, service)
-                        else:
-                            run = _syntax_error_then_fix(edit, urls, service, last_marker[name])
+                            else:
+                                run = _syntax_error_then_fix(edit, urls, service, last_marker[name])
+                        except UserError as err:  # counted as a failed save; the run goes on
+                            run = {"service_s": None, "all_s": None, "marker": None, "error": err.message}
                         last_marker[name] = run["marker"]
                         run.update(tier=name, kind=kind, round=r + 1)
                         saves.append(run)
                         extra = f", while broken: {run['while_broken']}" if "while_broken" in run else ""
-                        progress(f"round {r + 1}/{rounds} {name} {kind}: Service {run['service_s']:.2f}s, "
-                                 f"all replicas {run['all_s']:.2f}s{extra}")
+                        if run.get("error"):
+                            progress(f"round {r + 1}/{rounds} {name} {kind}: FAILED: {run['error']}")
+                        else:
+                            progress(f"round {r + 1}/{rounds} {name} {kind}: Service {run['service_s']:.2f}s, "
+                                     f"all replicas {run['all_s']:.2f}s{extra}")
         finally:
             for edit in edits.values():
                 edit.restore()
-        for name, (service, urls) in targets.items():
-            tiltbench.wait_for_marker(urls, None, timeout=SAVE_TIMEOUT_S, first_url=service)
+        for name, tier in tiltbench.TIERS.items():
+            try:
+                service, urls = tiltbench.tier_urls(session, tier)
+                tiltbench.wait_for_marker(urls, None, timeout=SAVE_TIMEOUT_S, first_url=service)
+            except UserError as err:
+                progress(f"{name}: the restored code did not answer everywhere: {err.message}")
     after = _restarts(session)
     for name, tier in tiltbench.TIERS.items():
         if not tiltbench.git_unchanged(tier.source):
             raise UserError(f"{tier.source} differs from git after the benchmark", "check `git diff`")
-    restarts = sum(sum(ids.values()) for ids in after.values()) - sum(sum(ids.values()) for ids in before.values())
+    restarts = sum(count - before[n].get(pod, 0) for n, ids in after.items() for pod, count in ids.items())
     return {
         "rounds": rounds,
         "saves": saves,
@@ -290,8 +298,10 @@ def format_report(result: dict) -> str:
         for kind in ("plain", "busy", "syntax error, then fix"):
             runs = [s for s in result["saves"] if s["tier"] == name and s["kind"] == kind]
             label = {"plain": "plain", "busy": "CPU busy", "syntax error, then fix": "fix after a syntax error"}[kind]
-            lines.append(f"| {name} | {label}: Service answers | {_quantiles([s['service_s'] for s in runs])} |")
-            lines.append(f"| {name} | {label}: every replica answers | {_quantiles([s['all_s'] for s in runs])} |")
+            done = [s for s in runs if not s.get("error")]
+            failed = f" ({len(runs) - len(done)} never answered within {SAVE_TIMEOUT_S:.0f} s)" if len(done) < len(runs) else ""
+            lines.append(f"| {name} | {label}: Service answers{failed} | {_quantiles([s['service_s'] for s in done])} |")
+            lines.append(f"| {name} | {label}: every replica answers | {_quantiles([s['all_s'] for s in done])} |")
     totals = result["probe_totals"]
     probes = sum(totals.values())
     failed = {k: v for k, v in totals.items() if k != "ok"}
