@@ -342,7 +342,7 @@ def load(url_for, stop: threading.Event, results: list, limit: int = 20000, time
         t0 = time.monotonic()
         try:
             status, body = http(url_for(i), timeout=timeout)
-        except Exception as err:  # noqa: BLE001 - any error is a failed request
+        except Exception as err:
             status, body = 0, repr(err)
         results.append((t0, time.monotonic() - t0, status, body))
         i += 1
@@ -352,7 +352,7 @@ def test_zero_failed_requests_through_a_rolling_update_on_three_nodes(multinode)
     results: list = []
     stop = threading.Event()
     ips = list(multinode.values())
-    url = lambda i: f"http://{ips[i % len(ips)]}:31001/" + ("createlist/20" if i % 2 == 0 else "clear")  # noqa: E731
+    url = lambda i: f"http://{ips[i % len(ips)]}:31001/" + ("createlist/20" if i % 2 == 0 else "clear")
     worker = threading.Thread(target=load, args=(url, stop, results), daemon=True)
     worker.start()
     try:
@@ -440,7 +440,7 @@ def test_storage_node_lost_app_answers_fast_json_503_and_recovers_with_every_ite
 
 def test_app_node_lost_requests_succeed_through_the_other_replica(storage_on_node2):
     victim = Node(max(i for i in range(2, NODES + 1) if Node(i).name in storage_on_node2))
-    url = lambda i: f"http://{Node(1).ip}:31001/createlist/5"  # noqa: E731
+    url = lambda i: f"http://{Node(1).ip}:31001/createlist/5"
     results: list = []
     stop = threading.Event()
     worker = threading.Thread(target=load, args=(url, stop, results), kwargs={"timeout": 5}, daemon=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from localcluster import configs, layout as L, pki
+from localcluster import configs, pki
+from localcluster import layout as L
 from localcluster.node import Node, by_name
 
 

@@ -138,10 +138,10 @@ def _start_debugger(port: int) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            debugpy.listen(("0.0.0.0", port))  # noqa: S104 - in the container; Tilt forwards it to 127.0.0.1
+            debugpy.listen(("0.0.0.0", port))
             log(f"debugpy listening on port {port} (pid {os.getpid()}); attach a DAP client")
             return
-        except Exception as err:  # noqa: BLE001 - the old worker's adapter may still hold the port
+        except Exception as err:
             if time.monotonic() > deadline:
                 log(f"debugpy could not listen on port {port}: {err}")
                 return
@@ -281,7 +281,7 @@ class Supervisor:
     def run(self) -> int:
         self.sock = socket.create_server((self.host, self.port), reuse_port=False, backlog=128)
         self.sock.set_inheritable(True)
-        shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
+        shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         log(f"dev server on http://{shown}:{self.port} (reloads on a change to a .py file under "
             f"{', '.join(self.roots)})")
 
