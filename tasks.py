@@ -415,7 +415,32 @@ def bench_api(c, sizes="10,100,1000,10000", repeat=3, baseline_max=1000, check=F
     apibench.main(sizes=sizes, repeat=int(repeat), baseline_max=int(baseline_max), check=check)
 
 
-bench = Collection("bench", bench_all, bench_api)
+@task(name="servers", help={
+    "servers": "comma-separated candidates to measure (default: all; see build/bench-servers.md)",
+    "duration": "seconds per load figure (default 3)",
+    "rounds": "rounds per figure, interleaved across candidates; the median is shown (default 3)",
+})
+@friendly
+def bench_servers(c, servers="", duration=3.0, rounds=3):
+    """Compare production servers on loopback: throughput, p99, hostile clients, SIGTERM, memory."""
+    from twotier.bench import servers as serverbench
+
+    command = "invoke bench.servers" + (f" --servers {servers}" if servers else "") + \
+        (f" --duration {duration}" if float(duration) != 3.0 else "") + (f" --rounds {rounds}" if int(rounds) != 3 else "")
+    print(serverbench.run(float(duration), servers or None, int(rounds), command=command))
+
+
+@task(name="reload", help={"rounds": "rounds per tier: a plain save, a save under CPU load, a syntax error then the fix "
+                                     "(default 6)"})
+@friendly
+def bench_reload(c, rounds=6):
+    """Stress Tilt's live update under `tilt up`: restarts, refused connections, save -> answer times."""
+    from twotier.bench import reload as reloadbench
+
+    reloadbench.run(_settings(c), rounds=int(rounds))
+
+
+bench = Collection("bench", bench_all, bench_api, bench_servers, bench_reload)
 
 ns = Collection(serve, dev, build, push, base_image, render, deploy, up, status, logs, loader_shell,
                 smoke, clean, test, lint, tilt, cluster, bench)
