@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(docker.io docker-registry containernetworking-plugins debootstrap iptables conntrack iproute2
-              openssl gcc g++ libc6-dev curl ca-certificates python3-venv)
+              openssl gcc g++ libc6-dev curl ca-certificates python3-venv
+              chromium fonts-liberation)  # the Tilt UI test: headless Chromium, driven by Playwright (pip)
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
 
@@ -47,13 +48,17 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.txt .venv/.requirement
   cat services/*/requirements.txt > .venv/.service-requirements
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-# No container registry is reachable from the reference machine, so images build FROM a local Debian base
-# (invoke base-image). With a registry, run with INVOKE_TWOTIER_BASE_IMAGE= to use python:3.12-slim.
-export INVOKE_TWOTIER_BASE_IMAGE=${INVOKE_TWOTIER_BASE_IMAGE-local}
+# Decisions that depend on this machine go into twotier.local.yaml (git-ignored), where every later
+# `invoke` in any shell reads them; an exported variable would die with this process. No container
+# registry is reachable from the reference machine, so images build FROM a local Debian base
+# (base_image: local, `invoke base-image`). With a registry: INVOKE_TWOTIER_BASE_IMAGE= ./bootstrap.sh
+# records base_image: '' (python:3.12-slim). A value already in the file stays unless one is given.
+say "$(python -m twotier.settings record)"
 
+next_steps() { say "in any new shell, one line sets it up: eval \"\$(.venv/bin/invoke cluster.env)\""; }
 case "${1:-}" in
   "") say "installed; next: ./bootstrap.sh up   or   ./bootstrap.sh test" ;;
-  up) shift; invoke cluster.up && invoke up "$@" ;;
+  up) shift; invoke cluster.up && invoke up "$@" && next_steps ;;
   test) shift; invoke test "$@" ;;
   *) exec invoke "$@" ;;
 esac

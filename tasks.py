@@ -138,12 +138,14 @@ def render(c, stage=None, overlay=None, namespace=None):
 def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=None, allow_context=None):
     """Apply a stage to the cluster (server-side apply) and wait until it has rolled out."""
     from twotier.ops import render as manifests
+    from twotier.ops import storagenode
     from twotier.ops.deploy import deploy_objects
 
     s = _settings(c, stage=stage, context=context, namespace=namespace,
                   timeouts__rollout=float(timeout) if timeout else None)
     cluster = _connect(s, allow_context)
-    deploy_objects(cluster, manifests.render_stage(s, s.stage), dry_run=dry_run, timeout=s.timeouts.rollout)
+    objs = storagenode.pin_for_cluster(cluster, manifests.render_stage(s, s.stage), s)
+    deploy_objects(cluster, objs, dry_run=dry_run, timeout=s.timeouts.rollout)
 
 
 @task(help={"stage": HELP["stage"], "timeout": HELP["rollout_timeout"], **KUBE_HELP})
@@ -151,7 +153,7 @@ def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=N
 def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=None):
     """The main job: build and push the images, deploy the stage, run the smoke checks."""
     from twotier.images import build as images
-    from twotier.ops import loader
+    from twotier.ops import loader, storagenode
     from twotier.ops import render as manifests
     from twotier.ops import smoke as smoke_checks
     from twotier.ops.deploy import deploy_objects
@@ -162,11 +164,12 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
     print(f"== build and push ({s.stage})")
     built = images.push(s, s.stage)
     print(f"== deploy ({s.stage})")
-    deploy_objects(cluster, manifests.render_stage(s, s.stage, images.image_map(built)),
-                   dry_run=False, timeout=s.timeouts.rollout)
+    objs = storagenode.pin_for_cluster(cluster, manifests.render_stage(s, s.stage, images.image_map(built)), s)
+    deploy_objects(cluster, objs, dry_run=False, timeout=s.timeouts.rollout)
     print(f"== smoke ({s.stage})")
     loader.start_loader(cluster, s, next(img.ref for img in built if img.role == "loader"))
-    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv))
+    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv),
+                           access=s.access)
 
 
 @task(help=dict(KUBE_HELP))
@@ -179,7 +182,8 @@ def status(c, context=None, namespace=None, allow_context=None):
 
     s = _settings(c, context=context, namespace=namespace)
     cluster = _connect(s, allow_context)
-    print(status_report(cluster, targets_from(manifests.every_stage_objects(s), cluster.namespace)))
+    print(status_report(cluster, targets_from(manifests.every_stage_objects(s), cluster.namespace),
+                        access=s.access))
 
 
 @task(help={"tier": "storage | app | hello | loader (default: every pod of the project)",
@@ -233,7 +237,8 @@ def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
     s = _settings(c, stage=stage, context=context, namespace=namespace)
     cluster = _connect(s, allow_context)
     loader.start_loader(cluster, s)
-    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv))
+    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv),
+                           access=s.access)
 
 
 @task(help={"timeout": "seconds to wait for each deletion phase (default: twotier.timeouts.delete)",
@@ -281,13 +286,13 @@ tilt = Collection("tilt", tilt_ci, tilt_smoke)
 # ---------------------------------------------------------------------------------------------
 
 
-@task(name="up")
+@task(name="up", help={"nodes": "number of nodes (default: setting cluster_nodes, 1); adds or removes nodes 2..N"})
 @friendly
-def cluster_up(c):
+def cluster_up(c, nodes=0):
     """Start the local Kubernetes cluster (its binaries build once); idempotent."""
     import localcluster
 
-    localcluster.up()
+    localcluster.up(nodes=int(nodes) or _settings(c).cluster_nodes)
 
 
 @task(name="down", help={"purge": "also delete the local registry's images"})
@@ -318,6 +323,16 @@ def cluster_kubeconfig(c):
     print(localcluster.kubeconfig_path())
 
 
+@task(name="env")
+@friendly
+def cluster_env(c):
+    """Print shell lines for the local cluster: eval "$(invoke cluster.env)" sets KUBECONFIG and
+    puts invoke, the pinned kubectl and tilt on PATH."""
+    from twotier.dev.shellenv import env_lines
+
+    print("\n".join(env_lines()))
+
+
 @task(name="build", help={"component": "one of kubernetes, etcd, containerd, cri-tools, coredns, tilt "
                                        "(default: all cluster parts)"})
 @friendly
@@ -328,7 +343,8 @@ def cluster_build(c, component=""):
     localcluster.ensure_binaries([component] if component else localcluster.CLUSTER_BUILDS)
 
 
-cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluster_kubeconfig, cluster_build)
+cluster = Collection("cluster", cluster_up, cluster_down, cluster_status, cluster_kubeconfig, cluster_env,
+                     cluster_build)
 
 # ---------------------------------------------------------------------------------------------
 # Quality and speed: tests, lint, benchmarks (bench.*)
@@ -399,7 +415,32 @@ def bench_api(c, sizes="10,100,1000,10000", repeat=3, baseline_max=1000, check=F
     apibench.main(sizes=sizes, repeat=int(repeat), baseline_max=int(baseline_max), check=check)
 
 
-bench = Collection("bench", bench_all, bench_api)
+@task(name="servers", help={
+    "servers": "comma-separated candidates to measure (default: all; see build/bench-servers.md)",
+    "duration": "seconds per load figure (default 3)",
+    "rounds": "rounds per figure, interleaved across candidates; the median is shown (default 3)",
+})
+@friendly
+def bench_servers(c, servers="", duration=3.0, rounds=3):
+    """Compare production servers on loopback: throughput, p99, hostile clients, SIGTERM, memory."""
+    from twotier.bench import servers as serverbench
+
+    command = "invoke bench.servers" + (f" --servers {servers}" if servers else "") + \
+        (f" --duration {duration}" if float(duration) != 3.0 else "") + (f" --rounds {rounds}" if int(rounds) != 3 else "")
+    print(serverbench.run(float(duration), servers or None, int(rounds), command=command))
+
+
+@task(name="reload", help={"rounds": "rounds per tier: a plain save, a save under CPU load, a syntax error then the fix "
+                                     "(default 6)"})
+@friendly
+def bench_reload(c, rounds=6):
+    """Stress Tilt's live update under `tilt up`: restarts, refused connections, save -> answer times."""
+    from twotier.bench import reload as reloadbench
+
+    reloadbench.run(_settings(c), rounds=int(rounds))
+
+
+bench = Collection("bench", bench_all, bench_api, bench_servers, bench_reload)
 
 ns = Collection(serve, dev, build, push, base_image, render, deploy, up, status, logs, loader_shell,
                 smoke, clean, test, lint, tilt, cluster, bench)

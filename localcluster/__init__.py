@@ -1,24 +1,28 @@
-"""A real single-node Kubernetes cluster on this machine, the way hack/local-up-cluster.sh does it.
+"""A real Kubernetes cluster on this machine, the way hack/local-up-cluster.sh does it.
 
 etcd, the control plane, containerd, kubelet and kube-proxy run as host processes built from
 upstream sources (localcluster/build-binaries.sh); CoreDNS runs as a Deployment; Debian's registry
-serves images on localhost:5000. ``up()`` is idempotent, ``down()`` leaves the host as it was.
+serves images on localhost:5000. The host is node 1; ``up(nodes=N)`` adds nodes 2..N, each with
+its own containerd, kubelet and kube-proxy in its own namespaces (nodes.py). ``up()`` is
+idempotent, ``down()`` leaves the host as it was.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
-from localcluster import addons, configs, netclean, pki, procs
+from localcluster import addons, build, configs, netclean, pki, procs
 from localcluster import layout as L
+from localcluster import nodes as extra_nodes
 from localcluster.errors import ClusterError as UserError
 from localcluster.layout import kubectl_path  # noqa: F401  (public API)
+from localcluster.lock import exclusive
+from localcluster.node import Node
 
 COMPONENTS = ["containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
               "kubelet", "kube-proxy"]
@@ -33,7 +37,13 @@ def kubeconfig_path() -> Path:
 
 
 def is_up() -> bool:
-    return L.KUBECONFIG.exists() and all(procs.running(c) for c in COMPONENTS)
+    return (L.KUBECONFIG.exists() and all(procs.running(c) for c in COMPONENTS)
+            and all(extra_nodes.components_running(n) for n in extra_nodes.existing()))
+
+
+def node_count() -> int:
+    """How many nodes this host runs now (1 when only the host, or nothing, is there)."""
+    return 1 + len(extra_nodes.existing())
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -43,20 +53,11 @@ def missing_builds(components=CLUSTER_BUILDS) -> list[str]:
 
 
 def ensure_binaries(components=CLUSTER_BUILDS, progress=print) -> None:
-    """Build what is not cached yet (cold: tens of minutes on 2 cores; warm: nothing to do)."""
-    for comp in missing_builds(components):
-        if not shutil.which("go"):
-            raise UserError(f"{comp} is not built and the Go toolchain is missing",
-                            hint="install Go 1.24+ (the build uses the Go module proxy)")
-        progress(f"building {comp} {L.versions()[{'cri-tools': 'CRITOOLS'}.get(comp, comp.upper()) + '_VERSION']} "
-                 "from source (cached afterwards) ...")
-        script_name = {"cri-tools": "critools"}.get(comp, comp)
-        start = time.monotonic()
-        res = subprocess.run(["bash", str(L.BUILD_SCRIPT), script_name])
-        if res.returncode != 0:
-            raise UserError(f"building {comp} failed (exit {res.returncode})",
-                            hint="read the output above; the Go module proxy must be reachable")
-        progress(f"built {comp} in {time.monotonic() - start:.0f}s")
+    """Build what is not cached yet (cold: tens of minutes on 2 cores; warm: nothing to do).
+
+    One build at a time per cache, one progress line per step, the full log in a file
+    (localcluster/build.py)."""
+    build.ensure(list(components), progress=progress)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -170,16 +171,23 @@ def argv(component: str, node_ip: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ health
 
-def _tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(L.PKI / "ca.crt"))
-    ctx.load_cert_chain(str(L.PKI / "admin.crt"), str(L.PKI / "admin.key"))
-    return ctx
+def _api_client():
+    """The Kubernetes Python client on the cluster's own kubeconfig (admin credentials)."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(L.KUBECONFIG), context=L.CONTEXT, client_configuration=cfg,
+                            persist_config=False)
+    cfg.retries = False  # callers poll; a refused connection must fail at once, not retry
+    return client.ApiClient(cfg)
 
 
 def api_get(path: str, timeout: float = 3):
-    with urllib.request.urlopen(f"https://127.0.0.1:{L.APISERVER_PORT}{path}", context=_tls(), timeout=timeout) as r:
-        body = r.read().decode()
-        return json.loads(body) if body.startswith("{") else body
+    """GET an API path (JSON as a dict, anything else as text) through the Python client."""
+    resp = _api_client().call_api(path, "GET", auth_settings=["BearerToken"], _preload_content=False,
+                                  _request_timeout=timeout)[0]
+    body = resp.data.decode()
+    return json.loads(body) if body.startswith("{") else body
 
 
 def _http_ok(url: str) -> bool:
@@ -187,8 +195,8 @@ def _http_ok(url: str) -> bool:
         return r.status == 200
 
 
-def node_ready() -> bool:
-    node = api_get(f"/api/v1/nodes/{L.NODE_NAME}")
+def node_ready(name: str = L.NODE_NAME) -> bool:
+    node = api_get(f"/api/v1/nodes/{name}")
     return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
 
 
@@ -216,13 +224,21 @@ def _start(name: str, node_ip: str, progress) -> bool:
     return True
 
 
-def up(progress=print) -> float:
-    """Bring the cluster up (or repair it); returns the seconds it took."""
+@exclusive("cluster.up/down")  # two terminals starting or stopping at once take turns
+def up(progress=print, nodes: int | None = None) -> float:
+    """Bring the cluster up with `nodes` nodes (or repair it); returns the seconds it took.
+
+    nodes=None keeps the number of nodes there is now (1 for a new cluster); a different number
+    adds or removes nodes 2..N without touching the others.
+    """
     t0 = time.monotonic()
-    if is_up():
+    wanted = node_count() if nodes is None else int(nodes)
+    if not 1 <= wanted <= L.MAX_NODES:
+        raise UserError(f"--nodes must be between 1 and {L.MAX_NODES}, not {wanted}")
+    if is_up() and node_count() == wanted:
         try:
-            if node_ready() and docker_ok() and registry_ok():
-                progress(f"the local cluster is already up (context {L.CONTEXT})")
+            if all(node_ready(Node(i).name) for i in range(1, wanted + 1)) and docker_ok() and registry_ok():
+                progress(f"the local cluster is already up (context {L.CONTEXT}, {wanted} node{'s' if wanted > 1 else ''})")
                 return time.monotonic() - t0
         except Exception:
             pass
@@ -269,10 +285,43 @@ def up(progress=print) -> float:
     if res.returncode != 0:
         raise UserError(f"applying the cluster addons failed: {res.stderr.strip()}")
     procs.wait_for(lambda: deployment_available("kube-system", "coredns"), "CoreDNS available", 120, progress)
+    _ensure_nodes(wanted, progress)
     elapsed = time.monotonic() - t0
-    progress(f"the local cluster is up in {elapsed:.0f}s: context {L.CONTEXT}, kubeconfig {L.KUBECONFIG}")
+    progress(f"the local cluster is up in {elapsed:.0f}s with {wanted} node{'s' if wanted > 1 else ''}: "
+             f"context {L.CONTEXT}, kubeconfig {L.KUBECONFIG}")
     progress(f"  export KUBECONFIG={L.KUBECONFIG}")
     return elapsed
+
+
+def _ensure_nodes(wanted: int, progress) -> None:
+    """Nodes 2..wanted exist and are Ready; nodes beyond wanted are deleted and taken apart."""
+    for node in extra_nodes.existing():
+        if node.index > wanted:
+            progress(f"removing node {node.name}")
+            _kubectl("delete", "node", node.name, "--ignore-not-found", "--wait=false")
+            extra_nodes.remove(node, progress)
+    if wanted == 1:
+        _remove_nodes_network()
+        return
+    extra_nodes.ensure_host_network()
+    new = [Node(i) for i in range(2, wanted + 1)]
+    for node in new:
+        extra_nodes.start(node, progress)
+    for node in new:
+        procs.wait_for(lambda: node_ready(node.name), f"node {node.name} Ready", 120, progress,
+                       name=node.proc("kubelet"))
+
+
+def _remove_nodes_network() -> None:
+    extra_nodes.remove_host_network()
+    netclean.iptables_chains_removed(("TWOTIER-",))
+    for route in extra_nodes.host_routes():
+        subprocess.run(["ip", "route", "del", *route.split()], capture_output=True)
+
+
+def _kubectl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(L.kubectl_path()), "--kubeconfig", str(L.KUBECONFIG), *args],
+                          capture_output=True, text=True)
 
 
 # ------------------------------------------------------------------------------------------ down
@@ -283,8 +332,11 @@ def crictl(*args: str) -> list[str]:
             "--timeout", "30s", *args]
 
 
+@exclusive("cluster.up/down")
 def down(progress=print, purge: bool = False) -> None:
     """Stop everything up() started and remove the host state it created."""
+    for node in extra_nodes.existing():   # nodes 2..N first: they hang off the host's network
+        extra_nodes.remove(node, progress)
     for name in ("kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
         if procs.stop(name):
             progress(f"stopped {name}")
@@ -305,7 +357,8 @@ def down(progress=print, purge: bool = False) -> None:
     kp = L.binary("kubernetes", "kube-proxy")
     if kp.exists():
         subprocess.run([str(kp), "--cleanup", "--v=0"], capture_output=True)
-    rules = netclean.iptables_chains_removed(("CNI-", "KUBE-"))
+    rules = netclean.iptables_chains_removed(("CNI-", "KUBE-", "TWOTIER-"))
+    _remove_nodes_network()
     ns = netclean.remove_cni_netns()
     netclean.remove_routes()
     br = netclean.remove_bridge()
@@ -342,9 +395,24 @@ def status_rows() -> list[tuple[str, str, str]]:
             except Exception:
                 pass
         rows.append((name, str(pid or "-"), state))
+    for node in extra_nodes.existing():
+        for comp in ("namespaces", *extra_nodes.COMPONENTS):
+            pid = procs.pid_of(node.proc(comp))
+            rows.append((f"{node.name}/{comp}", str(pid or "-"), "running" if pid else "stopped"))
+    names = [Node(i).name for i in range(1, node_count() + 1)]
     try:
-        ready = "Ready" if node_ready() else "NotReady"
+        listed = api_get("/api/v1/nodes")["items"]
+        names += [n["metadata"]["name"] for n in listed if n["metadata"]["name"] not in names]
+        ready = {n["metadata"]["name"]: "Ready" if any(c["type"] == "Ready" and c["status"] == "True"
+                                                       for c in n["status"].get("conditions", [])) else "NotReady"
+                 for n in listed}
     except Exception:
-        ready = "unreachable"
-    rows.append((f"node/{L.NODE_NAME}", "-", ready))
+        ready = {}
+    for name in names:
+        ip = ""
+        try:
+            ip = f" ({extra_nodes.by_name(name).ip})"
+        except KeyError:
+            pass
+        rows.append((f"node/{name}{ip}", "-", ready.get(name, "unreachable" if not ready else "absent")))
     return rows

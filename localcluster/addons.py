@@ -18,18 +18,19 @@ def _run(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     return res
 
 
-def ctr(*args: str) -> list[str]:
-    return [str(L.binary("containerd", "ctr")), "--address", str(L.CONTAINERD_SOCK), "-n", "k8s.io", *args]
+def ctr(*args: str, address: Path = L.CONTAINERD_SOCK) -> list[str]:
+    return [str(L.binary("containerd", "ctr")), "--address", str(address), "-n", "k8s.io", *args]
 
 
-def has_image(ref: str) -> bool:
-    res = subprocess.run(ctr("images", "ls", "-q", f"name=={ref}"), capture_output=True, text=True)
+def has_image(ref: str, address: Path = L.CONTAINERD_SOCK) -> bool:
+    res = subprocess.run(ctr("images", "ls", "-q", f"name=={ref}", address=address), capture_output=True, text=True)
     return ref in res.stdout.split()
 
 
-def import_scratch_image(ref: str, files: dict[str, Path], entrypoint: list[str]) -> None:
+def import_scratch_image(ref: str, files: dict[str, Path], entrypoint: list[str],
+                         address: Path = L.CONTAINERD_SOCK) -> None:
     """Build a FROM-scratch image holding `files` with docker and import it into containerd."""
-    if has_image(ref):
+    if has_image(ref, address):
         return
     with tempfile.TemporaryDirectory() as tmp:
         copies = []
@@ -42,7 +43,8 @@ def import_scratch_image(ref: str, files: dict[str, Path], entrypoint: list[str]
         _run(["docker", "build", "-q", "-t", ref, tmp], f"docker build of {ref}",
              env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"})
     save = subprocess.Popen(["docker", "save", ref], stdout=subprocess.PIPE)
-    _run(ctr("images", "import", "--all-platforms", "-"), f"import of {ref} into containerd", stdin=save.stdout)
+    _run(ctr("images", "import", "--all-platforms", "-", address=address), f"import of {ref} into containerd",
+         stdin=save.stdout)
     save.wait()
 
 
@@ -61,9 +63,9 @@ def pause_binary() -> Path:
     return out
 
 
-def ensure_images() -> None:
-    import_scratch_image(L.PAUSE_IMAGE, {"/pause": pause_binary()}, ["/pause"])
-    import_scratch_image(coredns_image(), {"/coredns": L.binary("coredns")}, ["/coredns"])
+def ensure_images(address: Path = L.CONTAINERD_SOCK) -> None:
+    import_scratch_image(L.PAUSE_IMAGE, {"/pause": pause_binary()}, ["/pause"], address)
+    import_scratch_image(coredns_image(), {"/coredns": L.binary("coredns")}, ["/coredns"], address)
 
 
 def coredns_image() -> str:

@@ -44,7 +44,7 @@ PY
 build_kubernetes() {
   local v=$KUBERNETES_VERSION out=$CACHE/bin/kubernetes-$KUBERNETES_VERSION dir=$CACHE/src/kubernetes-$KUBERNETES_VERSION
   [ -f "$out/.complete" ] && return 0
-  log "kubernetes $v: preparing wrapper module"
+  log "kubernetes $v: resolving its Go modules"
   wrapper "$dir" k8s.io/kubernetes "$v"
   local minor=${v#v1.}; minor=${minor%%.*}
   local modfile
@@ -61,7 +61,7 @@ build_kubernetes() {
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
   done
-  log "kubernetes $v: compiling $cmds (cold: about 5 minutes on 2 cores)"
+  log "kubernetes $v: compiling $cmds"
   mkdir -p "$out"
   (cd "$dir" && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" -o "$out/" \
       $(for c in $cmds; do echo k8s.io/kubernetes/cmd/$c; done))
@@ -72,7 +72,7 @@ build_kubernetes() {
 build_etcd() {
   local v=$ETCD_VERSION out=$CACHE/bin/etcd-$ETCD_VERSION dir=$CACHE/src/etcd-$ETCD_VERSION
   [ -f "$out/.complete" ] && return 0
-  log "etcd $v: building"
+  log "etcd $v: resolving its Go modules"
   wrapper "$dir" go.etcd.io/etcd/server/v3 "$v"
   copy_replaces "$dir" go.etcd.io/etcd/server/v3 "$v"
   # etcd's main package lives in the go.etcd.io/etcd/v3 root module; etcdmain.Main is in server/v3.
@@ -88,6 +88,7 @@ import (
 func main() { etcdmain.Main(os.Args) }
 GO
   (cd "$dir" && go mod tidy >/dev/null)
+  log "etcd $v: compiling"
   mkdir -p "$out"
   (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$out/etcd" .)
   touch "$out/.complete"
@@ -97,12 +98,13 @@ GO
 build_containerd() {
   local v=$CONTAINERD_VERSION out=$CACHE/bin/containerd-$CONTAINERD_VERSION dir=$CACHE/src/containerd-$CONTAINERD_VERSION
   [ -f "$out/.complete" ] && return 0
-  log "containerd $v: building"
+  log "containerd $v: resolving its Go modules"
   wrapper "$dir" github.com/containerd/containerd/v2 "$v"
   copy_replaces "$dir" github.com/containerd/containerd/v2 "$v"
   local cmds="containerd containerd-shim-runc-v2 ctr"
   for c in $cmds; do echo "tool github.com/containerd/containerd/v2/cmd/$c" >>"$dir/go.mod"; done
   (cd "$dir" && go mod tidy >/dev/null)
+  log "containerd $v: compiling containerd, its shim and ctr"
   mkdir -p "$out"
   local ld="-s -w -X github.com/containerd/containerd/v2/version.Version=$v"
   (cd "$dir" && go build -trimpath -tags "no_btrfs no_devmapper no_zfs" -ldflags "$ld" -o "$out/" \
@@ -114,11 +116,12 @@ build_containerd() {
 build_coredns() {
   local v=$COREDNS_VERSION out=$CACHE/bin/coredns-$COREDNS_VERSION dir=$CACHE/src/coredns-$COREDNS_VERSION
   [ -f "$out/.complete" ] && return 0
-  log "coredns $v: building"
+  log "coredns $v: resolving its Go modules"
   wrapper "$dir" github.com/coredns/coredns "$v"
   copy_replaces "$dir" github.com/coredns/coredns "$v"
   echo "tool github.com/coredns/coredns" >>"$dir/go.mod"
   (cd "$dir" && go mod tidy >/dev/null)
+  log "coredns $v: compiling"
   mkdir -p "$out"
   (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$out/coredns" github.com/coredns/coredns)
   touch "$out/.complete"
@@ -128,11 +131,12 @@ build_coredns() {
 build_critools() {
   local v=$CRITOOLS_VERSION out=$CACHE/bin/cri-tools-$CRITOOLS_VERSION dir=$CACHE/src/cri-tools-$CRITOOLS_VERSION
   [ -f "$out/.complete" ] && return 0
-  log "crictl $v: building"
+  log "crictl $v: resolving its Go modules"
   wrapper "$dir" sigs.k8s.io/cri-tools "$v"
   copy_replaces "$dir" sigs.k8s.io/cri-tools "$v"
   echo "tool sigs.k8s.io/cri-tools/cmd/crictl" >>"$dir/go.mod"
   (cd "$dir" && go mod tidy >/dev/null)
+  log "crictl $v: compiling"
   mkdir -p "$out"
   (cd "$dir" && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$v" -o "$out/crictl" sigs.k8s.io/cri-tools/cmd/crictl)
   touch "$out/.complete"
@@ -178,9 +182,24 @@ build_tilt() {
 }
 
 what=${1:-all}
-# One build at a time per cache: a second caller waits, then finds the .complete markers.
-exec 9>"$CACHE/.build.lock"
-flock 9
+# One build at a time per cache: a second caller waits, then finds the .complete markers (a second
+# build in the same directory would delete and rewrite the source tree the first compiles from).
+# A caller that already holds the lock (localcluster/build.py) passes its descriptor down.
+if [ -n "${TWOTIER_BUILD_LOCK_FD:-}" ]; then
+  lockfd=$TWOTIER_BUILD_LOCK_FD
+else
+  exec 9<>"$CACHE/.build.lock"   # <> and not >: opening must not truncate the holder's pid
+  lockfd=9
+fi
+if ! flock -n "$lockfd"; then
+  ino=$(stat -c %i "$CACHE/.build.lock")
+  holder=$(awk -v ino="$ino" '$2 == "FLOCK" { n = split($6, a, ":"); if (a[n] == ino) print $5 }' /proc/locks | head -1)
+  # /proc/locks names the process that took the lock (maybe an exited `flock`); else the holder's note
+  if [ -z "$holder" ] || [ ! -d "/proc/$holder" ]; then holder=$(head -c 32 "$CACHE/.build.lock" 2>/dev/null | tr -dc 0-9); fi
+  log "waiting for another build (pid ${holder:-unknown}) to finish ..."
+  flock "$lockfd"
+fi
+[ -n "${TWOTIER_BUILD_LOCK_FD:-}" ] || printf '%s\n' "$$" >"$CACHE/.build.lock"  # for the next waiter
 case $what in
   cluster) build_etcd; build_containerd; build_critools; build_coredns; build_kubernetes ;;
   all) build_etcd; build_containerd; build_critools; build_coredns; build_kubernetes; build_tilt ;;

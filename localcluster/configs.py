@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from localcluster import layout as L
+from localcluster.node import HOST, Node
 
 
 def _b64(path: Path) -> str:
@@ -28,25 +29,30 @@ def kubeconfig(user: str, server: str, context: str = L.CONTEXT) -> str:
     }, indent=2) + "\n"
 
 
-def containerd_toml(runc: str) -> str:
+def containerd_toml(runc: str, node: Node = HOST) -> str:
+    # NRI listens on a fixed /var/run/nri/nri.sock by default: nodes 2..N get their own.
+    nri = "" if node.is_host else f"""
+[plugins.'io.containerd.nri.v1.nri']
+  socket_path = "{node.run / 'nri.sock'}"
+"""
     return f"""\
 # containerd for the twotier local cluster: its own socket, root and state, beside Docker's.
 version = 3
-root = "{L.CONTAINERD_ROOT}"
-state = "{L.CONTAINERD_STATE}"
+root = "{node.containerd_root}"
+state = "{node.containerd_state}"
 
 [grpc]
-  address = "{L.CONTAINERD_SOCK}"
+  address = "{node.containerd_sock}"
 
 [ttrpc]
-  address = "{L.CONTAINERD_SOCK}.ttrpc"
-
+  address = "{node.containerd_sock}.ttrpc"
+{nri}
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = "{L.PAUSE_IMAGE}"
   [plugins.'io.containerd.cri.v1.images'.registry]
-    config_path = "{L.CONTAINERD_ROOT / 'certs.d'}"
+    config_path = "{node.containerd_root / 'certs.d'}"
 
 [plugins.'io.containerd.cri.v1.runtime']
   enable_selinux = false
@@ -62,51 +68,56 @@ state = "{L.CONTAINERD_STATE}"
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["{L.CNI_BIN_DIR}"]
-    conf_dir = "{L.CNI_CONF_DIR}"
+    conf_dir = "{node.cni_conf_dir}"
 """
 
 
-def registry_hosts_toml() -> str:
+def registry_hosts_toml(node: Node = HOST) -> str:
+    # localhost:5000 inside a node's namespace is not the host's: nodes 2..N pull from the host's
+    # address on the node bridge, which the host forwards to the registry (nodes.py).
+    mirror = L.REGISTRY_HOST if node.is_host else f"{L.NODES_GATEWAY}:{L.REGISTRY_HOST.rsplit(':', 1)[1]}"
     return f"""\
 server = "http://{L.REGISTRY_HOST}"
 
-[host."http://{L.REGISTRY_HOST}"]
+[host."http://{mirror}"]
   capabilities = ["pull", "resolve"]
   skip_verify = true
 """
 
 
-def cni_conflist() -> str:
+def cni_conflist(node: Node = HOST) -> str:
     return json.dumps({
         "cniVersion": "1.0.0",
         "name": "twotier",
         "plugins": [
             {"type": "bridge", "bridge": L.BRIDGE, "isGateway": True, "ipMasq": True, "hairpinMode": True,
-             "ipam": {"type": "host-local", "dataDir": str(L.CNI_IPAM_DIR),
-                      "ranges": [[{"subnet": L.POD_CIDR}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+             "ipam": {"type": "host-local", "dataDir": str(node.cni_ipam_dir),
+                      "ranges": [[{"subnet": node.pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }, indent=2) + "\n"
 
 
-def kubelet_config() -> str:
+def kubelet_config(node: Node = HOST) -> str:
     pki = L.PKI
+    # Nodes 2..N share the host's cgroup hierarchies: each keeps its pods under its own root.
+    extra = {} if node.is_host else {"cgroupRoot": node.cgroup_root}
     return json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                            "x509": {"clientCAFile": str(pki / "ca.crt")}},
         "authorization": {"mode": "Webhook"},
-        "tlsCertFile": str(pki / "kubelet-serving.crt"),
-        "tlsPrivateKeyFile": str(pki / "kubelet-serving.key"),
+        "tlsCertFile": str(pki / f"{node.serving_identity}.crt"),
+        "tlsPrivateKeyFile": str(pki / f"{node.serving_identity}.key"),
         "cgroupDriver": "cgroupfs",
         "failCgroupV1": False,              # this host is cgroup v1 (hybrid)
         "failSwapOn": False,
-        "containerRuntimeEndpoint": f"unix://{L.CONTAINERD_SOCK}",
+        "containerRuntimeEndpoint": f"unix://{node.containerd_sock}",
         "clusterDNS": [L.DNS_IP],
         "clusterDomain": L.DNS_DOMAIN,
         "resolvConf": "/etc/resolv.conf",
-        "podLogsDir": str(L.POD_LOGS),
+        "podLogsDir": str(node.pod_logs),
         "serializeImagePulls": False,
         "imageGCHighThresholdPercent": 95,
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
@@ -118,15 +129,16 @@ def kubelet_config() -> str:
         "rotateCertificates": False,
         "serverTLSBootstrap": False,
         "maxPods": 60,
+        **extra,
     }, indent=2) + "\n"
 
 
-def kube_proxy_config(kubeconfig_path: Path) -> str:
+def kube_proxy_config(kubeconfig_path: Path, node: Node = HOST) -> str:
     return json.dumps({
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": str(kubeconfig_path)},
-        "hostnameOverride": L.NODE_NAME,
+        "hostnameOverride": node.name,
         "mode": "iptables",
         "clusterCIDR": L.CLUSTER_CIDR,
         "conntrack": {"maxPerCore": 0},     # leave the host's nf_conntrack_max alone

@@ -44,6 +44,13 @@ REGISTRY_HOST = "localhost:5000"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 APISERVER_PORT = 6443
 
+# Nodes 2..N (see nodes.py): each in its own network and mount namespace, on one host bridge like
+# kind's docker network; the host (node 1) is 10.250.0.1 on it and routes between pod subnets.
+MAX_NODES = 9
+NODES_BRIDGE = "twotier-nodes"
+NODES_CIDR = "10.250.0.0/24"
+NODES_GATEWAY = "10.250.0.1"
+
 # Ports the cluster listens on (checked free before start; the registry is checked apart).
 PORTS = {
     "etcd": [2379, 2380],

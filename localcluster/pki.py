@@ -74,6 +74,19 @@ def identities(node: str, node_ip: str, svc_ip: str, domain: str) -> list[Identi
     ]
 
 
+def node_identities(node: str, node_ip: str) -> list[Identity]:
+    """The kubelet's client and serving identity of another node (the Node authorizer needs one per node)."""
+    return [
+        Identity(f"kubelet-{node}", f"system:node:{node}", "system:nodes"),
+        Identity(f"kubelet-serving-{node}", node, usage="serverAuth", dns=[node, "localhost"], ips=["127.0.0.1", node_ip]),
+    ]
+
+
+def ensure_node(pki: Path, node: str, node_ip: str) -> None:
+    for ident in node_identities(node, node_ip):
+        ensure_cert(pki, ident)
+
+
 def ensure_all(pki: Path, node: str, node_ip: str, svc_ip: str, domain: str) -> None:
     ensure_ca(pki)
     ensure_service_account_keys(pki)

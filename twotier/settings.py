@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,18 @@ import yaml
 from twotier.errors import UserError
 from twotier.shape import ROOT
 
-LOCAL_FILE = ROOT / "twotier.local.yaml"
 ENV_PREFIX = "INVOKE_TWOTIER_"
+ACCESS_MODES = ("nodeport", "port-forward")
+# What ./bootstrap.sh decides when nothing says otherwise: no registry is reachable from the
+# reference machine, so images build FROM the local Debian base; the local cluster's registry.
+BOOTSTRAP_DEFAULTS = {"base_image": "local", "registry": "localhost:5000"}
+# Recorded only when given to the bootstrap in the environment (empty means the local cluster).
+BOOTSTRAP_OPTIONAL = ("kubeconfig", "context")
+
+
+def local_file() -> Path:
+    """This machine's settings file: twotier.local.yaml at the root ($TWOTIER_LOCAL_SETTINGS elsewhere)."""
+    return Path(os.environ.get("TWOTIER_LOCAL_SETTINGS") or ROOT / "twotier.local.yaml")
 
 
 @dataclass(frozen=True)
@@ -50,9 +61,13 @@ class Settings:
     kubeconfig: str = ""
     allowed_contexts: tuple[str, ...] = ("twotier-local",)
     namespace: str = "default"
+    storage_node: str = ""  # node holding local-pv's data ("" = kept, else chosen at first deploy)
+    cluster_nodes: int = 1  # nodes of the local cluster (invoke cluster.up --nodes N)
     stage: str = "full"
     overlay: str = ""
     field_manager: str = "twotier"
+    access: str = "nodeport"  # how the host reaches the Services: nodeport | port-forward
+    forward_ports: Mapping[str, int] = field(default_factory=lambda: {"storage": 15000, "app": 15001})
     timeouts: Timeouts = field(default_factory=Timeouts)
     serve: Serve = field(default_factory=Serve)
 
@@ -70,25 +85,37 @@ class Settings:
                 value = _nested(Timeouts, value, "timeouts")
             elif f.name == "serve":
                 value = _nested(Serve, value, "serve")
+            elif f.name == "forward_ports":
+                if not isinstance(value, Mapping):
+                    raise UserError("setting twotier.forward_ports must be a mapping of tier to port")
+                value = {str(k): int(v) for k, v in value.items()}
             elif f.name == "images":
                 if not isinstance(value, Mapping):
                     raise UserError("setting twotier.images must be a mapping of tier to image name")
                 value = {str(k): str(v) for k, v in value.items() if v}
             elif f.name == "allowed_contexts":
                 value = tuple(str(v) for v in ([value] if isinstance(value, str) else value))
+            elif f.type in ("int", int):
+                try:
+                    value = int(value)
+                except (TypeError, ValueError):
+                    raise UserError(f"setting twotier.{f.name} must be a whole number, got {value!r}") from None
             else:
                 value = str(value).strip()
             kwargs[f.name] = value
         s = cls(**kwargs)
+        if s.access not in ACCESS_MODES:
+            raise UserError(f"access must be one of {', '.join(ACCESS_MODES)}, got {s.access!r}",
+                            "set twotier.access in invoke.yaml, or INVOKE_TWOTIER_ACCESS=port-forward")
         return dataclasses.replace(s, registry=s.registry.rstrip("/"))
 
     @classmethod
-    def from_invoke(cls, config, local_file: Path = LOCAL_FILE, environ=None) -> Settings:
+    def from_invoke(cls, config, local_file: Path | None = None, environ=None) -> Settings:
         """The settings of an Invoke context's config (invoke.yaml + env already merged by
         Invoke), with this machine's twotier.local.yaml slotted in below the environment."""
         environ = os.environ if environ is None else environ
         merged = plain(config.get("twotier", {}) if hasattr(config, "get") else config)
-        for key, value in read_local(local_file).items():
+        for key, value in read_local(local_file).items():  # (None = the default file)
             if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
                 for sub, subvalue in value.items():
                     if f"{ENV_PREFIX}{key}_{sub}".upper() not in environ:
@@ -146,28 +173,65 @@ def defaults() -> dict:
     return data
 
 
-def read_local(path: Path = LOCAL_FILE) -> dict:
+def read_local(path: Path | None = None) -> dict:
     """This machine's settings file (a mapping like invoke.yaml's ``twotier:``), {} if absent."""
+    path = path or local_file()
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read {path}: {err}", f"fix or delete {path.name}; ./bootstrap.sh writes it") from None
+        raise UserError(f"{path} is not valid YAML: {err}",
+                        "fix it, or delete it and run ./bootstrap.sh again") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of settings", f"fix or delete {path.name}")
+        raise UserError(f"{path} must hold a mapping of settings (like `twotier:` in invoke.yaml)",
+                        "fix it, or delete it and run ./bootstrap.sh again")
     return data
 
 
-def write_local(values: Mapping, path: Path = LOCAL_FILE) -> None:
-    """Record machine-dependent settings for every later shell (merged into the existing file)."""
-    data = read_local(path)
-    data.update(values)
-    path.write_text("# This machine's twotier settings (git-ignored), written by ./bootstrap.sh;\n"
-                    "# same keys as twotier: in invoke.yaml, which they override.\n"
+def write_local(values: Mapping, path: Path | None = None) -> Path:
+    """Record machine-dependent settings for every later shell, keeping the file's other keys."""
+    path = path or local_file()
+    data = {**read_local(path), **values}
+    path.write_text("# This machine's twotier settings, written by ./bootstrap.sh (git-ignored; edit freely).\n"
+                    "# Keys as under `twotier:` in invoke.yaml. Precedence: invoke.yaml < this file <\n"
+                    "# INVOKE_TWOTIER_<KEY> environment variables < task flags.\n"
                     + yaml.safe_dump(data, default_flow_style=False, sort_keys=True))
+    return path
+
+
+def bootstrap_decisions(environ=None, current: Mapping | None = None) -> dict:
+    """What the bootstrap records: a value given in its environment, else the one already in the
+    file (a user's earlier choice stays), else the default."""
+    environ = os.environ if environ is None else environ
+    current = current or {}
+    out = {}
+    for key, default in BOOTSTRAP_DEFAULTS.items():
+        name = f"{ENV_PREFIX}{key}".upper()
+        out[key] = environ[name] if name in environ else current.get(key, default)
+    for key in BOOTSTRAP_OPTIONAL:
+        name = f"{ENV_PREFIX}{key}".upper()
+        if name in environ:
+            out[key] = environ[name]
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """``python -m twotier.settings record``: what ./bootstrap.sh runs."""
+    if argv != ["record"]:
+        print("usage: python -m twotier.settings record", file=sys.stderr)
+        return 2
+    try:
+        decisions = bootstrap_decisions(current=read_local())
+        path = write_local(decisions)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    shown = ", ".join(f"{k}: {v!r}" for k, v in decisions.items())
+    print(f"recorded this machine's settings in {path.name} ({shown})")
+    return 0
 
 
 def plain(value):
@@ -187,3 +251,7 @@ def load(root: Path = ROOT) -> Settings:
     cfg.load_project()
     cfg.load_shell_env()
     return Settings.from_invoke(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -42,6 +42,7 @@ class Tier:
     check_path: str
     uses: tuple[str, ...] = ()
     view: View | None = None
+    debug_port: int | None = None
 
     @property
     def directory(self) -> Path:
@@ -118,7 +119,7 @@ def parse(data: dict) -> Shape:
                            env_prefix=t["env_prefix"], image=t["image"], deployment=t["deployment"],
                            service=t["service"], selector=dict(t["selector"]), port=int(t["port"]),
                            node_port=int(t["node_port"]), check_path=t["check_path"],
-                           uses=tuple(t.get("uses", ())), view=view)
+                           uses=tuple(t.get("uses", ())), view=view, debug_port=t.get("debug_port"))
     for tier in tiers.values():
         for used in tier.uses:
             if used not in tiers:

@@ -30,5 +30,8 @@ def friendly(func):
 
 
 def settings(c) -> dict:
-    """The project's settings (the ``twotier`` key of invoke.yaml, INVOKE_TWOTIER_* applied)."""
-    return c.config.twotier
+    """The project's settings: the ``twotier`` key of invoke.yaml, then the bootstrap's
+    twotier.local.yaml, then INVOKE_TWOTIER_* (twotier/localsettings.py)."""
+    from twotier import localsettings  # until twotier/settings.py reads the file itself
+
+    return localsettings.overlay(c.config.twotier, localsettings.load())

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import localcluster
 
@@ -69,9 +71,80 @@ def node_ip(cluster):
     return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
 
 
-@pytest.fixture(scope="module")
-def clean_slate(cluster):
-    """The module starts and ends with none of the project's objects in the cluster."""
+# ------------------------------------------------------------------ what a user left on the cluster
+# The tests reset the tutorial's objects, and need an empty volume (the tutorial's transcripts
+# start from `{"items":[]}`), whatever a user did before: `invoke up`, a `curl .../createlist/3`
+# from the README, a loader pod left running. Objects are deleted (and said so first); the items
+# a user stored are the user's data: they are set aside beside the volume's directory on the node
+# (this host: the local cluster has one node) and put back when the session ends.
+PV_DIR = Path(yaml.safe_load((REPO / "k8s" / "storage" / "pv.yaml").read_text())["spec"]["hostPath"]["path"])
+KEPT = PV_DIR.parent / f"{PV_DIR.name}.kept-by-e2e"  # same filesystem: a rename, owners unchanged
+
+
+def say(request, message: str) -> None:
+    """A line on the terminal, whatever pytest captures."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print(message, file=sys.stderr)
+        return
+    reporter.ensure_newline()
+    reporter.write_line(message, bold=True)
+
+
+def empty_volume() -> list[str]:
+    """Remove what the tests stored on the volume; the names removed."""
+    removed = []
+    for path in sorted(PV_DIR.iterdir()) if PV_DIR.is_dir() else []:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        removed.append(path.name)
+    return removed
+
+
+def set_aside() -> list[str]:
+    """Move the volume's items to KEPT. Items already there (an interrupted run) stay there."""
+    moved = []
+    for path in sorted(PV_DIR.iterdir()) if PV_DIR.is_dir() else []:
+        KEPT.mkdir(mode=0o700, exist_ok=True)
+        if not (KEPT / path.name).exists():
+            path.rename(KEPT / path.name)
+            moved.append(path.name)
+    return moved
+
+
+def put_back() -> list[str]:
+    """Replace whatever the tests left on the volume by the items set aside; remove KEPT."""
+    empty_volume()
+    restored = []
+    if KEPT.is_dir():
+        PV_DIR.mkdir(parents=True, exist_ok=True)
+        for path in sorted(KEPT.iterdir()):
+            path.rename(PV_DIR / path.name)
+            restored.append(path.name)
+        KEPT.rmdir()
+    return restored
+
+
+@pytest.fixture(scope="session")
+def tutorial_reset(cluster, request):
+    """Reset the tutorial's objects once per session, announced; keep the user's items safe."""
+    say(request, f"e2e: these tests reset the tutorial's objects on context {localcluster.L.CONTEXT} "
+                 f"(`invoke clean`: Deployments, Services, PV, PVC, loader pod); items stored in "
+                 f"{PV_DIR} are set aside in {KEPT} and put back at the end")
     must("clean")
+    moved = set_aside()
+    if moved:
+        say(request, f"e2e: set aside {len(moved)} stored item(s) in {KEPT}")
+    yield
+    run_invoke("clean")
+    restored = put_back()
+    say(request, f"e2e: put back {len(restored)} stored item(s) in {PV_DIR}; the tutorial's objects "
+                 "are cleaned (`invoke up` deploys them again)")
+
+
+@pytest.fixture(scope="module")
+def clean_slate(cluster, tutorial_reset):
+    """The module starts with none of the project's objects and an empty volume, ends clean."""
+    must("clean")
+    empty_volume()
     yield
     run_invoke("clean")

@@ -66,6 +66,44 @@ def test_tiltfile_declares_the_dev_loop(cluster, tilt, settings):
     storage_objects = json.dumps(manifests["storage"])
     for name in ("local-pv", "sto-pvc", "sto-dep", "in-svc"):
         assert name in storage_objects
+    assert result["AnalyticsOpt"] == 1  # opted out: no usage-data prompt over the UI, nothing sent
+    for name in ("storage", "app"):
+        deploy = manifests[name]["DeployTarget"]
+        assert not (deploy.get("portForwardTemplateSpec") or {}).get("forwards")  # nodeport: links only
+        assert "TWOTIER_DEBUG_PORT" not in json.dumps(deploy)
+
+
+def tiltfile_result(cluster, tilt, settings, *args: str) -> dict:
+    argv = [tilt, "alpha", "tiltfile-result", "--file", str(tiltrun.TILTFILE), "--context", "twotier-local",
+            "--", *tiltrun.tiltfile_args(settings), *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tiltrun.ROOT, timeout=120,
+                          env=tiltrun.tilt_env(str(cluster.kubeconfig_path())))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["Error"] is None
+    return {m["Name"]: m for m in result["Manifests"]}
+
+
+def test_tiltfile_debug_and_port_forward_access(cluster, tilt, settings):
+    """--debug=app: debugpy's port in the app container, forwarded to 127.0.0.1:5678, no liveness
+    probe; --access=port-forward: both Services on 127.0.0.1 forwards instead of NodePort links."""
+    manifests = tiltfile_result(cluster, tilt, settings, "--debug=app", "--access=port-forward")
+    ports = settings.forward_ports
+    app, storage = manifests["app"]["DeployTarget"], manifests["storage"]["DeployTarget"]
+    assert app["portForwardTemplateSpec"]["forwards"] == [
+        {"localPort": ports["app"], "containerPort": 5001, "host": "localhost", "name": "out-svc (port-forward)",
+         "path": "createlist/3"},
+        {"localPort": 5678, "containerPort": 5678, "host": "localhost", "name": "debugpy app"}]
+    assert storage["portForwardTemplateSpec"]["forwards"] == [
+        {"localPort": ports["storage"], "containerPort": 5000, "host": "localhost",
+         "name": "in-svc (port-forward)", "path": "items"}]
+    app_yaml = json.dumps(app)
+    assert "TWOTIER_DEBUG_PORT" in app_yaml and "livenessProbe" not in app_yaml
+    assert "livenessProbe" in json.dumps(storage) and "TWOTIER_DEBUG_PORT" not in json.dumps(storage)
+    proc = subprocess.run([tilt, "alpha", "tiltfile-result", "--file", str(tiltrun.TILTFILE), "--context",
+                           "twotier-local", "--", "--debug=db"], capture_output=True, text=True,
+                          cwd=tiltrun.ROOT, timeout=120, env=tiltrun.tilt_env(str(cluster.kubeconfig_path())))
+    assert proc.returncode != 0 and "--debug=db: unknown tier" in proc.stderr + proc.stdout
 
 
 def test_tilt_up_live_updates_both_tiers_without_a_rebuild(cluster, settings):

@@ -89,8 +89,9 @@ class FakeCluster:
         if kind == "Event":
             return self._events(field_selector)
         if kind == "Node":
-            return [{"metadata": {"name": "node"}, "status": {"addresses": [
-                {"type": "InternalIP", "address": ip} for ip in self._node_ips]}}]
+            return [{"metadata": {"name": "twotier-node"}, "status": {
+                "addresses": [{"type": "InternalIP", "address": ip} for ip in self._node_ips],
+                "conditions": [{"type": "Ready", "status": "True"}]}}]
         ns = None if kind in CLUSTER_SCOPED else (namespace or self.namespace)
         out = []
         for (k, n, _name), _obj in list(self.objects.items()):

@@ -79,13 +79,31 @@ def test_kubeconfig_precedence(tmp_path, monkeypatch):
     local = tmp_path / "local-kubeconfig"
     local.write_text("x")
     env = {"KUBECONFIG": "/env/kubeconfig"}
-    assert kube.resolve_kubeconfig("/set/kc", str(local), env) == "/set/kc"
-    assert kube.resolve_kubeconfig("", str(local), env) == "/env/kubeconfig"  # an explicit one is never ignored
+    assert kube.resolve_kubeconfig("/set/kc", str(local), env) == "/set/kc"  # the project's setting
+    # An explicit KUBECONFIG wins over the local cluster, even one that does not exist
+    assert kube.resolve_kubeconfig("", str(local), env) == "/env/kubeconfig"
+    assert kube.resolve_kubeconfig("", str(local), {"KUBECONFIG": "/nonexistent"}) == "/nonexistent"
+    # Nothing set: the local cluster is the default, then ~/.kube/config
     assert kube.resolve_kubeconfig("", str(local), {}) == str(local)
+    assert kube.resolve_kubeconfig("", str(local), {"KUBECONFIG": ""}) == str(local)  # empty = not set
     local.unlink()  # local cluster not built
     monkeypatch.setenv("HOME", str(tmp_path))
     assert kube.resolve_kubeconfig("", str(local), {}) == str(tmp_path / ".kube" / "config")
 
+
+def test_an_explicit_kubeconfig_that_does_not_exist_is_an_error_not_the_local_cluster(tmp_path, monkeypatch):
+    """`KUBECONFIG=/nonexistent invoke clean` must not clean the local cluster and exit 0."""
+    from localcluster import layout
+    from twotier.ops.cluster import connect
+    from twotier.settings import Settings
+
+    local = write_kubeconfig(tmp_path / "local", {"twotier-local": "https://127.0.0.1:1"},
+                             current="twotier-local")
+    monkeypatch.setattr(layout, "KUBECONFIG", local)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nonexistent"))
+    with pytest.raises(UserError) as info:
+        connect(Settings())
+    assert f"no kubeconfig at {tmp_path / 'nonexistent'}" in info.value.message
 
 def test_no_kubeconfig_is_a_clear_error(tmp_path):
     with pytest.raises(UserError) as info:

@@ -6,7 +6,7 @@ import pytest
 from kubefake import Clock, FakeCluster
 
 from twotier.errors import UserError
-from twotier.ops.loader import _returncode, ensure_loader, require_tty, shell_argv
+from twotier.ops.loader import _returncode, ensure_loader, require_tty, shell_argv, start_loader
 from twotier.ops.render import loader_pod
 from twotier.settings import Settings
 
@@ -168,3 +168,46 @@ def test_require_tty():
 
 def test_shell_argv():
     assert shell_argv("kubectl", FakeCluster(), "bash")[-5:] == ["exec", "-it", "loader", "--", "bash"]
+
+
+# --- start_loader: a running loader needs no image ---------------------------------------------
+OLD = "localhost:5000/loader:fc9395a6a4b2"  # pushed by a bootstrap whose settings this shell lacks
+
+
+def live_loader(image=OLD, phase="Running", ready=True, owned=True):
+    p = running(image=image, ready=ready, phase=phase)
+    if not owned:
+        p["metadata"]["labels"] = {}
+    return p
+
+
+def test_a_running_project_loader_is_reused_whatever_its_image_without_images_or_registry(monkeypatch, capsys):
+    from twotier.images import build as images
+    from twotier.images import registry
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("start_loader computed image tags or asked the registry")
+
+    monkeypatch.setattr(images, "plan", forbidden)
+    monkeypatch.setattr(registry, "missing_images", forbidden)
+    cluster = FakeCluster()
+    cluster.put(live_loader())
+    assert start_loader(cluster, Settings())["spec"]["containers"][0]["image"] == OLD
+    assert f"pod/loader reused ({OLD})" in capsys.readouterr().out
+    assert not [c for c in cluster.calls if c[0] in ("create", "delete")]
+
+
+@pytest.mark.parametrize("live", [None, live_loader(phase="Pending", ready=False), live_loader(ready=False),
+                                  live_loader(owned=False)], ids=["absent", "pending", "not-ready", "not-ours"])
+def test_no_reuse_unless_running_ready_and_the_projects(live, monkeypatch):
+    from twotier.ops import loader as loadermod
+    from twotier.ops import render
+
+    cluster, made = FakeCluster(), []
+    if live is not None:
+        cluster.put(live)
+    monkeypatch.setattr(render, "loader_pod", lambda s, ref=None: made.append(ref) or MANIFEST)
+    monkeypatch.setattr(loadermod.registry, "missing_images", lambda objs: [])
+    monkeypatch.setattr(loadermod, "ensure_loader", lambda c, m, timeout: "ensured")
+    assert start_loader(cluster, Settings()) == "ensured"
+    assert made == [None]  # the manifest with `invoke build`'s tag

@@ -288,13 +288,21 @@ def test_seed_timing_restores_min_ready_seconds_everywhere():
         assert deps and all(d["spec"]["minReadySeconds"] == 120 for d in deps)
 
 
-def test_dev_component_only_opens_the_root_filesystem_for_live_update():
+def test_dev_component_only_opens_the_root_filesystem_and_relaxes_liveness():
     base, dev = render("full"), render("full", "dev")
     for b, d in zip(base, dev):
         if b["kind"] == "Deployment":
-            assert d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
-            d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = True
+            container = d["spec"]["template"]["spec"]["containers"][0]
+            assert container["securityContext"]["readOnlyRootFilesystem"] is False
+            container["securityContext"]["readOnlyRootFilesystem"] = True
             assert d["metadata"]["annotations"].pop("checkov.io/skip-dev").startswith("CKV_K8S_22=")
+            # the second line of defence: liveness waits for the first answer and tolerates slow ones
+            startup = container.pop("startupProbe")
+            assert startup["httpGet"] == {"path": "/healthz", "port": "http"}
+            assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+            live = container["livenessProbe"]
+            assert (live["timeoutSeconds"], live["failureThreshold"]) == (5, 6)
+            live["timeoutSeconds"], live["failureThreshold"] = 2, 3
         assert b == d
 
 

@@ -55,7 +55,7 @@ def test_write_local_merges_and_read_local_tolerates_absence(tmp_path):
     write_local({"registry": "r:1"}, path)
     assert read_local(path) == {"base_image": "local", "registry": "r:1"}
     path.write_text("- not\n- a mapping\n")
-    with pytest.raises(UserError, match="must hold a mapping"):
+    with pytest.raises(UserError, match="must hold a mapping of settings"):
         read_local(path)
 
 
@@ -89,3 +89,59 @@ def test_bad_stage_from_any_layer_is_a_clear_error(monkeypatch):
         settings_of(monkeypatch, {"INVOKE_TWOTIER_STAGE": "prod"})
     with pytest.raises(UserError, match="unknown stage 'nope'"):
         settings_of(monkeypatch, stage="nope")
+
+
+# --- what ./bootstrap.sh records for later shells ---------------------------------------------
+@pytest.fixture
+def local_path(tmp_path, monkeypatch):
+    path = tmp_path / "twotier.local.yaml"
+    monkeypatch.setenv("TWOTIER_LOCAL_SETTINGS", str(path))
+    return path
+
+
+def test_a_new_shell_computes_the_bootstraps_image_tags(local_path, monkeypatch):
+    """The bootstrap's INVOKE_TWOTIER_BASE_IMAGE=local used to die with its process."""
+    from twotier.images import build as images
+    from twotier.settings import bootstrap_decisions
+
+    bootstrap = settings_of(monkeypatch, {"INVOKE_TWOTIER_BASE_IMAGE": "local"})
+    bootstrap_tags = [i.ref for i in images.plan(bootstrap, "full", inspect_base=False)]
+    write_local(bootstrap_decisions({"INVOKE_TWOTIER_BASE_IMAGE": "local"}))
+    new_shell = settings_of(monkeypatch)  # no variable: the file says it
+    assert [i.ref for i in images.plan(new_shell, "full", inspect_base=False)] == bootstrap_tags
+
+
+def test_bootstrap_records_its_environment_else_keeps_the_file_else_defaults():
+    from twotier.settings import bootstrap_decisions
+
+    assert bootstrap_decisions({}) == {"base_image": "local", "registry": "localhost:5000"}
+    assert bootstrap_decisions({"INVOKE_TWOTIER_BASE_IMAGE": ""})["base_image"] == ""
+    assert bootstrap_decisions({}, {"base_image": ""})["base_image"] == ""
+    assert bootstrap_decisions({"INVOKE_TWOTIER_KUBECONFIG": "/k/config"})["kubeconfig"] == "/k/config"
+    assert "kubeconfig" not in bootstrap_decisions({})
+
+
+def test_the_record_command_is_what_the_bootstrap_runs(local_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    local_path.write_text("namespace: mine\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
+    res = subprocess.run([sys.executable, "-m", "twotier.settings", "record"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "recorded this machine's settings in twotier.local.yaml" in res.stdout
+    assert read_local(local_path) == {"namespace": "mine", "base_image": "local", "registry": "localhost:5000"}
+    assert local_path.read_text().startswith("# This machine's twotier settings, written by ./bootstrap.sh")
+    assert "python -m twotier.settings record" in (root / "bootstrap.sh").read_text()
+    assert "twotier.local.yaml" in (root / ".gitignore").read_text().split()
+
+
+def test_a_broken_file_is_a_clear_error(local_path, monkeypatch):
+    local_path.write_text("- just\n- a list\n")
+    with pytest.raises(UserError) as info:
+        settings_of(monkeypatch)
+    assert str(local_path) in info.value.message and "bootstrap.sh" in info.value.hint

@@ -202,7 +202,10 @@ def smoke_in_tilt_loader(settings, progress=print) -> None:
     if pod is None or (pod.get("status") or {}).get("phase") != "Running":
         raise UserError("the loader pod is not running",
                         "start the dev loop with `tilt up` (it runs the loader pod), or use `invoke smoke`")
-    smoke.run_smoke(cluster, "full", lambda argv: loader.exec_in_loader(cluster, argv), out=progress)
+    from twotier.kube.portforward import access_mode
+
+    smoke.run_smoke(cluster, "full", lambda argv: loader.exec_in_loader(cluster, argv), out=progress,
+                    access=access_mode(settings))
 
 
 # ------------------------------------------------------------------- tilt up, for tests and bench
@@ -213,14 +216,15 @@ class TiltSession:
     Used as a context manager: ``with TiltSession(settings) as tilt: tilt.wait_ready()``; on exit
     Tilt is stopped and, unless ``keep=True``, `tilt down` removes what it deployed."""
 
-    def __init__(self, settings, log_path: Path | None = None, keep: bool = False, progress=print):
+    def __init__(self, settings, log_path: Path | None = None, keep: bool = False, progress=print,
+                 extra_args: list[str] = ()):
         self.settings = settings
         self.keep = keep
         self.progress = progress
         self.tilt, self.cluster = prepare(settings, progress)
         self.port = free_port()
         self.env = tilt_env(self.cluster.kubeconfig, self.port)
-        self.args = tiltfile_args(settings)
+        self.args = tiltfile_args(settings) + list(extra_args)  # e.g. --debug=app, --access=port-forward
         self.log_path = log_path or BUILD / "logs" / f"tilt-up-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 

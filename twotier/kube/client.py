@@ -20,6 +20,10 @@ from functools import cached_property
 
 from twotier.errors import UserError
 
+# New modules already live in the twotier/kube/ folder this module is becoming; until it
+# moves there, importing twotier.kube.<name> finds them (a module with __path__ is a package).
+__path__ = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "kube")]
+
 LOCAL_CONTEXT_PATTERNS = ("kind-*", "k3d-*", "minikube", "docker-desktop", "rancher-desktop")
 
 # Kinds that have no namespace (the ones this project could render).
@@ -52,7 +56,9 @@ def context_is_local(name: str, allowed=(), extra=()) -> bool:
 def resolve_kubeconfig(configured: str = "", local_default: str = "", environ=None) -> str:
     """Which kubeconfig to use, in the ecosystem's precedence: the configured path, else
     $KUBECONFIG (may be a ':'-separated list), else LOCAL_DEFAULT (a local cluster's kubeconfig,
-    when it exists), else ~/.kube/config."""
+    when it exists), else ~/.kube/config. An explicit $KUBECONFIG is never passed over for the
+    local cluster: a user whose KUBECONFIG names their kind cluster, or a file that does not
+    exist, gets that (or its error)."""
     environ = os.environ if environ is None else environ
     if configured.strip():
         return os.path.expanduser(configured.strip())
@@ -104,7 +110,9 @@ def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
         raise UserError(
             f"no kubeconfig at {kubeconfig}",
             "start the local cluster with `invoke cluster.up`, or set twotier.kubeconfig "
-            "(INVOKE_TWOTIER_KUBECONFIG) / $KUBECONFIG to your cluster's kubeconfig",
+            "(INVOKE_TWOTIER_KUBECONFIG) / $KUBECONFIG to your cluster's kubeconfig "
+            "(a $KUBECONFIG that is set wins over the local cluster: for the local one, "
+            "`eval \"$(invoke cluster.env)\"` or unset KUBECONFIG)",
         )
     try:
         merged = KubeConfigMerger(kubeconfig).config  # the client's own merge of KUBECONFIG lists

@@ -28,12 +28,6 @@ CLUSTER_DOMAIN = "cluster.local"
 
 
 
-def _names(tier: str) -> tuple[str, str]:
-    """(Deployment, Service) of a tier, from system.yaml."""
-    t = shape.load().tier(tier)
-    return t.deployment, t.service
-
-
 class ProbeError(Exception):
     """No HTTP answer at all (connection refused, DNS failure, timeout)."""
 
@@ -168,6 +162,7 @@ class Smoke:
         self._dns_checked: set[str] = set()
         self.namespace = namespace
         self.node_ip = node_ip
+        self.host_via = f"node {node_ip}"  # what "host -> ..." goes through (a port-forward says so)
         self.out = out
         self.retry_for = retry_for
         self.sleep, self.clock = sleep, clock
@@ -239,7 +234,7 @@ class Smoke:
     def reach_all_ways(self, ep: Endpoint, path: str, check, what: str) -> None:
         """The seed's access paths: NodePort from the host, Service IP, pod IP, short and FQDN."""
         if ep.node_port:
-            self.expect(f"host -> node {self.node_ip}:{ep.node_port}{path} ({what})", self.host, "GET",
+            self.expect(f"host -> {self.host_via}:{ep.node_port}{path} ({what})", self.host, "GET",
                         f"http://{self.node_ip}:{ep.node_port}{path}", check)
         self.expect(f"loader -> service IP {ep.cluster_ip}:{ep.port}{path}", self.pod, "GET",
                     f"http://{ep.cluster_ip}:{ep.port}{path}", check)
@@ -259,7 +254,7 @@ class Smoke:
     def hello(self, ep: Endpoint) -> None:
         root, info = equals({"a": 1}), equals({"info": True})
         if ep.node_port:
-            self.expect(f"host -> node {self.node_ip}:{ep.node_port}/ (first app)", self.host, "GET",
+            self.expect(f"host -> {self.host_via}:{ep.node_port}/ (first app)", self.host, "GET",
                         f"http://{self.node_ip}:{ep.node_port}/", root)
         self.reach_all_ways(ep, "/info", info, "first app")
 
@@ -316,7 +311,7 @@ class Smoke:
         self.wait_for_dns(app)
         steps = []
         if app.node_port:
-            steps.append((self.host, f"host -> node {self.node_ip}:{app.node_port}",
+            steps.append((self.host, f"host -> {self.host_via}:{app.node_port}",
                           f"http://{self.node_ip}:{app.node_port}", 3, ""))
         steps.append((self.pod, f"loader -> out-svc IP {app.cluster_ip}:{app.port}",
                       f"http://{app.cluster_ip}:{app.port}", 4, ""))
@@ -423,26 +418,50 @@ def loader_resolve(execute, name: str) -> list[str]:
     return [line.split()[0] for line in (out or "").splitlines() if line.split()]
 
 
-def run_smoke(cluster, stage: str, execute, out=print, host=None) -> Smoke:
-    """All checks for a stage; raises UserError (non-zero exit) if any failed."""
+def run_smoke(cluster, stage: str, execute, out=print, host=None, access: str = "nodeport") -> Smoke:
+    """All checks for a stage; raises UserError (non-zero exit) if any failed. ACCESS
+    ``port-forward``: the host's checks go through port-forwards on 127.0.0.1, not NodePorts."""
     shape.load().stage(stage)
+    if access == "port-forward":
+        from twotier.kube.portforward import forwards
+
+        eps = _endpoints(cluster, stage)
+        from twotier.ops.cluster import kubectl
+
+        with forwards(cluster, {ep.service: ep.port for ep in eps}, kubectl=kubectl()) as fwd:
+            for ep in eps:
+                ep.node_port = fwd[ep.service].local_port
+                out(f"note: host checks go through kubectl port-forward 127.0.0.1:{ep.node_port} "
+                    f"-> service/{ep.service}:{ep.port} (access: port-forward)")
+            return _run_checks(cluster, stage, execute, out, host, eps, node_ip="127.0.0.1",
+                               host_via="port-forward 127.0.0.1")
     ips = cluster.node_ips()
     if not ips:
         raise UserError("no node has an InternalIP", "check `kubectl get nodes -o wide`")
-    smoke = Smoke(host or HostHttp(), LoaderHttp(execute), cluster.namespace, ips[0], out=out,
+    return _run_checks(cluster, stage, execute, out, host, _endpoints(cluster, stage), node_ip=ips[0])
+
+
+def _endpoints(cluster, stage: str) -> list:
+    """The live endpoints of the stage's tiers, in system.yaml's order (storage before app)."""
+    return [endpoint(cluster, t.deployment, t.service) for t in shape.load().stage(stage).tiers]
+
+
+def _run_checks(cluster, stage, execute, out, host, eps, node_ip: str, host_via: str | None = None) -> Smoke:
+    smoke = Smoke(host or HostHttp(), LoaderHttp(execute), cluster.namespace, node_ip, out=out,
                   resolve=lambda name: loader_resolve(execute, name))
+    if host_via:
+        smoke.host_via = host_via
     start = time.monotonic()
     # the tutorial's checks of each stage
     if stage == "hello":
-        smoke.hello(endpoint(cluster, *_names("hello")))
+        smoke.hello(*eps)
     elif stage == "storage":
-        smoke.storage(endpoint(cluster, *_names("storage")))
+        smoke.storage(*eps)
     else:
-        smoke.full(endpoint(cluster, *_names("storage")), endpoint(cluster, *_names("app")))
+        smoke.full(*eps)
     passed, failed = smoke.summary()
     out(f"smoke ({stage}): {passed} passed, {failed} failed in {time.monotonic() - start:.1f}s")
     if failed:
         raise UserError(f"{failed} smoke check(s) failed (stage {stage})",
                         "see the FAIL lines above; `invoke status` and `invoke logs` help find why")
     return smoke
-

@@ -2,7 +2,9 @@
 
 Rows come from the live cluster: every object the render of any stage names (and the loader pod)
 that exists and carries the project's label, plus the pods of the project's Deployments.
-NodePort Services get URLs on the node's InternalIP (the seed's `kubectl get nodes -o wide`).
+NodePort Services get URLs on the node's InternalIP (the seed's `kubectl get nodes -o wide`);
+with access ``port-forward`` each Service is reached through a short-lived port-forward on
+127.0.0.1 instead, and the row says whether it answered and how to open one yourself.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def pod_details(pod: dict) -> str:
     return ", ".join(words)
 
 
-def row_for(obj: dict, now: datetime, node_ip: str | None) -> tuple[str, str, str, str, str]:
+def row_for(obj: dict, now: datetime, node_ip: str | None, reach=None) -> tuple[str, str, str, str, str]:
     kind = obj.get("kind", "")
     name = (obj.get("metadata") or {}).get("name", "")
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
@@ -83,7 +85,7 @@ def row_for(obj: dict, now: datetime, node_ip: str | None) -> tuple[str, str, st
                 text += f":{p['nodePort']}"
             ports.append(text + f"/{p.get('protocol', 'TCP')}")
         details = f"{spec.get('type', 'ClusterIP')} {spec.get('clusterIP', '')} {','.join(ports)}"
-        urls = service_urls(obj, node_ip)
+        urls = reach(obj) if reach else service_urls(obj, node_ip)
         if urls:
             details += "  " + " ".join(urls)
     elif kind in ("PersistentVolume", "PersistentVolumeClaim"):
@@ -138,16 +140,37 @@ def collect(cluster, targets) -> list[dict]:
     return found
 
 
-def status_report(cluster, targets, now: datetime | None = None) -> str:
+def forwarded_reach(cluster):
+    """For access port-forward: a Service's row gets what a fresh port-forward to it answered."""
+    from twotier.errors import UserError
+    from twotier.kube.portforward import PortForward, wait_answering
+    from twotier.ops.cluster import kubectl
+
+    def reach(svc: dict) -> list[str]:
+        name = svc["metadata"]["name"]
+        port = ((svc.get("spec") or {}).get("ports") or [{}])[0].get("port")
+        try:
+            with PortForward(cluster, name, port, kubectl=kubectl()) as fwd:
+                code = wait_answering(fwd.url + "/healthz")
+        except UserError:
+            code = None
+        said = f"answers /healthz {code}" if code else "does not answer"
+        return [f"port-forward {said} (kubectl port-forward svc/{name} <local port>:{port})"]
+    return reach
+
+
+def status_report(cluster, targets, now: datetime | None = None, access: str = "nodeport") -> str:
     now = now or datetime.now(UTC)
     objs = collect(cluster, targets)
     head = (f"context {cluster.context}, namespace {cluster.namespace}, API {cluster.server}")
     if not objs:
         return head + "\nnothing of the project is deployed here: run `invoke deploy` or `invoke up`"
-    ips = cluster.node_ips()
+    reach = forwarded_reach(cluster) if access == "port-forward" else None
+    ips = [] if reach else cluster.node_ips()
     node_ip = ips[0] if ips else None
     order = {"PersistentVolume": 0, "PersistentVolumeClaim": 1, "Service": 2,
              "PodDisruptionBudget": 3, "Deployment": 4, "Pod": 5}
-    rows = [row_for(o, now, node_ip) for o in objs]
+    rows = [row_for(o, now, node_ip, reach) for o in objs]
     rows.sort(key=lambda r: (order.get(r[0], 9), r[1]))
-    return head + (f", node {node_ip}" if node_ip else "") + "\n" + format_table(rows)
+    return head + (f", node {node_ip}" if node_ip else "") + ("  (access: port-forward)" if reach else "") \
+        + "\n" + format_table(rows)

@@ -22,6 +22,7 @@ import re
 from flask import Blueprint, current_app, jsonify
 
 from twotier_service.jsonapi import ApiError, no_head
+
 from .storage_client import Deadline, StorageClient, StorageError
 
 bp = Blueprint("lists", __name__)

@@ -122,7 +122,7 @@ class RSGIToWSGI:
                 body = b""  # nothing to wait for (most requests): no timer, no task
             else:
                 body = await asyncio.wait_for(self._read_body(protocol), self.body_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return _json_error(408, "request_timeout", f"the request body did not arrive within "
                                f"{self.body_timeout:g} s")
         except BodyTooLarge:

@@ -10,11 +10,12 @@ request bodies are handled on the event loop and only complete requests reach th
 threads. SIGTERM is graceful (in-flight requests finish within the graceful timeout), one
 access-log line per request on stdout, a crashed worker is replaced.
 
-Dev (``--dev`` or ``TWOTIER_DEV=1``): Werkzeug's server with its reloader on watchdog (inotify):
-a change to a ``.py`` file under the working directory (the service folder; in the image the
-code directory, where Tilt's live_update syncs files) restarts the app in about a second. The
-listening socket is kept across restarts, so clients see a short pause, not a refused
-connection. Python's own installation and site-packages are not watched.
+Dev (``--dev`` or ``TWOTIER_DEV=1``): Werkzeug's server run by ``devserver``'s supervisor, which
+watches the code (inotify, watchdog): a change to a ``.py`` file under the working directory
+(the service folder; in the image the code directory, where Tilt's live_update syncs files)
+starts a new worker with the new code while the old one keeps answering, then switches over; a
+syntax or import error keeps the old code serving. Python's own installation and site-packages
+are not watched.
 
 Environment (PREFIX is STO for the storage API, API for the application API, HELLO for hello):
   PREFIX_HOST             listen address (default 0.0.0.0)
@@ -173,16 +174,11 @@ def _run_granian(host: str, port: int, prefix: str, package: str, env: Mapping) 
 
 
 def _run_dev(app, host: str, port: int) -> int:
-    from werkzeug.serving import run_simple
+    from twotier_service import devserver
 
-    # Never watch Python's own installation or the virtualenv (thousands of directories),
-    # nor data directories the app writes to (an item named "x.py" must not trigger a reload).
-    # Werkzeug filters the directories to watch with fnmatch ("*" spans "/") and the events
-    # with watchdog's PurePath.match ("*" is one path component), hence one pattern per depth.
+    # Never watch Python's own installation or the virtualenv, nor data directories the app
+    # writes to (an item named "x.py" must not trigger a reload). devserver says why it does not
+    # use Werkzeug's reloader (a reload there stops serving, and a syntax error ends the server).
     excluded = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     excluded.update(app.config.get("RELOAD_EXCLUDE", ()))
-    patterns = {os.path.abspath(p) + suffix for p in excluded if p
-                for suffix in ("", "/*", "/*/*", "/*/*/*")}
-    run_simple(host, port, app, use_reloader=True, reloader_type="watchdog",
-               reloader_interval=0.5, threaded=True, exclude_patterns=patterns)
-    return 0
+    return devserver.run(app, host, port, {os.path.abspath(p) for p in excluded if p})

@@ -276,7 +276,7 @@ class _IdempotentSource(_LinkSource):
         self.inodes: set[tuple[int, int]] = set()
         self.count = 0
 
-    def __enter__(self) -> "_IdempotentSource":
+    def __enter__(self) -> _IdempotentSource:
         prefix = f"{IDEM_PREFIX}{self.key}-"
         with os.scandir(self.root) as entries:  # the files of earlier attempts of this batch
             for entry in entries:

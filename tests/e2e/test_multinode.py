@@ -1,0 +1,471 @@
+"""A multi-node local cluster (`invoke cluster.up --nodes N`), and a storage tier that stays correct on it.
+
+The module grows the running local cluster to 3 nodes, runs its checks and shrinks it back to the
+single-node default at the end (nodes 2..N are added and removed without touching node 1).
+Tests run in file order and build on each other:
+
+1. the cluster: every node Ready with its own IP and pod subnet; pods on every node reach pods,
+   Services and cluster DNS on every node; NodePorts answer on every node IP; hostPath is per node;
+2. the tutorial's flaw: its own Step 3 manifests on two nodes, replicas on different nodes, diverge;
+3. the project's manifests: `invoke up` (17 PASS) on 3 nodes, both storage pods on the pinned node,
+   two app replicas on different nodes, zero failed requests through a rolling update;
+4. node loss: the storage node's processes killed (fast JSON 503, recovery with every item), an app
+   node killed (requests succeed through the other replica once the endpoints moved). The times are
+   printed (`pytest -s`) and reported in the README.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from localcluster import layout as L
+from localcluster import nodes as node_ops
+from localcluster.node import Node
+from tests.e2e.conftest import REPO, kubectl, kubectl_json, must, run_invoke
+from twotier.images import build as images
+
+pytestmark = pytest.mark.cluster
+
+NODES = 3
+PROBE_NODEPORT = 30998
+PROBE_PY = """\
+import http.server, json, os, socket
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"pod": socket.gethostname(), "node": os.environ.get("NODE")}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
+"""
+# The exact Step 3 manifests the tutorial gives (deploy1.yaml, then deploy2.yaml's additions).
+TUTORIAL = REPO / "docs" / "first-steps.md"
+
+
+def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            return err.code, json.loads(body or b"null")
+        except ValueError:
+            return err.code, body.decode(errors="replace")
+
+
+def node_ips() -> dict[str, str]:
+    return {n["metadata"]["name"]: next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
+            for n in kubectl_json("get", "nodes")["items"]}
+
+
+def running_pods(selector: str) -> list[dict]:
+    items = kubectl_json("get", "pods", "-l", selector)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp") and p["status"].get("podIP")
+            and p["status"].get("phase") == "Running"]
+
+
+def wait_until(check, what: str, timeout: float, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as err:
+            last = err
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def multinode(cluster):
+    """The local cluster with NODES nodes for this module; back to one node afterwards."""
+    res = must("cluster.up", "--nodes", str(NODES))
+    print(f"cluster.up --nodes {NODES} on a running single-node cluster: {res.seconds:.1f}s")
+    must("clean")
+    yield node_ips()
+    run_invoke("clean")
+    res = must("cluster.up", "--nodes", "1")
+    print(f"cluster.up --nodes 1 (removing nodes 2..{NODES}): {res.seconds:.1f}s")
+    assert [n["metadata"]["name"] for n in kubectl_json("get", "nodes")["items"]] == [L.NODE_NAME]
+    assert node_ops.existing() == []
+    assert not Path(f"/sys/class/net/{L.NODES_BRIDGE}").exists()
+
+
+# ------------------------------------------------------------------------------ 1. the cluster
+
+def test_every_node_is_ready_with_its_own_ip_and_pod_subnet(multinode):
+    nodes = kubectl_json("get", "nodes")["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == [Node(i).name for i in range(1, NODES + 1)]
+    for n in nodes:
+        assert any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]), n["metadata"]
+        assert n["status"]["nodeInfo"]["kubeletVersion"] == L.versions()["KUBERNETES_VERSION"]
+    assert len(set(multinode.values())) == NODES
+    assert multinode[Node(2).name] == "10.250.0.2"
+    status = must("cluster.status").stdout
+    for i in range(1, NODES + 1):
+        assert re.search(rf"node/{Node(i).name} \S+\s+-\s+Ready", status), status
+    for i in range(2, NODES + 1):
+        assert re.search(rf"{Node(i).name}/kubelet\s+\d+\s+running", status), status
+
+
+def test_up_with_the_same_node_count_is_a_fast_no_op(multinode):
+    res = must("cluster.up", "--nodes", str(NODES))
+    assert "already up" in res.stdout and f"{NODES} nodes" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def probes(multinode):
+    """A DaemonSet of a tiny HTTP server (one pod per node, hostPath /tmp/twotier-mn-probe) and a
+    NodePort Service in front of it."""
+    base = images.ensure_local_base()
+    ref = f"{L.REGISTRY_HOST}/twotier-probe:{hashlib.sha256((PROBE_PY + base).encode()).hexdigest()[:12]}"
+    with tempfile.TemporaryDirectory() as ctx:
+        Path(ctx, "probe.py").write_text(PROBE_PY)
+        Path(ctx, "Dockerfile").write_text(f"FROM {base}\nCOPY probe.py /probe.py\n")
+        subprocess.run(["docker", "build", "-q", "-t", ref, ctx], check=True, capture_output=True)
+    subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
+    manifest = f"""
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: twotier-mn-probe, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: twotier-mn-probe}}}}
+  template:
+    metadata: {{labels: {{app: twotier-mn-probe}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: probe
+        image: {ref}
+        command: [python3, /probe.py]
+        env: [{{name: NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}]
+        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+        volumeMounts: [{{name: hostdir, mountPath: /hostdir}}]
+      volumes: [{{name: hostdir, hostPath: {{path: /tmp/twotier-mn-probe, type: DirectoryOrCreate}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: twotier-mn-probe, namespace: default}}
+spec:
+  type: NodePort
+  selector: {{app: twotier-mn-probe}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: {PROBE_NODEPORT}}}]
+"""
+    kubectl("apply", "-f", "-", input=manifest)
+    kubectl("rollout", "status", "daemonset/twotier-mn-probe", "--timeout=180s", timeout=200)
+    pods = {p["spec"]["nodeName"]: p for p in running_pods("app=twotier-mn-probe")}
+    yield pods
+    kubectl("delete", "--wait=true", "daemonset/twotier-mn-probe", "service/twotier-mn-probe", check=False)
+    subprocess.run(["rm", "-rf", "/tmp/twotier-mn-probe"], check=False)   # node 1's (the host's) directory
+
+
+def _exec(pod: dict, code: str) -> str:
+    return kubectl("exec", pod["metadata"]["name"], "--", "python3", "-c", code).strip()
+
+
+GET = ("import json, sys, urllib.request\n"
+       "out = {}\n"
+       "for url in sys.argv[1:]:\n"
+       "    try: out[url] = json.load(urllib.request.urlopen(url, timeout=5))['node']\n"
+       "    except Exception as e: out[url] = repr(e)\n"
+       "print(json.dumps(out))\n")
+
+
+def test_one_probe_per_node_in_that_nodes_pod_subnet(probes):
+    assert sorted(probes) == [Node(i).name for i in range(1, NODES + 1)]
+    for i in range(1, NODES + 1):
+        ip = probes[Node(i).name]["status"]["podIP"]
+        assert ip.startswith(Node(i).pod_cidr.rsplit(".", 1)[0] + "."), (Node(i).name, ip)
+
+
+def test_pods_on_every_node_reach_pods_services_and_dns_on_every_node(probes):
+    pod_urls = {f"http://{p['status']['podIP']}:8080/": node for node, p in probes.items()}
+    svc = "http://twotier-mn-probe.default.svc.cluster.local/"
+    for node, pod in probes.items():
+        code = GET.replace("sys.argv[1:]", repr([*pod_urls, svc, "http://twotier-mn-probe/"]))
+        got = json.loads(_exec(pod, code))
+        assert {u: got[u] for u in pod_urls} == pod_urls, (node, got)     # pod -> pod, across nodes
+        assert got[svc] in probes and got["http://twotier-mn-probe/"] in probes, (node, got)  # Service via DNS
+        resolved = _exec(pod, "import socket; print(socket.gethostbyname('kubernetes.default.svc.cluster.local'))")
+        assert resolved == "10.96.0.1", (node, resolved)
+
+
+def test_service_traffic_from_one_node_reaches_pods_on_all_nodes(probes):
+    pod = probes[Node(2).name]
+    code = ("import json, urllib.request\n"
+            "print(json.dumps(sorted({json.load(urllib.request.urlopen('http://twotier-mn-probe/', timeout=5))['node']"
+            " for _ in range(60)})))")
+    assert json.loads(_exec(pod, code)) == sorted(probes)
+
+
+def test_node_ports_answer_on_every_node_ip(probes, multinode):
+    for node, ip in multinode.items():
+        seen = {http(f"http://{ip}:{PROBE_NODEPORT}/")[1]["node"] for _ in range(30)}
+        assert seen == set(probes), (node, ip, seen)
+
+
+def test_host_path_is_per_node(probes):
+    for node, pod in probes.items():
+        _exec(pod, f"open('/hostdir/written-on', 'w').write({node!r})")
+    for node, pod in probes.items():
+        assert _exec(pod, "print(open('/hostdir/written-on').read())") == node
+    assert Path("/tmp/twotier-mn-probe/written-on").read_text() == L.NODE_NAME   # node 1 is the host
+    assert (Node(2).tmp / "twotier-mn-probe" / "written-on").read_text() == Node(2).name
+    for node, pod in probes.items():
+        _exec(pod, "import os; os.remove('/hostdir/written-on')")
+
+
+# ------------------------------------------------------------------------------ 2. the tutorial's flaw
+
+def tutorial_step3_manifests() -> str:
+    """deploy1.yaml and deploy2.yaml's additions, as docs/first-steps.md gives them."""
+    text = TUTORIAL.read_text()
+    blocks = []
+    for marker in ("The manifest to use is as follows (`deploy1.yaml`):",
+                   "The final manifest `deploy2.yaml` is the one given previously with the addition"):
+        after = text[text.index(marker):]
+        blocks.append(after.split("```", 2)[1].strip("\n"))
+    return "\n---\n".join(blocks)
+
+
+def project_image_refs() -> dict[str, str]:
+    """{bare name: reference} of the images `invoke push --stage full` pushed."""
+    must("push", "--stage", "full")
+    rendered = must("render", "--stage", "full").stdout
+    refs = {}
+    for ref in re.findall(r"image: (\S+)", rendered):
+        refs[ref.rsplit("/", 1)[-1].split(":")[0]] = ref
+    return refs
+
+
+@pytest.fixture(scope="module")
+def refs(multinode):
+    return project_image_refs()
+
+
+def test_tutorial_step3_on_two_nodes_replicas_diverge(refs):
+    """The tutorial's hostPath PV on two nodes: each storage replica writes its own node's
+    /tmp/data/kubetestpv, so an item written through one replica is missing through the other.
+
+    Changes to the tutorial's text: the images are ours (stlottini/* cannot be pulled here), and
+    sto-dep gets a required pod anti-affinity so that the scheduler's usual spreading of the two
+    replicas over two nodes happens on every run, not just most runs."""
+    must("cluster.up", "--nodes", "2")
+    docs = [d for d in yaml.safe_load_all(tutorial_step3_manifests()) if d]
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("PersistentVolume", "local-pv"), ("PersistentVolumeClaim", "sto-pvc"), ("Deployment", "sto-dep"),
+        ("Service", "in-svc"), ("Deployment", "api-dep"), ("Service", "out-svc")]
+    for d in docs:
+        if d["kind"] == "Deployment":
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                c["image"] = refs[c["image"].split("/")[-1].split(":")[0]]
+    sto = next(d for d in docs if d["metadata"]["name"] == "sto-dep")
+    sto["spec"]["template"]["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"run": "sto-app"}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    # The tutorial's image ran as root; ours runs as uid 10001. Hand each node's directory to it,
+    # as the project's storage-owner init container does (node 1's /tmp is the host's).
+    dirs = [(Path("/tmp") if i == 1 else Node(i).tmp) / "data" / "kubetestpv" for i in (1, 2)]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["chown", "10001:10001", str(d)], check=True)
+        d.chmod(0o770)
+        (d / "FromFirst").unlink(missing_ok=True)     # a stale item from an interrupted run
+    manifest = "\n---\n".join(yaml.safe_dump(d) for d in docs)
+    kubectl("apply", "-f", "-", input=manifest)
+    try:
+        pods = wait_until(lambda: (p := [x for x in running_pods("run=sto-app")
+                                         if all(c.get("ready") for c in x["status"].get("containerStatuses", []))])
+                          and len(p) == 2 and p, "two Ready tutorial storage pods", 180)
+        assert sorted(p["spec"]["nodeName"] for p in pods) == [Node(1).name, Node(2).name]
+        first, second = (f"http://{p['status']['podIP']}:5000" for p in pods)
+        # The tutorial has no readiness probe: a pod is Ready before its server listens.
+        for url in (first, second, f"http://{Node(1).ip}:31000"):
+            wait_until(lambda: http(f"{url}/items", timeout=2)[0] == 200, f"{url} answering", 60)
+        # The tutorial's own check: write through the first pod, read through the second.
+        assert http(f"{first}/items/FromFirst", "PUT")[1] == {"created": {"FromFirst": True}}
+        assert "FromFirst" in http(f"{first}/items")[1]["items"]
+        assert "FromFirst" not in http(f"{second}/items")[1]["items"]    # the tutorial expects it there
+        # Through in-svc's NodePort, a client sees the item or not, depending on the replica.
+        seen = {"FromFirst" in http(f"http://{Node(1).ip}:31000/items")[1]["items"] for _ in range(40)}
+        assert seen == {True, False}, seen
+        print(f"tutorial Step 3 on 2 nodes: replicas on {[p['spec']['nodeName'] for p in pods]}; an item written "
+              "through one is missing through the other; in-svc answers both ways")
+        assert http(f"{first}/items/FromFirst", "DELETE")[0] == 200
+    finally:
+        kubectl("delete", "--wait=true", "--timeout=120s", "-f", "-", input=manifest, check=False)
+        for d in dirs:
+            (d / "FromFirst").unlink(missing_ok=True)
+    must("cluster.up", "--nodes", str(NODES))
+
+
+# ------------------------------------------------------------------------------ 3. the project's manifests
+
+def pods_by_node(selector: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for p in running_pods(selector):
+        out.setdefault(p["spec"]["nodeName"], []).append(p["metadata"]["name"])
+    return out
+
+
+def test_invoke_up_on_three_nodes_passes_every_smoke_check(multinode):
+    out = must("up", env={"INVOKE_TWOTIER_OVERLAY": "spread-app"}).stdout
+    passes = [ln for ln in out.splitlines() if ln.startswith("PASS")]
+    assert "FAIL" not in out and len(passes) == 17, out
+    storage = pods_by_node("run=sto-app")
+    assert list(storage) == [L.NODE_NAME] and len(storage[L.NODE_NAME]) == 2, storage   # pinned, together
+    pv = kubectl_json("get", "pv", "local-pv")
+    assert pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [L.NODE_NAME]
+    app = pods_by_node("run=api-app")
+    assert len(app) == 2 and all(len(v) == 1 for v in app.values()), app                # spread over nodes
+    print(f"invoke up on {NODES} nodes: {len(passes)} PASS; sto-app on {storage}, api-app on {app}")
+
+
+def load(url_for, stop: threading.Event, results: list, limit: int = 20000, timeout: float = 15) -> None:
+    """Requests one after the other until stop: (start, seconds, status, body or error)."""
+    i = 0
+    while not stop.is_set() and i < limit:
+        t0 = time.monotonic()
+        try:
+            status, body = http(url_for(i), timeout=timeout)
+        except Exception as err:
+            status, body = 0, repr(err)
+        results.append((t0, time.monotonic() - t0, status, body))
+        i += 1
+
+
+def test_zero_failed_requests_through_a_rolling_update_on_three_nodes(multinode):
+    results: list = []
+    stop = threading.Event()
+    ips = list(multinode.values())
+    url = lambda i: f"http://{ips[i % len(ips)]}:31001/" + ("createlist/20" if i % 2 == 0 else "clear")
+    worker = threading.Thread(target=load, args=(url, stop, results), daemon=True)
+    worker.start()
+    try:
+        time.sleep(3)
+        kubectl("rollout", "restart", "deployment/sto-dep", "deployment/api-dep")
+        kubectl("rollout", "status", "deployment/sto-dep", "--timeout=180s", timeout=200)
+        kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s", timeout=200)
+        time.sleep(3)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    failed = [r for r in results if r[2] != 200 or not isinstance(r[3], dict) or r[3].get("faileds")]
+    print(f"rolling update on {NODES} nodes: {len(results)} requests over every node IP, {len(failed)} failed")
+    assert len(results) > 20
+    assert failed == []
+    assert list(pods_by_node("run=sto-app")) == [L.NODE_NAME]
+
+
+# ------------------------------------------------------------------------------ 4. node loss
+
+STORAGE_NODE = Node(2)
+
+
+def out_svc_endpoints() -> dict[str, bool]:
+    """{pod name: ready} of out-svc's endpoints."""
+    out = {}
+    for es in kubectl_json("get", "endpointslices", "-l", "kubernetes.io/service-name=out-svc")["items"]:
+        for ep in es.get("endpoints") or []:
+            out[ep["targetRef"]["name"]] = bool(ep.get("conditions", {}).get("ready"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def storage_on_node2(multinode):
+    """The full stage with local-pv pinned to node 2 (setting storage_node) and the two app replicas
+    on the other nodes, 5 items stored."""
+    must("clean")
+    env = {"INVOKE_TWOTIER_OVERLAY": "spread-app", "INVOKE_TWOTIER_STORAGE_NODE": STORAGE_NODE.name}
+    must("deploy", env=env)
+    assert list(pods_by_node("run=sto-app")) == [STORAGE_NODE.name]
+    # Keep the app tier off the storage node, so losing it loses storage only.
+    kubectl("cordon", STORAGE_NODE.name)
+    for name in pods_by_node("run=api-app").get(STORAGE_NODE.name, []):
+        kubectl("delete", "pod", name, "--wait=true")
+    kubectl("rollout", "status", "deployment/api-dep", "--timeout=120s", timeout=150)
+    kubectl("uncordon", STORAGE_NODE.name)
+    app = pods_by_node("run=api-app")
+    assert STORAGE_NODE.name not in app and len(app) == 2, app
+    assert http(f"http://{Node(1).ip}:31001/createlist/5")[1]["faileds"] == []
+    yield app
+    for i in range(2, NODES + 1):   # whatever happened, every node is back
+        if not node_ops.components_running(Node(i)):
+            node_ops.start(Node(i), progress=lambda *_: None)
+    run_invoke("clean")
+
+
+def test_storage_node_lost_app_answers_fast_json_503_and_recovers_with_every_item(storage_on_node2):
+    url = f"http://{Node(1).ip}:31001/createlist/5"
+    assert http(url) == (200, {"createds": [], "deleteds": [], "faileds": []})
+    killed = time.monotonic()
+    node_ops.kill(STORAGE_NODE)
+    answers = []
+    while time.monotonic() - killed < 20:
+        t0 = time.monotonic()
+        status, body = http(url, timeout=30)
+        answers.append((t0 - killed, time.monotonic() - t0, status, body))
+        time.sleep(0.2)
+    unavailable = [a for a in answers if a[2] == 503]
+    assert unavailable, answers[:5]
+    assert all(a[2] in (200, 503) for a in answers), [a for a in answers if a[2] not in (200, 503)][:5]
+    assert all(isinstance(a[3], dict) and a[3].get("error") for a in unavailable), unavailable[:3]
+    first_503 = unavailable[0][0]
+    slowest = max(a[1] for a in unavailable)
+    # The node comes back (kubelet and containerd restart, as after a reboot).
+    restarted = time.monotonic()
+    node_ops.start(STORAGE_NODE, progress=lambda *_: None)
+    wait_until(lambda: http(url, timeout=5)[0] == 200, "the app answering 200 again", 180, interval=0.5)
+    recovered = time.monotonic() - restarted
+    assert http(url) == (200, {"createds": [], "deleteds": [], "faileds": []})   # all 5 items still there
+    assert list(pods_by_node("run=sto-app")) == [STORAGE_NODE.name]
+    print(f"storage node {STORAGE_NODE.name} killed: first JSON 503 after {first_503:.2f}s, "
+          f"{len(unavailable)}/{len(answers)} requests in 20 s answered 503, slowest 503 took {slowest:.2f}s; "
+          f"after its kubelet and containerd restarted, the app answered 200 with every item in {recovered:.1f}s")
+
+
+def test_app_node_lost_requests_succeed_through_the_other_replica(storage_on_node2):
+    victim = Node(max(i for i in range(2, NODES + 1) if Node(i).name in storage_on_node2))
+    url = lambda i: f"http://{Node(1).ip}:31001/createlist/5"
+    results: list = []
+    stop = threading.Event()
+    worker = threading.Thread(target=load, args=(url, stop, results), kwargs={"timeout": 5}, daemon=True)
+    worker.start()
+    try:
+        time.sleep(2)
+        killed = time.monotonic()
+        node_ops.kill(victim)
+        lost_pod = storage_on_node2[victim.name][0]
+        wait_until(lambda: out_svc_endpoints().get(lost_pod) is not True, "the lost pod's endpoint to go", 180)
+        endpoint_gone = time.monotonic() - killed
+        time.sleep(10)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    after_kill = [r for r in results if r[0] >= killed]
+    failed = [r for r in after_kill if r[2] != 200]
+    settled = [r for r in after_kill if r[0] >= killed + endpoint_gone + 1]
+    assert settled and all(r[2] == 200 for r in settled), [r for r in settled if r[2] != 200][:5]
+    last_failure = max((r[0] - killed for r in failed), default=0.0)
+    print(f"app node {victim.name} killed: out-svc dropped its endpoint after {endpoint_gone:.1f}s; "
+          f"{len(failed)}/{len(after_kill)} requests failed, the last {last_failure:.1f}s after the kill; "
+          f"all {len(settled)} requests after that succeeded through the other replica")
+    t0 = time.monotonic()
+    node_ops.start(victim, progress=lambda *_: None)
+    wait_until(lambda: localcluster.node_ready(victim.name), f"{victim.name} Ready again", 120)
+    kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s", timeout=200)
+    print(f"app node {victim.name} restarted: Ready and api-dep complete again in {time.monotonic() - t0:.1f}s")

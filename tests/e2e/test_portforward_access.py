@@ -1,0 +1,117 @@
+"""Access `port-forward` (twotier.access) on the real local cluster, with the NodePorts made
+unreachable on purpose: `invoke up`, `invoke smoke`, `invoke status` and `tilt up` reach in-svc
+and out-svc through port-forwards on 127.0.0.1, as on Docker Desktop, kind or minikube on
+macOS/Windows, or a remote cluster, where the node's NodePorts can't be reached.
+
+"Unreachable": while a test runs, iptables rejects every connection whose original destination
+port is 31000 or 31001 (conntrack's view before kube-proxy's DNAT), for the host and for
+forwarded traffic; the rules carry a unique comment and are removed afterwards."""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.e2e.conftest import must, run_invoke
+from twotier import settings as settingsmod
+from twotier.dev import tiltrun
+
+NODE_PORTS = (31000, 31001)
+ENV = {"INVOKE_TWOTIER_ACCESS": "port-forward"}
+
+
+@contextlib.contextmanager
+def node_ports_blocked():
+    tag = f"twotier-test-no-nodeport-{uuid.uuid4().hex[:8]}"
+    rules = [(chain, port) for chain in ("OUTPUT", "INPUT", "FORWARD") for port in NODE_PORTS]
+    added = []
+    try:
+        for chain, port in rules:
+            spec = [chain, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", str(port), "-m", "comment",
+                    "--comment", tag, "-j", "REJECT", "--reject-with", "tcp-reset"]
+            subprocess.run(["iptables", "-I", *spec], check=True, capture_output=True, timeout=30)
+            added.append(spec)
+        yield
+    finally:
+        for spec in added:
+            subprocess.run(["iptables", "-D", *spec], check=False, capture_output=True, timeout=30)
+    leftover = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=30).stdout
+    assert tag not in leftover
+
+
+def node_port_refused(node_ip: str, port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://{node_ip}:{port}/healthz", timeout=3)
+    except urllib.error.HTTPError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def answer_within(url: str, seconds: float):
+    """The JSON URL answers with; Tilt opens its forwards once the pods are ready, so retry."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return tiltrun.get_json(url, timeout=5)
+        except OSError as err:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url} did not answer within {seconds:.0f}s: {err}")
+            time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def settings(cluster):
+    return settingsmod.load()
+
+
+def test_invoke_up_smoke_and_status_work_through_port_forwards_without_nodeports(cluster, node_ip):
+    must("clean")
+    try:
+        with node_ports_blocked():
+            up = must("up", env=ENV)
+            assert all(node_port_refused(ip, port) for ip in (node_ip, "127.0.0.1") for port in NODE_PORTS)
+            for res in (up, must("smoke", env=ENV)):
+                assert "host -> port-forward 127.0.0.1:" in res.stdout
+                assert "host -> node" not in res.stdout
+                assert "access: port-forward" in res.stdout
+                assert " 0 failed" in res.stdout
+            status = must("status", env=ENV)
+            assert status.stdout.count("port-forward answers /healthz 200") == 2, status.stdout
+            assert "kubectl port-forward svc/out-svc" in status.stdout
+            # the default (nodeport) now fails, which shows that the NodePorts really were not used
+            nodeport_smoke = run_invoke("smoke")
+            assert nodeport_smoke.returncode != 0
+            assert "FAIL  host -> node" in nodeport_smoke.stdout or "FAIL" in nodeport_smoke.stdout
+    finally:
+        run_invoke("clean")
+
+
+def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settings, node_ip):
+    ports = settings.forward_ports
+    with node_ports_blocked(), tiltrun.TiltSession(settings, extra_args=["--access=port-forward"]) as session:
+        session.wait_ready(resources=("storage", "app", "loader"))
+        assert node_port_refused(node_ip, 31001)
+        for url in (f"http://127.0.0.1:{ports['storage']}/items",
+                    f"http://127.0.0.1:{ports['app']}/createlist/2"):
+            assert isinstance(answer_within(url, 60), dict), url
+        links = [ep for name in ("storage", "app")
+                 for ep in (session.resource_status(name).get("endpointLinks") or [])]
+        assert {link["url"] for link in links} == {f"http://localhost:{ports['storage']}/items",
+                                                   f"http://localhost:{ports['app']}/createlist/3"}, links
+        session.trigger("smoke")  # the smoke resource gets access port-forward from the Tiltfile
+        deadline = time.monotonic() + 300
+        while True:
+            status = session.resource_status("smoke")
+            history = status.get("buildHistory") or []
+            if history and history[0].get("finishTime") and not (status.get("currentBuild") or {}).get("startTime"):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        assert not history[0].get("error"), session.log_tail(60)

@@ -1,0 +1,124 @@
+"""`tilt up -- --debug=app` on the real local cluster: the app's dev server runs under debugpy in
+its pod, Tilt forwards the debug port to 127.0.0.1:5678, and a real Debug Adapter Protocol client
+(twotier.dev.dap, the JSON protocol VS Code speaks) attaches with the README's pathMappings, stops
+at a breakpoint in createlist hit over HTTP through the Service, reads the frame's locals and
+continues; the request then completes. Live update still works, and the debugger is back after
+the reload.
+
+Needs the local cluster and the pinned Tilt (`invoke test` provides both); 127.0.0.1:5678 must be
+free (it is the port VS Code's launch.json in the README uses)."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from twotier import settings as settingsmod
+from twotier.bench import tilt as tiltbench
+from twotier.dev import tiltrun
+from twotier.dev.dap import DapClient, DapError
+
+pytestmark = pytest.mark.tilt
+
+DEBUG_PORT = 5678
+ROUTES = tiltrun.ROOT / "services/app/app_api/routes.py"
+PATH_MAPPINGS = [  # the README's launch.json, with ${workspaceFolder} = the checkout
+    {"localRoot": str(tiltrun.ROOT / "services/common/twotier_service"), "remoteRoot": "/app/twotier_service"},
+    {"localRoot": str(tiltrun.ROOT / "services/app"), "remoteRoot": "/app"},
+]
+
+
+@pytest.fixture(scope="module")
+def settings(cluster):
+    return settingsmod.load()
+
+
+def breakpoint_line() -> int:
+    """In createlist, after the count is parsed and the names are made (a plain statement)."""
+    lines = ROUTES.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("def createlist("))
+    return next(i for i, line in enumerate(lines[start:], start) if "createds, faileds = [], []" in line) + 1
+
+
+def attach(timeout: float = 120) -> DapClient:
+    """A DAP connection to debugpy through Tilt's port-forward, once the adapter answers."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        client = None
+        try:
+            # Tilt's forward accepts a connection even before debugpy listens in the pod; only an
+            # answer to `initialize` says the adapter is there.
+            client = DapClient("127.0.0.1", DEBUG_PORT, timeout=30)
+            client.initialize(timeout=5)
+            return client
+        except (OSError, DapError) as err:
+            last = err
+            if client is not None:
+                client.sock.close()
+            time.sleep(1)
+    pytest.fail(f"debugpy did not answer on 127.0.0.1:{DEBUG_PORT} within {timeout:.0f}s: {last}")
+
+
+def stop_at_createlist(session, n: int) -> None:
+    """Attach, break in createlist, GET /createlist/N through out-svc, check the locals, go on."""
+    url = tiltrun.node_url(session.cluster, 31001, f"/createlist/{n}")
+    line = breakpoint_line()
+    with attach() as dap:
+        placed = dap.attach({str(ROUTES): [line]}, path_mappings=PATH_MAPPINGS)
+        assert placed[str(ROUTES)][0]["verified"], placed
+        answer: dict = {}
+
+        def request():
+            with urllib.request.urlopen(url, timeout=120) as resp:
+                answer["status"], answer["body"] = resp.status, resp.read()
+
+        thread = threading.Thread(target=request, daemon=True)
+        thread.start()
+        stopped = dap.wait_event("stopped", timeout=60)
+        assert stopped["body"]["reason"] == "breakpoint"
+        frame, local_vars = dap.frame_locals(stopped["body"]["threadId"])
+        assert frame["name"] == "createlist" and frame["line"] == line
+        assert frame["source"]["path"] == str(ROUTES)  # mapped back from /app/app_api/routes.py
+        assert local_vars["number"] == repr(str(n)) and local_vars["count"] == str(n)
+        assert local_vars["names"] == repr([str(i) for i in range(n)])
+        assert "status" not in answer  # the request waits at the breakpoint
+        dap.request("continue", {"threadId": stopped["body"]["threadId"]})
+        thread.join(60)
+    assert answer.get("status") == 200, answer
+    assert b'"createds"' in answer["body"]
+
+
+def test_debugger_attaches_in_the_pod_and_live_update_still_works(cluster, settings):
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", DEBUG_PORT))
+        except OSError:
+            pytest.fail(f"127.0.0.1:{DEBUG_PORT} is taken: stop the other debugger or `tilt up` first", pytrace=False)
+    with tiltrun.TiltSession(settings, extra_args=["--debug=app"]) as session:
+        session.wait_ready()
+        tier = tiltbench.TIERS["app"]
+        pods_before = tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier))
+        (pod,) = tiltbench.tier_pods(session.cluster, tier)
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
+        assert env.get("TWOTIER_DEBUG_PORT") == str(DEBUG_PORT)
+        assert "livenessProbe" not in pod["spec"]["containers"][0]  # a paused process is not dead
+        stop_at_createlist(session, 3)
+        # live update of the debugged tier: the new code answers, nothing restarted
+        service, urls = tiltbench.tier_urls(session, tier)
+        marker = uuid.uuid4().hex[:10]
+        try:
+            with tiltbench.SourceEdit(tier) as edit:
+                edit.apply(marker)
+                tiltbench.wait_for_marker(urls, marker, timeout=60, first_url=service)
+            tiltbench.wait_for_marker(urls, None, timeout=60, first_url=service)
+        finally:
+            assert tiltbench.git_unchanged(tier.source)
+        # the reloaded worker listens again: the same breakpoint works
+        stop_at_createlist(session, 2)
+        assert tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier)) == pods_before

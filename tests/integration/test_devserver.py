@@ -1,0 +1,143 @@
+"""The reloading dev server (twotier_service.devserver) as a real process on loopback: a save
+synced the way Tilt does it (`tar -x` over the running code) while requests keep coming, a saved
+syntax error, an import error, a crashed worker. Nothing may be refused or fail, and a broken
+save must leave the previous code serving."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+
+import requests
+
+from twotier.dev.servers import HELLO, ServiceProcess, free_port
+
+OLD = 'return {"a": 1}'
+
+
+def _copy_hello(tmp_path):
+    code = tmp_path / "hello"
+    shutil.copytree(HELLO.directory, code, ignore=shutil.ignore_patterns("__pycache__"))
+    return code, code / "hello_app" / "__init__.py"
+
+
+def _tar_sync(code, relpath: str, text: str) -> None:
+    """What Tilt's live_update does in the container: a tar archive extracted over the code."""
+    data = text.encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as archive:
+        info = tarfile.TarInfo(relpath)
+        info.size, info.mtime, info.mode = len(data), time.time(), 0o644
+        archive.addfile(info, io.BytesIO(data))
+    subprocess.run(["tar", "-C", str(code), "-x", "-f", "-"], input=buf.getvalue(), check=True, timeout=30)
+
+
+def _wait_for(url: str, expected: dict, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = requests.get(url, timeout=5).json()
+        if last == expected:
+            return last
+        time.sleep(0.05)
+    return last
+
+
+class Hammer:
+    """Requests in a loop (bounded) from a thread; every outcome recorded."""
+
+    def __init__(self, url: str, max_requests: int = 5000):
+        self.url = url
+        self.max_requests = max_requests
+        self.outcomes: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        for _ in range(self.max_requests):
+            if self.stop.is_set():
+                return
+            try:
+                status = str(requests.get(self.url, timeout=10).status_code)
+            except requests.RequestException as err:
+                status = type(err).__name__
+            self.outcomes[status] = self.outcomes.get(status, 0) + 1
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_tar_synced_saves_reload_without_a_refused_or_failed_request(tmp_path):
+    code, module = _copy_hello(tmp_path)
+    original = module.read_text()
+    with ServiceProcess(HELLO, free_port(), dev=True, directory=code) as hello:
+        with Hammer(hello.url + "/healthz") as hammer:
+            for value in range(2, 6):
+                _tar_sync(code, "hello_app/__init__.py", original.replace(OLD, f'return {{"a": {value}}}'))
+                assert _wait_for(hello.url + "/", {"a": value}) == {"a": value}
+        assert set(hammer.outcomes) == {"200"}, hammer.outcomes
+        assert sum(hammer.outcomes.values()) > 10
+        assert hello.alive()
+    assert any("Detected change" in line for line in hello.output)
+
+
+def test_a_saved_syntax_error_keeps_the_previous_code_serving_until_fixed(tmp_path):
+    code, module = _copy_hello(tmp_path)
+    original = module.read_text()
+    with ServiceProcess(HELLO, free_port(), dev=True, directory=code) as hello:
+        module.write_text(original.replace(OLD, 'return {"a": 2'))  # unclosed brace
+        deadline = time.monotonic() + 30
+        while not any("SyntaxError" in line for line in hello.output) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("not reloading: SyntaxError" in line and "keeps serving" in line for line in hello.output)
+        assert requests.get(hello.url + "/", timeout=5).json() == {"a": 1}
+        module.write_text(original.replace(OLD, 'return {"a": 3}'))
+        assert _wait_for(hello.url + "/", {"a": 3}) == {"a": 3}
+        assert hello.alive()
+
+
+def test_an_import_error_keeps_the_previous_code_serving_until_fixed(tmp_path):
+    code, module = _copy_hello(tmp_path)
+    original = module.read_text()
+    with ServiceProcess(HELLO, free_port(), dev=True, directory=code) as hello:
+        module.write_text(original + "\nraise RuntimeError('broken at import')\n")
+        deadline = time.monotonic() + 60
+        while not any("did not start" in line for line in hello.output) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("the previous code keeps serving" in line for line in hello.output), "".join(hello.output)
+        assert any("broken at import" in line for line in hello.output)  # the error is shown
+        assert requests.get(hello.url + "/", timeout=5).json() == {"a": 1}
+        module.write_text(original.replace(OLD, 'return {"a": 4}'))
+        assert _wait_for(hello.url + "/", {"a": 4}) == {"a": 4}
+        assert hello.alive()
+
+
+def test_a_crashed_worker_is_replaced_and_sigterm_stops_everything(tmp_path):
+    code, _module = _copy_hello(tmp_path)
+    with ServiceProcess(HELLO, free_port(), dev=True, directory=code) as hello:
+        worker = int(next(line for line in hello.output if "worker pid" in line)
+                     .split("worker pid ")[1].split(",")[0])
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not any("generation 2" in line for line in hello.output) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert requests.get(hello.url + "/", timeout=5).json() == {"a": 1}
+        assert hello.stop() == 0
+    time.sleep(0.3)
+    try:
+        requests.get(hello.url + "/healthz", timeout=2)
+        answered = True
+    except requests.ConnectionError:
+        answered = False
+    assert not answered, "the port must be closed once the dev server stopped"
