@@ -130,7 +130,7 @@ def test_dev_mode_runs_the_reloading_supervisor_without_watching_python_itself(
     assert str(tmp_path) in captured["exclude"]  # items are data, not code
 
 
-def test_only_services_that_never_wait_on_the_network_run_bodiless_requests_inline(monkeypatch, tmp_path):
+def test_only_services_that_never_wait_on_the_network_run_small_requests_on_the_loop(monkeypatch, tmp_path):
     from twotier_service import rsgi
 
     monkeypatch.setenv("STO_STORAGE", str(tmp_path))
@@ -139,4 +139,4 @@ def test_only_services_that_never_wait_on_the_network_run_bodiless_requests_inli
                                     ("hello_app", "HELLO", True)):
         monkeypatch.setenv(serving.PACKAGE_ENV, package)
         monkeypatch.setenv(serving.PREFIX_ENV, prefix)
-        assert rsgi.app_from_env().inline_without_body is inline, package
+        assert rsgi.app_from_env().small_on_loop is inline, package

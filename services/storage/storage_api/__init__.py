@@ -36,9 +36,9 @@ def create_app(config: Mapping | None = None) -> Flask:
         STO_MAX_BATCH=env_int(settings, "STO_MAX_BATCH", 100_000, 1),
         MAX_CONTENT_LENGTH=env_int(settings, "STO_MAX_BODY", 8 * 1024 * 1024, 1024),
         RELOAD_EXCLUDE=[storage_dir],  # dev reloader: items are data, not code
-        # production server: views never wait on the network, so requests without a body may
-        # run on the event loop (twotier_service.rsgi); batches still get the app threads
-        SERVE_INLINE_WITHOUT_BODY=True,
+        # production server: views never wait on the network, so small requests may run on
+        # the event loop (twotier_service.rsgi); big batches still get the app threads
+        SERVE_SMALL_ON_LOOP=True,
         TESTING=bool(settings.get("TESTING", False)),
     )
     store = Store(storage_dir)
