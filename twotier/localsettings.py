@@ -53,10 +53,10 @@ def load(file: Path | None = None) -> dict:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{file} is not valid YAML: {err}",
-                        f"fix it, or delete it and run ./bootstrap.sh again") from None
+                        "fix it, or delete it and run ./bootstrap.sh again") from None
     if not isinstance(data, dict):
         raise UserError(f"{file} must be a mapping of settings (like `twotier:` in invoke.yaml)",
-                        f"fix it, or delete it and run ./bootstrap.sh again")
+                        "fix it, or delete it and run ./bootstrap.sh again")
     return data
 
 

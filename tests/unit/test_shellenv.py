@@ -1,5 +1,4 @@
 """`eval "$(invoke cluster.env)"` sets KUBECONFIG and puts invoke, kubectl and tilt on PATH."""
-import os
 import subprocess
 import sys
 from pathlib import Path
