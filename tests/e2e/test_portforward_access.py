@@ -45,7 +45,7 @@ def node_ports_blocked():
 
 def node_port_refused(node_ip: str, port: int) -> bool:
     try:
-        urllib.request.urlopen(f"http://{node_ip}:{port}/healthz", timeout=3)  # noqa: S310
+        urllib.request.urlopen(f"http://{node_ip}:{port}/healthz", timeout=3)
     except urllib.error.HTTPError:
         return False
     except OSError:
@@ -94,24 +94,23 @@ def test_invoke_up_smoke_and_status_work_through_port_forwards_without_nodeports
 
 def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settings, node_ip):
     ports = settings["forward_ports"]
-    with node_ports_blocked():
-        with tiltrun.TiltSession(settings, extra_args=["--access=port-forward"]) as session:
-            session.wait_ready(resources=("storage", "app", "loader"))
-            assert node_port_refused(node_ip, 31001)
-            for url in (f"http://127.0.0.1:{ports['storage']}/items",
-                        f"http://127.0.0.1:{ports['app']}/createlist/2"):
-                assert isinstance(answer_within(url, 60), dict), url
-            links = [ep for name in ("storage", "app")
-                     for ep in (session.resource_status(name).get("endpointLinks") or [])]
-            assert {link["url"] for link in links} == {f"http://localhost:{ports['storage']}/items",
-                                                       f"http://localhost:{ports['app']}/createlist/3"}, links
-            session.trigger("smoke")  # the smoke resource gets access port-forward from the Tiltfile
-            deadline = time.monotonic() + 300
-            while True:
-                status = session.resource_status("smoke")
-                history = status.get("buildHistory") or []
-                if history and history[0].get("finishTime") and not (status.get("currentBuild") or {}).get("startTime"):
-                    break
-                assert time.monotonic() < deadline, status
-                time.sleep(1)
-            assert not history[0].get("error"), session.log_tail(60)
+    with node_ports_blocked(), tiltrun.TiltSession(settings, extra_args=["--access=port-forward"]) as session:
+        session.wait_ready(resources=("storage", "app", "loader"))
+        assert node_port_refused(node_ip, 31001)
+        for url in (f"http://127.0.0.1:{ports['storage']}/items",
+                    f"http://127.0.0.1:{ports['app']}/createlist/2"):
+            assert isinstance(answer_within(url, 60), dict), url
+        links = [ep for name in ("storage", "app")
+                 for ep in (session.resource_status(name).get("endpointLinks") or [])]
+        assert {link["url"] for link in links} == {f"http://localhost:{ports['storage']}/items",
+                                                   f"http://localhost:{ports['app']}/createlist/3"}, links
+        session.trigger("smoke")  # the smoke resource gets access port-forward from the Tiltfile
+        deadline = time.monotonic() + 300
+        while True:
+            status = session.resource_status("smoke")
+            history = status.get("buildHistory") or []
+            if history and history[0].get("finishTime") and not (status.get("currentBuild") or {}).get("startTime"):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        assert not history[0].get("error"), session.log_tail(60)

@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from twotier import tiltbench
@@ -53,7 +53,7 @@ OUT = ROOT / "build" / "bench-reload.md"
 def classify(url: str, timeout: float = PROBE_TIMEOUT_S) -> str:
     """One GET: ok | refused | reset | timeout | http_<code> | error."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our cluster
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             resp.read()
             return "ok" if resp.status < 500 else f"http_{resp.status}"
     except urllib.error.HTTPError as err:
@@ -95,7 +95,7 @@ class Prober:
                 bucket = self.counts[label]
                 bucket[kind] = bucket.get(kind, 0) + 1
                 if kind != "ok" and len(self.first_failures) < 20:
-                    self.first_failures.append(f"{datetime.now(timezone.utc):%H:%M:%S} {label}: {kind}")
+                    self.first_failures.append(f"{datetime.now(UTC):%H:%M:%S} {label}: {kind}")
             self.stop_event.wait(PROBE_EVERY_S)
 
     def __enter__(self) -> Prober:
@@ -195,7 +195,7 @@ def _unhealthy_events(session: TiltSession, since: datetime) -> list[str]:
 
 def stress(session: TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -> dict:
     """ROUNDS rounds per tier (plain save, busy save, syntax error + fix), tiers alternating."""
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     before = _restarts(session)
     refs = session.image_refs()
     probe_urls = {}
@@ -244,7 +244,7 @@ def stress(session: TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -
             except UserError as err:
                 progress(f"{name}: the restored code did not answer everywhere: {err.message}")
     after = _restarts(session)
-    for name, tier in tiltbench.TIERS.items():
+    for tier in tiltbench.TIERS.values():
         if not tiltbench.git_unchanged(tier.source):
             raise UserError(f"{tier.source} differs from git after the benchmark", "check `git diff`")
     restarts = sum(count - before[n].get(pod, 0) for n, ids in after.items() for pod, count in ids.items())
@@ -266,7 +266,7 @@ def stress(session: TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -
 def run(settings=None, rounds: int = DEFAULT_ROUNDS, out: Path | None = OUT, progress=print) -> dict:
     """`tilt up`, the stress rounds, `tilt down`; writes the Markdown report to OUT (None: don't)."""
     settings = settings or project_settings()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.monotonic()
     with TiltSession(settings, progress=progress) as session:
         progress(f"tilt up on port {session.port} (log {session.log_path})")

@@ -56,7 +56,7 @@ class PortForward:
         return f"http://{LOOPBACK}:{self.local_port}"
 
     def argv(self) -> list[str]:
-        from twotier.kube import kubectl_binary  # noqa: PLC0415
+        from twotier.kube import kubectl_binary
 
         kubectl = self.kubectl or kubectl_binary()
         local = str(self.wanted_local) if self.wanted_local else ""
@@ -74,7 +74,7 @@ class PortForward:
         self._ready.set()  # exited: start() reports it
 
     def start(self) -> PortForward:
-        import os  # noqa: PLC0415
+        import os
 
         env = dict(os.environ, **self.cluster.kubectl_env())
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -125,13 +125,13 @@ def forwards(cluster, services: dict[str, int], local_ports: dict[str, int] | No
 
 def wait_answering(url: str, timeout: float = 10.0) -> int | None:
     """The HTTP status URL answers with through a fresh forward (None if nothing answered)."""
-    import urllib.error  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
+    import urllib.error
+    import urllib.request
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - 127.0.0.1 only
+            with urllib.request.urlopen(url, timeout=3) as resp:
                 return resp.status
         except urllib.error.HTTPError as err:
             return err.code
