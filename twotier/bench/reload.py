@@ -246,7 +246,7 @@ def stress(session: TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -
             except UserError as err:
                 progress(f"{name}: the restored code did not answer everywhere: {err.message}")
     after = _restarts(session)
-    for name, tier in tiltbench.TIERS.items():
+    for tier in tiltbench.TIERS.values():
         if not tiltbench.git_unchanged(tier.source):
             raise UserError(f"{tier.source} differs from git after the benchmark", "check `git diff`")
     restarts = sum(count - before[n].get(pod, 0) for n, ids in after.items() for pod, count in ids.items())
