@@ -27,11 +27,3 @@ def friendly(func):
             raise Exit(code=130) from None
 
     return wrapper
-
-
-def settings(c) -> dict:
-    """The project's settings: the ``twotier`` key of invoke.yaml, then the bootstrap's
-    twotier.local.yaml, then INVOKE_TWOTIER_* (twotier/localsettings.py)."""
-    from twotier import localsettings  # until twotier/settings.py reads the file itself
-
-    return localsettings.overlay(c.config.twotier, localsettings.load())
