@@ -344,7 +344,7 @@ def test_refused_push_is_a_user_error_with_a_hint(built):
 
 def test_unpullable_base_image_is_a_user_error_with_a_hint():
     with pytest.raises(UserError) as err:
-        images.build({"registry": "localhost:5000", "base_image": "twotier-no-such-base:0"}, "hello",
+        images.build(Settings(base_image="twotier-no-such-base:0"), "hello",
                       progress=lambda line: None)
     assert "building first-app" in err.value.message and "base_image: local" in err.value.hint
 
