@@ -20,13 +20,16 @@ import json
 import re
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
+import localcluster
 from localcluster import layout as L
 from localcluster import nodes as node_ops
 from localcluster.node import Node
