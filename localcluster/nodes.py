@@ -174,11 +174,12 @@ def _start_namespaces(node: Node) -> int:
     pid = procs.wait_for(lambda: (p := holder_pid(node)) and Path(f"/proc/{p}/cmdline").read_bytes().startswith(
         marker.encode()) and p, f"{node.name}'s namespaces", 10, name=node.holder)
     # The new mount namespace holds copies of the host's mounts under the cluster's directories
-    # (node 1's container roots, volumes): drop them, they are not this node's.
+    # (node 1's container roots, volumes, pod netns): drop them, they are not this node's, and a
+    # copy would keep a deleted pod's network namespace alive.
     mounts = []
     for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
         mp = line.split()[4].replace("\\040", " ")
-        if any(mp == str(r) or mp.startswith(str(r) + "/") for r in (L.STATE, L.RUN)):
+        if any(mp == str(r) or mp.startswith(str(r) + "/") for r in (L.STATE, L.RUN, Path("/run/netns"))):
             mounts.append(mp)
     for mp in sorted(mounts, key=len, reverse=True):
         _sh(*in_node(node, "umount", "-l", mp, net=False))
