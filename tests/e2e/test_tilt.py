@@ -92,7 +92,7 @@ def test_tiltfile_debug_and_port_forward_access(cluster, tilt, settings):
     app, storage = manifests["app"]["DeployTarget"], manifests["storage"]["DeployTarget"]
     assert app["portForwardTemplateSpec"]["forwards"] == [
         {"localPort": ports["app"], "containerPort": 5001, "host": "localhost", "name": "out-svc (port-forward)",
-         "path": "createlist/3"},
+         "path": "createlist/0"},
         {"localPort": 5678, "containerPort": 5678, "host": "localhost", "name": "debugpy app"}]
     assert storage["portForwardTemplateSpec"]["forwards"] == [
         {"localPort": ports["storage"], "containerPort": 5000, "host": "localhost",

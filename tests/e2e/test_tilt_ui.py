@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = tiltrun.ROOT / "build" / "screenshots"
 LINKS = {"http://127.0.0.1:31000/items": "in-svc (NodePort 31000)",
-         "http://127.0.0.1:31001/createlist/3": "out-svc (NodePort 31001)"}
+         "http://127.0.0.1:31001/createlist/0": "out-svc (NodePort 31001)"}
 
 
 @pytest.fixture(scope="module")
