@@ -308,7 +308,7 @@ def _ensure_nodes(wanted: int, progress) -> None:
     for node in new:
         extra_nodes.start(node, progress)
     for node in new:
-        procs.wait_for(lambda: node_ready(node.name), f"node {node.name} Ready", 120, progress,
+        procs.wait_for(lambda node=node: node_ready(node.name), f"node {node.name} Ready", 120, progress,
                        name=node.proc("kubelet"))
 
 

@@ -229,7 +229,7 @@ def test_host_path_is_per_node(probes):
         assert _exec(pod, "print(open('/hostdir/written-on').read())") == node
     assert Path("/tmp/twotier-mn-probe/written-on").read_text() == L.NODE_NAME   # node 1 is the host
     assert (Node(2).tmp / "twotier-mn-probe" / "written-on").read_text() == Node(2).name
-    for node, pod in probes.items():
+    for pod in probes.values():
         _exec(pod, "import os; os.remove('/hostdir/written-on')")
 
 
@@ -298,7 +298,7 @@ def test_tutorial_step3_on_two_nodes_replicas_diverge(refs):
         first, second = (f"http://{p['status']['podIP']}:5000" for p in pods)
         # The tutorial has no readiness probe: a pod is Ready before its server listens.
         for url in (first, second, f"http://{Node(1).ip}:31000"):
-            wait_until(lambda: http(f"{url}/items", timeout=2)[0] == 200, f"{url} answering", 60)
+            wait_until(lambda url=url: http(f"{url}/items", timeout=2)[0] == 200, f"{url} answering", 60)
         # The tutorial's own check: write through the first pod, read through the second.
         assert http(f"{first}/items/FromFirst", "PUT")[1] == {"created": {"FromFirst": True}}
         assert "FromFirst" in http(f"{first}/items")[1]["items"]

@@ -143,7 +143,6 @@ def test_a_resent_keyed_batch_reports_what_its_first_attempt_created(storage_dir
 def test_a_keyed_batch_after_a_worker_died_mid_batch(storage_dir):
     """A worker killed mid-batch leaves its idempotency file and some items; the re-sent batch,
     in another process, counts those items as created by this batch."""
-    store = Store(storage_dir)
     source = store_module._IdempotentSource(str(storage_dir), "dead" * 4)
     source.__enter__()
     source.link_to(str(storage_dir / "0"))  # ... and the worker dies here: no __exit__

@@ -362,7 +362,7 @@ def measure(names: list[str], duration: float, rounds: int, progress) -> list[Re
         with tempfile.TemporaryDirectory(prefix="twotier-bench-servers-") as tmp:
             tmp, result = Path(tmp), results[name]
             for attr, check in (("slow", slow_clients), ("idle", idle_flood), ("pipeline", pipelining),
-                                ("graceful", lambda storage: graceful_stop(name, storage, tmp))):
+                                ("graceful", lambda storage, name=name, tmp=tmp: graceful_stop(name, storage, tmp))):
                 with Server(name, STORAGE, {"STO_STORAGE": str(tmp / "items")}, tmp) as storage:
                     setattr(result, attr, check(storage))
     return [results[name] for name in names]

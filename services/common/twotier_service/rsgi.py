@@ -168,7 +168,7 @@ class RSGIToWSGI:
             "wsgi.input": io.BytesIO(body),
             "CONTENT_LENGTH": str(len(body)) if body or "content-length" in scope.headers else "",
         }
-        for key in scope.headers.keys():
+        for key in scope.headers:
             if key == "content-length":
                 continue
             value = ",".join(scope.headers.get_all(key))
