@@ -32,6 +32,7 @@ import os
 import selectors
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -73,36 +74,12 @@ def _die_with_supervisor() -> None:
         sys.exit(0)  # the supervisor died before the line above took effect
 
 
-class _InFlight:
-    """WSGI middleware counting requests being handled, so a retiring worker drains them."""
-
-    def __init__(self, app):
-        self.app = app
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, environ, start_response):
-        from werkzeug.wsgi import ClosingIterator
-
-        with self.lock:
-            self.count += 1
-        try:
-            return ClosingIterator(self.app(environ, start_response), self._done)
-        except BaseException:
-            self._done()
-            raise
-
-    def _done(self):
-        with self.lock:
-            self.count -= 1
-
-
 def _worker(app, host: str, port: int) -> int:
     from werkzeug.serving import make_server
 
     _die_with_supervisor()
-    counted = _InFlight(app)
-    srv = make_server(host, port, counted, threaded=True, fd=int(os.environ[ENV_FD]))
+    srv = make_server(host, port, app, threaded=True, fd=int(os.environ[ENV_FD]))
+    srv.daemon_threads = False  # socketserver then keeps the handler threads, so retiring can wait for them
     stopping = threading.Event()
 
     def retire(*_):
@@ -119,10 +96,15 @@ def _worker(app, host: str, port: int) -> int:
             target=_start_debugger, args=(int(debug_port),), daemon=True).start())
     with os.fdopen(int(os.environ[ENV_READY_FD]), "wb") as ready:
         ready.write(b"ready")
-    srv.serve_forever(poll_interval=0.1)
+    # socketserver's loop, not Werkzeug's override, which would then wait for every connection
+    # thread without a limit (an idle keep-alive connection never ends)
+    socketserver.BaseServer.serve_forever(srv, poll_interval=0.1)
+    # Every connection this worker accepted gets its answer, including one accepted just before
+    # the retirement whose request has not reached the app yet: wait for the handler threads
+    # (socketserver keeps them), but not forever, since an idle keep-alive connection never ends.
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while counted.count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    for thread in list(vars(srv).get("_threads") or ()):  # made on the first connection
+        thread.join(max(0.0, deadline - time.monotonic()))
     sys.stderr.flush()
     os._exit(0)  # idle keep-alive connection threads must not keep a retired worker alive
 
@@ -138,10 +120,10 @@ def _start_debugger(port: int) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            debugpy.listen(("0.0.0.0", port))  # noqa: S104 - in the container; Tilt forwards it to 127.0.0.1
+            debugpy.listen(("0.0.0.0", port))
             log(f"debugpy listening on port {port} (pid {os.getpid()}); attach a DAP client")
             return
-        except Exception as err:  # noqa: BLE001 - the old worker's adapter may still hold the port
+        except Exception as err:
             if time.monotonic() > deadline:
                 log(f"debugpy could not listen on port {port}: {err}")
                 return
@@ -255,7 +237,9 @@ class Supervisor:
     def _promote(self, proc: subprocess.Popen) -> None:
         old, self.current = self.current, proc
         self.generation += 1
-        self._retire(old)  # it stops accepting now; the new one already does
+        # It stops accepting now (the new one already does) and may take a while to answer what
+        # it accepted: retire it beside the main loop, which goes on watching files.
+        threading.Thread(target=self._retire, args=(old,), daemon=True, name="retire").start()
         if os.environ.get(ENV_DEBUG_PORT):
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGUSR1)
@@ -281,7 +265,7 @@ class Supervisor:
     def run(self) -> int:
         self.sock = socket.create_server((self.host, self.port), reuse_port=False, backlog=128)
         self.sock.set_inheritable(True)
-        shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host  # noqa: S104
+        shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         log(f"dev server on http://{shown}:{self.port} (reloads on a change to a .py file under "
             f"{', '.join(self.roots)})")
 
