@@ -32,6 +32,7 @@ import os
 import selectors
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -73,36 +74,12 @@ def _die_with_supervisor() -> None:
         sys.exit(0)  # the supervisor died before the line above took effect
 
 
-class _InFlight:
-    """WSGI middleware counting requests being handled, so a retiring worker drains them."""
-
-    def __init__(self, app):
-        self.app = app
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, environ, start_response):
-        from werkzeug.wsgi import ClosingIterator
-
-        with self.lock:
-            self.count += 1
-        try:
-            return ClosingIterator(self.app(environ, start_response), self._done)
-        except BaseException:
-            self._done()
-            raise
-
-    def _done(self):
-        with self.lock:
-            self.count -= 1
-
-
 def _worker(app, host: str, port: int) -> int:
     from werkzeug.serving import make_server
 
     _die_with_supervisor()
-    counted = _InFlight(app)
-    srv = make_server(host, port, counted, threaded=True, fd=int(os.environ[ENV_FD]))
+    srv = make_server(host, port, app, threaded=True, fd=int(os.environ[ENV_FD]))
+    srv.daemon_threads = False  # socketserver then keeps the handler threads, so retiring can wait for them
     stopping = threading.Event()
 
     def retire(*_):
@@ -119,10 +96,15 @@ def _worker(app, host: str, port: int) -> int:
             target=_start_debugger, args=(int(debug_port),), daemon=True).start())
     with os.fdopen(int(os.environ[ENV_READY_FD]), "wb") as ready:
         ready.write(b"ready")
-    srv.serve_forever(poll_interval=0.1)
+    # socketserver's loop, not Werkzeug's override, which would then wait for every connection
+    # thread without a limit (an idle keep-alive connection never ends)
+    socketserver.BaseServer.serve_forever(srv, poll_interval=0.1)
+    # Every connection this worker accepted gets its answer, including one accepted just before
+    # the retirement whose request has not reached the app yet: wait for the handler threads
+    # (socketserver keeps them), but not forever, since an idle keep-alive connection never ends.
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while counted.count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    for thread in list(vars(srv).get("_threads") or ()):  # made on the first connection
+        thread.join(max(0.0, deadline - time.monotonic()))
     sys.stderr.flush()
     os._exit(0)  # idle keep-alive connection threads must not keep a retired worker alive
 
@@ -255,7 +237,9 @@ class Supervisor:
     def _promote(self, proc: subprocess.Popen) -> None:
         old, self.current = self.current, proc
         self.generation += 1
-        self._retire(old)  # it stops accepting now; the new one already does
+        # It stops accepting now (the new one already does) and may take a while to answer what
+        # it accepted: retire it beside the main loop, which goes on watching files.
+        threading.Thread(target=self._retire, args=(old,), daemon=True, name="retire").start()
         if os.environ.get(ENV_DEBUG_PORT):
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGUSR1)
