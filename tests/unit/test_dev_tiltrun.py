@@ -1,4 +1,4 @@
-"""twotier.tiltrun and twotier.tiltbench: which Tilt runs, with which arguments, and the source edit
+"""twotier.dev.tiltrun and twotier.bench.tilt: which Tilt runs, with which arguments, and the source edit
 the e2e test and the benchmark make (pure parts; the real runs are in tests/e2e/test_tilt.py)."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ What it reports (build/bench-reload.md):
   does), by kind of save (plain, CPU busy, fix after a syntax error);
 - for a syntax error: whether the previous code kept answering while the broken file was there.
 
-One save = one new field in a seed response (twotier.tiltbench.SourceEdit), with a fresh value.
+One save = one new field in a seed response (twotier.bench.tilt.SourceEdit), with a fresh value.
 "Busy" = one bounded busy loop per core (BUSY_S seconds each) started just before the save.
 
   python -m twotier.bench.reload [--rounds N] [--out build/bench-reload.md]

@@ -20,10 +20,6 @@ from functools import cached_property
 
 from twotier.errors import UserError
 
-# New modules already live in the twotier/kube/ folder this module is becoming; until it
-# moves there, importing twotier.kube.<name> finds them (a module with __path__ is a package).
-__path__ = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "kube")]
-
 LOCAL_CONTEXT_PATTERNS = ("kind-*", "k3d-*", "minikube", "docker-desktop", "rancher-desktop")
 
 # Kinds that have no namespace (the ones this project could render).
