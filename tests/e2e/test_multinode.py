@@ -307,8 +307,16 @@ def test_tutorial_step3_on_two_nodes_replicas_diverge(refs):
                                for es in kubectl_json("get", "endpointslices", "-l",
                                                       "kubernetes.io/service-name=in-svc")["items"]
                                for ep in es.get("endpoints") or []) == 2, "both pods behind in-svc", 60)
-        # Through in-svc's NodePort, a client sees the item or not, depending on the replica.
-        seen = {"FromFirst" in http(f"http://{Node(1).ip}:31000/items")[1]["items"] for _ in range(60)}
+        # Through in-svc's NodePort, a client sees the item or not, depending on the replica. The
+        # node's kube-proxy may program the second endpoint a moment after the EndpointSlice says
+        # ready, so ask for up to 30 s (at most 600 requests) until both answers have been seen.
+        seen: set = set()
+        deadline = time.monotonic() + 30
+        for _ in range(600):
+            seen.add("FromFirst" in http(f"http://{Node(1).ip}:31000/items")[1]["items"])
+            if seen == {True, False} or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert seen == {True, False}, seen
         print(f"tutorial Step 3 on 2 nodes: replicas on {[p['spec']['nodeName'] for p in pods]}; an item written "
               "through one is missing through the other; in-svc answers both ways")
