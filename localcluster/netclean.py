@@ -116,13 +116,19 @@ def remove_kubepods_cgroups() -> int:
     n = 0
     base = Path("/sys/fs/cgroup")
     for hier in base.iterdir() if base.is_dir() else []:
-        top = hier / "kubepods"
-        if not top.is_dir():
-            continue
-        for dirpath, _dirnames, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
-            try:
-                os.rmdir(dirpath)
-                n += 1
-            except OSError:
-                pass
+        n += rmdir_tree(hier / "kubepods")
+    return n
+
+
+def rmdir_tree(top: Path) -> int:
+    """rmdir every directory of TOP, deepest first (cgroups: only the empty ones go); how many went."""
+    n = 0
+    if not top.is_dir():
+        return 0
+    for dirpath, _dirnames, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
+        try:
+            os.rmdir(dirpath)
+            n += 1
+        except OSError:
+            pass
     return n

@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from localcluster import addons, configs, pki, procs
+from localcluster import addons, configs, netclean, pki, procs
 from localcluster import layout as L
 from localcluster.errors import ClusterError
 from localcluster.node import Node, by_name
@@ -260,18 +260,7 @@ def _cgroup_pids(node: Node) -> set[int]:
 
 
 def remove_cgroups(node: Node) -> int:
-    n = 0
-    for hier in _all_hierarchies():
-        top = hier / node.name
-        if not top.is_dir():
-            continue
-        for dirpath, _, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
-            try:
-                os.rmdir(dirpath)
-                n += 1
-            except OSError:
-                pass
-    return n
+    return sum(netclean.rmdir_tree(hier / node.name) for hier in _all_hierarchies())
 
 
 # ------------------------------------------------------------------------------------------ lifecycle

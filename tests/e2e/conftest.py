@@ -148,3 +148,20 @@ def clean_slate(cluster, tutorial_reset):
     empty_volume()
     yield
     run_invoke("clean")
+
+
+def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:
+    """(status, JSON body) of one request from the host; a non-JSON error body comes back as text."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            return err.code, json.loads(body or b"null")
+        except ValueError:
+            return err.code, body.decode(errors="replace")

@@ -22,8 +22,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,7 +31,7 @@ import localcluster
 from localcluster import layout as L
 from localcluster import nodes as node_ops
 from localcluster.node import Node
-from tests.e2e.conftest import REPO, kubectl, kubectl_json, must, run_invoke
+from tests.e2e.conftest import REPO, http, kubectl, kubectl_json, must, run_invoke
 from twotier.images import build as images
 
 pytestmark = pytest.mark.cluster
@@ -53,19 +51,6 @@ http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
 """
 # The exact Step 3 manifests the tutorial gives (deploy1.yaml, then deploy2.yaml's additions).
 TUTORIAL = REPO / "docs" / "first-steps.md"
-
-
-def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        body = err.read()
-        try:
-            return err.code, json.loads(body or b"null")
-        except ValueError:
-            return err.code, body.decode(errors="replace")
 
 
 def node_ips() -> dict[str, str]:

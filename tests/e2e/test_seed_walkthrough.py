@@ -9,23 +9,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_json, must
+from tests.e2e.conftest import http, kubectl, kubectl_json, must
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
 
-def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
 
 
 def from_loader(url: str, method: str = "GET") -> object:
