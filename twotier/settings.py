@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from twotier.errors import UserError
-from twotier.shape import ROOT
 
+ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "INVOKE_TWOTIER_"
 ACCESS_MODES = ("nodeport", "port-forward")
 # What ./bootstrap.sh decides when nothing says otherwise: no registry is reachable from the

@@ -32,11 +32,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twotier import shape
 from twotier.errors import UserError
-from twotier.settings import Settings
 from twotier.shape import BUILD, ROOT, SERVICES
+
+if TYPE_CHECKING:  # annotations only: the settings are handed in
+    from twotier.settings import Settings
 
 LOG_DIR = BUILD / "logs"
 

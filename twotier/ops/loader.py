@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from twotier.errors import UserError
 from twotier.images import registry
@@ -19,7 +20,9 @@ from twotier.kube.client import PROJECT_LABEL, owned
 from twotier.kube.rollout import event_lines, pod_problem, pod_summary
 from twotier.ops import render
 from twotier.poll import poll as wait
-from twotier.settings import Settings
+
+if TYPE_CHECKING:  # annotations only: the settings are handed in
+    from twotier.settings import Settings
 
 LOADER_NAME = "loader"
 def start_loader(cluster, settings: Settings, ref: str | None = None, timeout: float | None = None) -> dict:

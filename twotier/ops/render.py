@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -27,8 +28,10 @@ from twotier import shape
 from twotier.errors import UserError
 from twotier.images import build as imagesmod
 from twotier.ops.cluster import kubectl
-from twotier.settings import Settings
 from twotier.shape import K8S, ROOT
+
+if TYPE_CHECKING:  # annotations only: the settings are handed in
+    from twotier.settings import Settings
 
 COMPONENTS = K8S / "components"
 LOADER = "loader"
