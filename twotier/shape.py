@@ -76,9 +76,6 @@ class Stage:
         """Image roles the stage builds, in build order (its tiers, then the loader)."""
         return (*(t.name for t in self.tiers), "loader")
 
-    def tier(self, name: str) -> Tier | None:
-        return next((t for t in self.tiers if t.name == name), None)
-
 
 @dataclass(frozen=True)
 class Shape:
