@@ -324,6 +324,33 @@ def test_a_storage_worker_killed_mid_createlist_leaves_an_honest_report(storage,
     assert sorted(_children(storage.pid)) != sorted(workers)  # replaced, same master
 
 
+def test_a_storage_worker_killed_mid_clear_leaves_an_honest_report(storage, app):
+    """kill -9 of the storage workers while clear deletes 100000 items: the re-sent batch (same
+    idempotency key) reports the items its first attempt deleted too; deleteds is every item."""
+    resp = requests.get(f"{app.url}/createlist/{N}", timeout=120)
+    assert len(resp.json()["createds"]) == N
+    answer = {}
+
+    def run():
+        answer["resp"] = requests.get(f"{app.url}/clear", timeout=120)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(storage.items)) > N - 1000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = _children(storage.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(120)
+    resp = answer["resp"]
+    assert resp.status_code == 200, resp.text[:300]
+    body = resp.json()
+    assert requests.get(storage.url + "/items", timeout=30).json()["items"] == []
+    assert body["faileds"] == []
+    assert len(body["deleteds"]) == len(set(body["deleteds"])) == N
+
+
 def test_the_whole_storage_killed_mid_createlist_faileds_names_no_existing_item(tmp_path):
     items = tmp_path / "items"
     storage = ServiceProcess(STORAGE, free_port(), {"STO_STORAGE": str(items)}).start().wait_ready()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import random
+import shutil
 import threading
 
 import pytest
@@ -96,7 +97,7 @@ def test_mixed_storm_never_fails_and_both_replicas_agree(replicas):
 def test_two_app_replicas_creating_the_same_list_split_it_without_duplicates(replicas):
     directory, urls = replicas
     for path in directory.iterdir():
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     with ServiceProcess(APP, free_port(), {"STO_API": urls[0], "API_BATCH_SIZE": "50"}) as a, \
             ServiceProcess(APP, free_port(), {"STO_API": urls[1], "API_BATCH_SIZE": "50"}) as b:
         answers = []

@@ -244,6 +244,12 @@ def test_loader_http_curl_error_is_probe_error():
         LoaderHttp(lambda a: (6, "curl: (6) Could not resolve host: in-svc\n"))("GET", "http://in-svc/")
 
 
+def test_loader_http_reports_curls_message_not_the_status_placeholder():
+    out = "curl: (28) Operation timed out after 5001 milliseconds with 0 bytes received\n000"
+    with pytest.raises(ProbeError, match=r"\(28\) Operation timed out"):
+        LoaderHttp(lambda a: (28, out))("GET", "http://out-svc:5001/clear")
+
+
 def test_host_http_refused_on_a_closed_loopback_port():
     import socket
     with socket.socket() as sock:

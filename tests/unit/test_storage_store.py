@@ -150,6 +150,26 @@ def test_a_keyed_batch_after_a_worker_died_mid_batch(storage_dir):
     assert result.created == ["0", "1"] and not result.existing
 
 
+def test_a_resent_keyed_batch_reports_what_its_first_attempt_deleted(storage_dir):
+    store = Store(storage_dir)
+    store.batch(create=["a", "b", "c"])
+    first = store.batch(delete=["a", "b", "gone"], key="d" * 16)
+    assert (first.deleted, first.missing) == (["a", "b"], ["gone"])
+    again = store.batch(delete=["a", "b", "c", "gone"], key="d" * 16)  # its answer was lost
+    assert (again.deleted, again.missing) == (["a", "b", "c"], ["gone"])
+    other = store.batch(delete=["a", "c"], key="e" * 16)  # another batch deleted none of them
+    assert (other.deleted, other.missing) == ([], ["a", "c"])
+    assert store.list() == []
+
+
+def test_a_keyed_delete_leaves_directories_and_links_alone(storage_dir):
+    (storage_dir / "adir").mkdir()
+    (storage_dir / "alink").symlink_to("/etc/hostname")
+    result = Store(storage_dir).batch(delete=["adir", "alink"], key="d" * 16)
+    assert result.missing == ["adir", "alink"] and (storage_dir / "adir").is_dir()
+    assert (storage_dir / "alink").is_symlink()
+
+
 def test_invalid_idempotency_keys_are_refused(storage_dir):
     for bad in ("short", "../../etc", "k" * 65, "a b c d e f"):
         with pytest.raises(ValueError):
@@ -180,10 +200,13 @@ def test_the_periodic_sweep_removes_old_temporary_and_idempotency_files(storage_
     old_temp = storage_dir / f"{TEMP_PREFIX}otherhost-1-old"
     old_idem = storage_dir / f"{store_module.IDEM_PREFIX}{'k' * 16}-0"
     fresh_idem = storage_dir / f"{store_module.IDEM_PREFIX}{'f' * 16}-0"
+    old_deleted = storage_dir / f"{store_module.IDEM_PREFIX}{'k' * 16}{store_module.DELETED_SUFFIX}"
     for path in (old_temp, old_idem, fresh_idem):
         path.write_text("x")
+    old_deleted.mkdir()
+    (old_deleted / "7").write_text("x")
     hour_ago = time.time() - 3600
-    for path in (old_temp, old_idem):
+    for path in (old_temp, old_idem, old_deleted):
         os.utime(path, (hour_ago, hour_ago))
     store.list()
     assert old_temp.exists()  # not yet: at most one sweep per interval

@@ -89,8 +89,10 @@ class LoaderHttp:
     def __call__(self, method: str, url: str) -> Response:
         rc, out = self.execute(self.argv(method, url))
         if rc != 0:
-            raise ProbeError((out or "").strip().splitlines()[-1:][0] if (out or "").strip()
-                             else f"curl exited {rc}")
+            # curl's own message ("curl: (28) Operation timed out ..."), not the "000" of -w
+            lines = [ln.strip() for ln in (out or "").splitlines() if ln.strip()]
+            said = [ln for ln in lines if ln.startswith("curl:")] or lines
+            raise ProbeError(said[-1] if said else f"curl exited {rc}")
         body, _, code = (out or "").rstrip("\n").rpartition("\n")
         try:
             return Response(int(code), body)

@@ -6,7 +6,7 @@
 Both answer ``{"createds": [...], "deleteds": [...], "faileds": [...]}``. ``createds`` lists
 exactly the items this call created (in numeric order; a batch re-sent after a dropped
 connection counts what its first attempt created: idempotency keys), ``deleteds`` those it
-deleted (in the storage's sorted order), ``faileds`` those it could not create/delete. Items
+deleted (in the storage's sorted order; the same keys make it exact), ``faileds`` those it could not create/delete. Items
 another client created or deleted concurrently are in none of the lists. If the storage tier
 fails on the first batch the answer is a JSON 502/503/504 error; if it fails halfway, the
 answer is still 200 and the items certainly not done are in ``faileds``: a re-list tells

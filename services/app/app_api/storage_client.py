@@ -8,7 +8,7 @@
 - Retries only where safe: a failed *connection* (nothing was sent) is retried for every
   method; a connection dropped before any answer for ``GET`` and for ``POST /items:batch``
   (idempotent: create-if-missing, delete-if-present; each batch carries an
-  ``Idempotency-Key``, so the storage reports what an earlier attempt of it created) - typically
+  ``Idempotency-Key``, so the storage reports what an earlier attempt of it created or deleted) - typically
   a pooled keep-alive connection the storage server closed just as we reused it, or a storage
   worker killed mid-batch. Never after a read timeout or past the deadline (that would
   stretch the wait beyond what the 504's message says).

@@ -21,13 +21,16 @@ per batch) links its new items to a temporary file named after the key, ``.sto-i
 and keeps that file ``IDEMPOTENCY_SECONDS`` after the batch. When the same batch is sent again
 (its answer was lost: a dropped connection, a worker killed mid-batch), an item that already
 exists *and is a link to that file* was created by the earlier attempt of this very batch, so it
-is reported as ``created`` again, not as ``existing``: the caller's count stays exact.
+is reported as ``created`` again, not as ``existing``: the caller's count stays exact. Its
+deletes move each item into the directory ``.sto-idem-<key>.deleted/`` (one atomic ``rename``:
+of two concurrent deleters exactly one moves it) instead of unlinking it; a re-sent batch finds
+an item it can no longer see there and reports it as ``deleted`` again, not as ``missing``.
 
 Temporary files of crashed processes are swept while the service runs, not only at start-up:
 a ``.sto-tmp-<host>-<pid>-...`` file whose process (same host) is gone is removed by the next
 directory scan (every list and every worker start); any temporary file older than
 ``STALE_TEMP_SECONDS`` (another replica's, say) and any idempotency file older than
-``IDEMPOTENCY_SECONDS`` are removed by a sweep that runs at most every ``SWEEP_INTERVAL``
+``IDEMPOTENCY_SECONDS`` (with its directory of deleted items) are removed by a sweep that runs at most every ``SWEEP_INTERVAL``
 seconds, triggered by requests.
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import socket
 import stat
 import threading
@@ -47,6 +51,7 @@ from .names import is_valid_name
 CONTENT = b"x"
 TEMP_PREFIX = ".sto-tmp-"
 IDEM_PREFIX = ".sto-idem-"
+DELETED_SUFFIX = ".deleted"
 STALE_TEMP_SECONDS = 600
 IDEMPOTENCY_SECONDS = 300
 SWEEP_INTERVAL = 30.0
@@ -132,12 +137,35 @@ class Store:
                         result.failed[name] = "exists and is not an item (directory or link)"
                     except OSError as err:
                         result.failed[name] = err.strerror or str(err)
+        deleted_dir = self._deleted_dir(key) if key and delete else None
         for name in delete:
             try:
-                (result.deleted if self.delete(name) else result.missing).append(name)
+                done = self._delete_into(name, deleted_dir) if deleted_dir else self.delete(name)
+                (result.deleted if done else result.missing).append(name)
             except OSError as err:
                 result.failed[name] = err.strerror or str(err)
         return result
+
+    def _deleted_dir(self, key: str) -> str:
+        path = os.path.join(self.root, f"{IDEM_PREFIX}{key}{DELETED_SUFFIX}")
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        return path
+
+    def _delete_into(self, name: str, deleted_dir: str) -> bool:
+        """Delete ``name`` by moving it into ``deleted_dir``; True if this batch deleted it (now
+        or in an earlier attempt), False if it was missing."""
+        path = self._path(name)
+        record = os.path.join(deleted_dir, name)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return False  # a directory or symlink is not an item: leave it alone
+            os.rename(path, record)
+        except FileNotFoundError:
+            return os.path.lexists(record)  # moved there by an earlier attempt of this batch
+        return True
 
     def remove_stale_temp_files(self, max_age: float = STALE_TEMP_SECONDS,
                                 idem_max_age: float = IDEMPOTENCY_SECONDS) -> int:
@@ -158,7 +186,10 @@ class Store:
                     continue
                 try:
                     if now - entry.stat(follow_symlinks=False).st_mtime > limit:
-                        os.unlink(entry.path)
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.path)
+                        else:
+                            os.unlink(entry.path)
                         removed += 1
                 except OSError:
                     pass  # another replica got there first, or it is not ours to remove
