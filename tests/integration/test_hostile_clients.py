@@ -379,6 +379,7 @@ def test_temporary_files_of_a_crashed_process_are_swept_without_a_restart(storag
     code = ("import os, sys, time\n"
             "from storage_api.store import _LinkSource\n"
             "source = _LinkSource(sys.argv[1]).__enter__()\n"
+            "source.link_to(os.path.join(sys.argv[1], 'made-before-the-kill'))\n"
             "print(os.path.basename(source.path), flush=True)\n"
             "time.sleep(60)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STORAGE.directory), str(STORAGE.directory.parent / "common")])}
@@ -391,5 +392,5 @@ def test_temporary_files_of_a_crashed_process_are_swept_without_a_restart(storag
     finally:
         proc.kill()
         proc.wait(10)
-    assert requests.get(storage.url + "/items", timeout=10).json() == {"items": []}
+    assert requests.get(storage.url + "/items", timeout=10).json() == {"items": ["made-before-the-kill"]}
     assert not (storage.items / temp).exists()

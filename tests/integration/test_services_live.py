@@ -73,7 +73,7 @@ def test_storage_bad_input_table(live_storage, tmp_path_factory, method, path, s
     assert (got_status, body["error"]) == (status, error), body
     assert content_type == "application/json" and body["status"] == status
     assert sorted(p.name for p in parent.iterdir()) == before  # nothing created beside it
-    # no temporary file left (idempotency records of earlier batches, .sto-idem-*, may be)
+    # no temporary file left (idempotency records of earlier batches, in .sto-idem/, may be)
     assert not any(p.name.startswith(".sto-tmp-") for p in live_storage.storage_dir.iterdir())
 
 

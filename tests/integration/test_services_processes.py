@@ -94,7 +94,7 @@ def test_invoke_serve_runs_both_services_and_stops_both(tmp_path, task, sig, gro
         assert requests.get(f"http://127.0.0.1:{aport}/createlist/3", timeout=10).json() == {
             "createds": ["0", "1", "2"], "deleteds": [], "faileds": []}
         assert requests.get(f"http://127.0.0.1:{sport}/items", timeout=10).json() == {"items": ["0", "1", "2"]}
-        # the items (and the batch's idempotency record, a hidden .sto-idem-* file)
+        # the items (and the batch's idempotency record, in the hidden .sto-idem directory)
         assert sorted(n for n in os.listdir(items) if not n.startswith(".")) == ["0", "1", "2"]
         children = _children(run.proc.pid)
         assert len(children) >= 2, children

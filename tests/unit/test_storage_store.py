@@ -198,18 +198,33 @@ def test_the_periodic_sweep_removes_old_temporary_and_idempotency_files(storage_
     store = Store(storage_dir)
     store.list()  # the first sweep ran now; the next one waits SWEEP_INTERVAL
     old_temp = storage_dir / f"{TEMP_PREFIX}otherhost-1-old"
-    old_idem = storage_dir / f"{store_module.IDEM_PREFIX}{'k' * 16}-0"
-    fresh_idem = storage_dir / f"{store_module.IDEM_PREFIX}{'f' * 16}-0"
-    old_deleted = storage_dir / f"{store_module.IDEM_PREFIX}{'k' * 16}{store_module.DELETED_SUFFIX}"
-    for path in (old_temp, old_idem, fresh_idem):
+    records = storage_dir / store_module.IDEM_DIR
+    records.mkdir()
+    old_idem = records / f"{'k' * 16}-0"
+    fresh_idem = records / f"{'f' * 16}-0"
+    old_deleted = records / f"{'k' * 16}{store_module.DELETED_SUFFIX}"
+    legacy_idem = storage_dir / f"{store_module.LEGACY_IDEM_PREFIX}{'l' * 16}-0"
+    for path in (old_temp, old_idem, fresh_idem, legacy_idem):
         path.write_text("x")
     old_deleted.mkdir()
     (old_deleted / "7").write_text("x")
     hour_ago = time.time() - 3600
-    for path in (old_temp, old_idem, old_deleted):
+    for path in (old_temp, old_idem, old_deleted, legacy_idem):
         os.utime(path, (hour_ago, hour_ago))
     store.list()
     assert old_temp.exists()  # not yet: at most one sweep per interval
     monkeypatch.setattr(store, "_next_sweep", 0.0)
     store.list()
-    assert _names(storage_dir) == [fresh_idem.name]
+    assert _names(storage_dir) == [store_module.IDEM_DIR]
+    assert _names(records) == [fresh_idem.name]
+
+
+def test_idempotency_records_are_kept_apart_from_the_items(storage_dir):
+    """Listing never walks the records, and a batch that creates nothing leaves none."""
+    store = Store(storage_dir)
+    store.batch(create=["a", "b"], key="k" * 16)
+    store.batch(create=["a", "b"], key="n" * 16)  # nothing new: no record needed
+    store.batch(delete=["b"], key="d" * 16)
+    assert _names(storage_dir) == [store_module.IDEM_DIR, "a"]
+    assert _names(storage_dir / store_module.IDEM_DIR) == ["d" * 16 + ".deleted", "k" * 16 + "-0"]
+    assert store.list() == ["a"]

@@ -17,20 +17,22 @@ at the same time, so every operation is a single atomic filesystem step:
   symlinks and foreign files such as ``lost+found`` are not items).
 
 Idempotent batches: a batch sent with a key (``Idempotency-Key``; the application API sends one
-per batch) links its new items to a temporary file named after the key, ``.sto-idem-<key>-<n>``,
-and keeps that file ``IDEMPOTENCY_SECONDS`` after the batch. When the same batch is sent again
-(its answer was lost: a dropped connection, a worker killed mid-batch), an item that already
-exists *and is a link to that file* was created by the earlier attempt of this very batch, so it
-is reported as ``created`` again, not as ``existing``: the caller's count stays exact. Its
-deletes move each item into the directory ``.sto-idem-<key>.deleted/`` (one atomic ``rename``:
-of two concurrent deleters exactly one moves it) instead of unlinking it; a re-sent batch finds
-an item it can no longer see there and reports it as ``deleted`` again, not as ``missing``.
+per batch) links its new items to a file named after the key, ``.sto-idem/<key>-<n>``, and keeps
+that file ``IDEMPOTENCY_SECONDS`` after the batch. When the same batch is sent again (its answer
+was lost: a dropped connection, a worker killed mid-batch), an item that already exists *and is a
+link to that file* was created by the earlier attempt of this very batch, so it is reported as
+``created`` again, not as ``existing``: the caller's count stays exact. Its deletes move each
+item into the directory ``.sto-idem/<key>.deleted/`` (one atomic ``rename``: of two concurrent
+deleters exactly one moves it) instead of unlinking it; a re-sent batch finds an item it can no
+longer see there and reports it as ``deleted`` again, not as ``missing``. The records live in
+their own directory so that listing the items never walks them, and a batch finds its earlier
+attempts by name (``<key>-0``, ``<key>-1``, ...), not by a scan.
 
 Temporary files of crashed processes are swept while the service runs, not only at start-up:
 a ``.sto-tmp-<host>-<pid>-...`` file whose process (same host) is gone is removed by the next
 directory scan (every list and every worker start); any temporary file older than
-``STALE_TEMP_SECONDS`` (another replica's, say) and any idempotency file older than
-``IDEMPOTENCY_SECONDS`` (with its directory of deleted items) are removed by a sweep that runs at most every ``SWEEP_INTERVAL``
+``STALE_TEMP_SECONDS`` (another replica's, say) and any idempotency record older than
+``IDEMPOTENCY_SECONDS`` are removed by a sweep that runs at most every ``SWEEP_INTERVAL``
 seconds, triggered by requests.
 """
 from __future__ import annotations
@@ -50,8 +52,10 @@ from .names import is_valid_name
 
 CONTENT = b"x"
 TEMP_PREFIX = ".sto-tmp-"
-IDEM_PREFIX = ".sto-idem-"
+IDEM_DIR = ".sto-idem"
 DELETED_SUFFIX = ".deleted"
+#: idempotency records of earlier versions, kept in the items' directory itself: swept
+LEGACY_IDEM_PREFIX = ".sto-idem-"
 STALE_TEMP_SECONDS = 600
 IDEMPOTENCY_SECONDS = 300
 SWEEP_INTERVAL = 30.0
@@ -136,6 +140,8 @@ class Store:
                     except NotAnItem:
                         result.failed[name] = "exists and is not an item (directory or link)"
                     except OSError as err:
+                        if source.broken:
+                            raise  # no file to link to (directory gone, disk full): the batch fails
                         result.failed[name] = err.strerror or str(err)
         deleted_dir = self._deleted_dir(key) if key and delete else None
         for name in delete:
@@ -147,11 +153,8 @@ class Store:
         return result
 
     def _deleted_dir(self, key: str) -> str:
-        path = os.path.join(self.root, f"{IDEM_PREFIX}{key}{DELETED_SUFFIX}")
-        try:
-            os.mkdir(path, 0o755)
-        except FileExistsError:
-            pass
+        path = os.path.join(self.root, IDEM_DIR, f"{key}{DELETED_SUFFIX}")
+        os.makedirs(path, 0o755, exist_ok=True)
         return path
 
     def _delete_into(self, name: str, deleted_dir: str) -> bool:
@@ -170,29 +173,25 @@ class Store:
     def remove_stale_temp_files(self, max_age: float = STALE_TEMP_SECONDS,
                                 idem_max_age: float = IDEMPOTENCY_SECONDS) -> int:
         """Remove temporary files of dead processes of this host, temporary files older than
-        ``max_age`` and idempotency files older than ``idem_max_age``; the number removed."""
+        ``max_age`` and idempotency records older than ``idem_max_age``; the number removed."""
         removed = 0
         now = time.time()
         with os.scandir(self.root) as entries:
             for entry in entries:
                 if entry.name.startswith(TEMP_PREFIX):
-                    limit = max_age
                     if _remove_if_orphaned(entry):
                         removed += 1
-                        continue
-                elif entry.name.startswith(IDEM_PREFIX):
-                    limit = idem_max_age
-                else:
-                    continue
-                try:
-                    if now - entry.stat(follow_symlinks=False).st_mtime > limit:
-                        if entry.is_dir(follow_symlinks=False):
-                            shutil.rmtree(entry.path)
-                        else:
-                            os.unlink(entry.path)
-                        removed += 1
-                except OSError:
-                    pass  # another replica got there first, or it is not ours to remove
+                    elif _older_than(entry, now, max_age):
+                        removed += _remove(entry)
+                elif entry.name.startswith(LEGACY_IDEM_PREFIX) and _older_than(entry, now, idem_max_age):
+                    removed += _remove(entry)
+        try:
+            with os.scandir(os.path.join(self.root, IDEM_DIR)) as entries:
+                for entry in entries:
+                    if _older_than(entry, now, idem_max_age):
+                        removed += _remove(entry)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
         return removed
 
     def maybe_sweep(self) -> None:
@@ -216,26 +215,19 @@ class Store:
 
     def _create_one(self, source: _LinkSource, name: str) -> bool:
         path = self._path(name)
-        try:
-            source.link_to(path)
-            return True
-        except FileExistsError:
+        for _ in range(2):  # a second look if another client creates or deletes it meanwhile
             try:
-                st = os.lstat(path)
-                if stat.S_ISREG(st.st_mode):
-                    return source.made(st)  # True: an earlier attempt of this same batch made it
+                st = os.lstat(path)  # first, so that a batch of existing items makes no file
             except FileNotFoundError:
-                # deleted by someone else right after our attempt: try once more
-                return self._create_one_retry(source, path)
-            raise NotAnItem(name) from None
-
-    @staticmethod
-    def _create_one_retry(source: _LinkSource, path: str) -> bool:
-        try:
-            source.link_to(path)
-            return True
-        except FileExistsError:
-            return False
+                try:
+                    source.link_to(path)
+                    return True
+                except FileExistsError:
+                    continue
+            if not stat.S_ISREG(st.st_mode):
+                raise NotAnItem(name)
+            return source.made(st)  # True: an earlier attempt of this same batch made it
+        return False
 
 
 class _LinkSource:
@@ -245,10 +237,10 @@ class _LinkSource:
         self.root = root
         self.path: str | None = None
         self.hardlinks = True
+        self.broken = False  # the file to link to could not be made
 
     def __enter__(self) -> _LinkSource:
-        self._new_temp()
-        return self
+        return self  # the temporary file is made by the first link: none for a no-op batch
 
     def __exit__(self, *exc) -> None:
         self._drop_temp()
@@ -258,6 +250,12 @@ class _LinkSource:
         return False
 
     def link_to(self, target: str) -> None:
+        if self.hardlinks and self.path is None:
+            try:
+                self._new_temp()
+            except OSError:
+                self.broken = True
+                raise
         if self.hardlinks:
             try:
                 os.link(self.path, target)
@@ -298,28 +296,24 @@ class _LinkSource:
 
 
 class _IdempotentSource(_LinkSource):
-    """The link source of a keyed batch: ``.sto-idem-<key>-<n>``, reused by a re-sent batch and
-    kept after the batch (the sweep removes it after IDEMPOTENCY_SECONDS)."""
+    """The link source of a keyed batch: ``.sto-idem/<key>-<n>``, one per attempt, kept after
+    the batch (the sweep removes them after IDEMPOTENCY_SECONDS)."""
 
     def __init__(self, root: str, key: str):
         super().__init__(root)
         self.key = key
+        self.dir = os.path.join(root, IDEM_DIR)
         self.inodes: set[tuple[int, int]] = set()
         self.count = 0
 
     def __enter__(self) -> _IdempotentSource:
-        prefix = f"{IDEM_PREFIX}{self.key}-"
-        with os.scandir(self.root) as entries:  # the files of earlier attempts of this batch
-            for entry in entries:
-                if entry.name.startswith(prefix):
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    self.inodes.add((st.st_dev, st.st_ino))
-                    self.count += 1
-        self._new_temp()
-        return self
+        while True:  # the files of earlier attempts of this batch: <key>-0, <key>-1, ...
+            try:
+                st = os.lstat(os.path.join(self.dir, f"{self.key}-{self.count}"))
+            except (FileNotFoundError, NotADirectoryError):
+                return self
+            self.inodes.add((st.st_dev, st.st_ino))
+            self.count += 1
 
     def __exit__(self, *exc) -> None:
         self.path = None  # kept: the record a re-sent batch needs
@@ -328,9 +322,10 @@ class _IdempotentSource(_LinkSource):
         return (st.st_dev, st.st_ino) in self.inodes
 
     def _new_temp(self) -> None:
+        os.makedirs(self.dir, 0o755, exist_ok=True)
         # a fresh file per attempt (O_EXCL): never append links to a file a dead worker held
         while True:
-            path = os.path.join(self.root, f"{IDEM_PREFIX}{self.key}-{self.count}")
+            path = os.path.join(self.dir, f"{self.key}-{self.count}")
             self.count += 1
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -347,6 +342,25 @@ class _IdempotentSource(_LinkSource):
 
     def _drop_temp(self) -> None:
         self.path = None  # EMLINK roll-over: the full file stays as part of the record
+
+
+def _older_than(entry: os.DirEntry, now: float, age: float) -> bool:
+    try:
+        return now - entry.stat(follow_symlinks=False).st_mtime > age
+    except OSError:
+        return False
+
+
+def _remove(entry: os.DirEntry) -> int:
+    """Remove a file or a record directory; 1 if removed, 0 if another replica got there first."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+        return 1
+    except OSError:
+        return 0
 
 
 def _remove_if_orphaned(entry: os.DirEntry) -> bool:
