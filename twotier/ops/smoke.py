@@ -26,6 +26,10 @@ from twotier.kube.rollout import selector_string
 
 CLUSTER_DOMAIN = "cluster.local"
 
+#: seconds one check waits for its answer: longer than the application API's own total deadline
+#: (API_DEADLINE, 15 s), so that a slow or unreachable storage tier shows as the app's JSON
+#: 503/504 saying why, and one lost packet (a 1 s TCP or 5 s DNS retransmit) is not a failure
+REQUEST_TIMEOUT = 20.0
 
 
 class ProbeError(Exception):
@@ -60,8 +64,8 @@ class Result:
 class HostHttp:
     """Plain HTTP from this machine, never through a proxy (these are cluster addresses)."""
 
-    def __init__(self, timeout: float = 5):
-        self.timeout = timeout
+    def __init__(self, timeout: float | None = None):
+        self.timeout = REQUEST_TIMEOUT if timeout is None else timeout
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def __call__(self, method: str, url: str) -> Response:
@@ -78,9 +82,9 @@ class HostHttp:
 class LoaderHttp:
     """HTTP from inside the cluster: curl in the loader pod."""
 
-    def __init__(self, execute, timeout: float = 5):
+    def __init__(self, execute, timeout: float | None = None):
         self.execute = execute  # (argv) -> (rc, output)
-        self.timeout = timeout
+        self.timeout = REQUEST_TIMEOUT if timeout is None else timeout
 
     def argv(self, method: str, url: str) -> list[str]:
         return ["curl", "-sS", "--noproxy", "*", "-m", str(int(self.timeout)), "-X", method,
