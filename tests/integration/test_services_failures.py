@@ -18,6 +18,7 @@ class FakeTier:
 
     def __init__(self, reply: bytes | None, drop_first: int = 0):
         self.reply = reply
+        self.dribble = 0.0  # > 0: send the reply one byte every this many seconds
         self.drop_first = drop_first  # close this many connections at once, unanswered
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -41,6 +42,9 @@ class FakeTier:
                 conn.recv(65536)
                 conn.close()
                 continue
+            if self.dribble:
+                threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
+                continue
             try:
                 conn.recv(65536)
                 conn.sendall(self.reply)
@@ -48,6 +52,17 @@ class FakeTier:
                 pass
             finally:
                 conn.close()
+
+    def _dribble(self, conn):
+        try:
+            conn.recv(65536)
+            for i in range(len(self.reply)):
+                conn.sendall(self.reply[i:i + 1])
+                time.sleep(self.dribble)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def close(self):
         self.sock.close()
@@ -112,6 +127,24 @@ def test_hung_storage_is_a_json_504_after_the_read_timeout(fake_tier, app_on_fak
     assert "within 0.5 s (API_READ_TIMEOUT)" in body["message"], body["message"]
     waited = float(body["message"].rsplit("gave up after ", 1)[1].split(" s")[0])
     assert 0.5 <= waited < 1.0 and waited <= elapsed
+
+
+def test_a_storage_dribbling_its_answer_is_cut_off_at_the_total_deadline(fake_tier):
+    """One byte every 0.2 s never trips the 0.5 s read timeout; the request's total deadline
+    (API_DEADLINE) still ends it on time, and the message gives that figure."""
+    fake_tier.reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    fake_tier.dribble = 0.2
+    env = {"STO_API": f"http://127.0.0.1:{fake_tier.port}", "API_READ_TIMEOUT": "0.5",
+           "API_DEADLINE": "1.5"}
+    try:
+        with ServiceProcess(APP, free_port(), env) as app:
+            for path in ("/createlist/5", "/clear"):
+                resp, elapsed = _timed(app.url + path)
+                body = _assert_json_error(resp, 504, "storage_timeout")
+                assert "(API_DEADLINE=1.5 s)" in body["message"], body["message"]
+                assert 1.4 < elapsed < 3.0, f"{path} took {elapsed:.2f} s"
+    finally:
+        fake_tier.dribble = 0.0
 
 
 @pytest.mark.parametrize("reply", [
