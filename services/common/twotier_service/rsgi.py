@@ -21,6 +21,7 @@ percent-encoded, control characters escaped: a client cannot forge log lines) an
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -63,6 +64,17 @@ def access_logger() -> logging.Logger:
 
 
 _UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {ord('"'): "\\x22"}
+
+
+_clock = [0, ""]
+
+
+def _now() -> str:
+    """The access log's timestamp, formatted once per second (not once per request)."""
+    second = int(time.time())
+    if second != _clock[0]:
+        _clock[:] = second, time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+    return _clock[1]
 
 
 def _json_error(status: int, error: str, message: str) -> tuple[int, list, bytes]:
@@ -119,9 +131,13 @@ class RSGIToWSGI:
         bodiless = length in (None, "0") and "transfer-encoding" not in scope.headers
         try:
             if bodiless:
-                body = b""  # nothing to wait for (most requests): no timer, no task
+                body = b""  # nothing to wait for (most requests): no timer
             else:
-                body = await asyncio.wait_for(self._read_body(protocol), self.body_timeout)
+                async with asyncio.timeout(self.body_timeout):  # a timer, no extra task
+                    if length is not None:  # declared and within max_body: read it at once
+                        body = await protocol()
+                    else:  # chunked: count while reading
+                        body = await self._read_body(protocol)
         except TimeoutError:
             return _json_error(408, "request_timeout", f"the request body did not arrive within "
                                f"{self.body_timeout:g} s")
@@ -136,9 +152,8 @@ class RSGIToWSGI:
     def _log(self, scope, status: int, size: int, seconds: float) -> None:
         target = scope.path + (f"?{scope.query_string}" if scope.query_string else "")
         client = scope.client.rpartition(":")[0]
-        when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
         version = _PROTOCOLS.get(scope.http_version, "HTTP/1.1")
-        self.access_log.info('%s [%s] "%s %s %s" %d %d %.1fms', client, when, scope.method,
+        self.access_log.info('%s [%s] "%s %s %s" %d %d %.1fms', client, _now(), scope.method,
                              target.translate(_UNPRINTABLE), version, status, size, seconds * 1000)
 
     async def _read_body(self, protocol) -> bytes:
@@ -208,6 +223,9 @@ def app_from_env() -> RSGIToWSGI:
     package = importlib.import_module(os.environ[PACKAGE_ENV])
     prefix = os.environ[PREFIX_ENV]
     app = package.create_app()
+    # Everything imported so far lives as long as the worker: keep it out of the collector's
+    # full passes, which otherwise walk every Flask/Werkzeug object and stall requests (p99).
+    gc.freeze()
     return RSGIToWSGI(
         app,
         threads=env_int(os.environ, f"{prefix}_THREADS", 4, 0),
