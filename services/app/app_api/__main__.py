@@ -1,4 +1,4 @@
-"""``python -m app_api`` runs the application API with gunicorn; ``--dev`` with reload."""
+"""``python -m app_api`` runs the application API with granian; ``--dev`` with reload."""
 import sys
 
 from twotier_service.serving import main

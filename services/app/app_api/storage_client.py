@@ -1,6 +1,6 @@
 """The application API's only way to the storage tier: one pooled HTTP session, bounded calls.
 
-- One ``requests.Session`` per process (created lazily, so gunicorn workers never share the
+- One ``requests.Session`` per process (created lazily, so server workers never share the
   sockets of their parent) with a connection pool of ``pool_size`` keep-alive connections.
 - Every call has a connect timeout, a read timeout (per wait for data) and the request's total
   ``Deadline``: a watchdog thread shuts the connection's socket when the deadline passes, so

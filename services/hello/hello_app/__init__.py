@@ -1,7 +1,7 @@
 """The seed's Step 1 app: ``/`` -> {"a": 1}, ``/info`` -> {"info": true}, on port 5000.
 
 ``create_app(config=None)`` builds the Flask app (no settings of its own). ``python -m hello_app``
-serves it with gunicorn (``HELLO_HOST``, ``HELLO_PORT`` = 5000, ...; see
+serves it with granian (``HELLO_HOST``, ``HELLO_PORT`` = 5000, ...; see
 ``twotier_service.serving``, services/common), ``--dev`` with reload. The HTTP contract is in
 ../openapi.yaml.
 """

@@ -1,4 +1,4 @@
-"""``python -m hello_app`` runs the hello app with gunicorn; ``--dev`` with reload."""
+"""``python -m hello_app`` runs the hello app with granian; ``--dev`` with reload."""
 import sys
 
 from twotier_service.serving import main

@@ -1,4 +1,4 @@
-"""``python -m storage_api`` runs the storage API with gunicorn; ``--dev`` with reload."""
+"""``python -m storage_api`` runs the storage API with granian; ``--dev`` with reload."""
 import sys
 
 from twotier_service.serving import main

@@ -1,6 +1,6 @@
 """Items as files in one directory: list, create and delete, atomic and safe for many processes.
 
-Several processes (gunicorn workers, replicas sharing a volume) may work on the same directory
+Several processes (server workers, replicas sharing a volume) may work on the same directory
 at the same time, so every operation is a single atomic filesystem step:
 
 - create: the item's content (``x``, as in the seed) is first written to a temporary file
