@@ -2,6 +2,8 @@
 and the ``python -m <package>`` entry point's error handling."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from twotier_service import serving
@@ -105,7 +107,7 @@ def test_the_workers_app_factory_wraps_the_flask_app(monkeypatch, tmp_path):
     bridge = rsgi.app_from_env()
     assert bridge.app.name == "storage_api" and bridge.pool._max_workers == 3
     assert bridge.max_body == 4096 and bridge.body_timeout == 10
-    assert bridge.access_log is rsgi.access_logger()
+    assert isinstance(bridge.access_log, rsgi.AccessLog) and bridge.access_log.stream is sys.stdout
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
@@ -140,3 +142,31 @@ def test_only_services_that_never_wait_on_the_network_run_small_requests_on_the_
         monkeypatch.setenv(serving.PACKAGE_ENV, package)
         monkeypatch.setenv(serving.PREFIX_ENV, prefix)
         assert rsgi.app_from_env().small_on_loop is inline, package
+
+
+def test_the_access_log_writes_lines_in_batches_within_50_ms():
+    import asyncio
+    import io
+
+    from twotier_service.rsgi import AccessLog
+
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            Stream.writes += 1
+            return super().write(text)
+
+    stream = Stream()
+    log = AccessLog(stream)
+
+    async def burst():
+        for i in range(3):
+            log.write(f"line {i}")
+        assert stream.getvalue() == ""  # not yet: one write for the batch
+        await asyncio.sleep(AccessLog.FLUSH_AFTER * 2)
+
+    asyncio.run(burst())
+    assert stream.getvalue() == "line 0\nline 1\nline 2\n" and Stream.writes == 1
+    log.write("outside a loop")  # written at once
+    assert stream.getvalue().endswith("outside a loop\n") and Stream.writes == 2
