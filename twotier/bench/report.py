@@ -3,7 +3,7 @@
 Sections (each can be skipped): api (createlist/clear vs the per-item baseline, loopback),
 deploy (clean -> all Ready for the full stage, against the seed's minReadySeconds: 120),
 tilt (save -> new code answering through the Service, vs a full rebuild), images (no-cache build
-time and size). Writes the tables to stdout and to build/bench.md.
+time, size, and each service's memory at rest in its container). Writes the tables to stdout and to build/bench.md.
 """
 from __future__ import annotations
 
@@ -85,10 +85,61 @@ def images_section(settings, progress) -> str:
             took = time.monotonic() - start
             if res.returncode != 0:
                 raise UserError(f"building {img.name} failed: {res.stderr[-800:]}")
-            size = images.image_size(f"twotier-bench/{img.name}:nocache")
-            subprocess.run([images.docker_bin(), "rmi", "-f", f"twotier-bench/{img.name}:nocache"], capture_output=True)
-            rows.append((img.name, f"{took:.1f} s", f"{size / 1e6:.0f} MB"))
-    return table(["image", "no-cache build", "size"], rows) + f"\n(base image: {base or 'Dockerfile default'})"
+            ref = f"twotier-bench/{img.name}:nocache"
+            size = images.image_size(ref)
+            memory = "-"
+            if img.role in AT_REST_ENV:
+                progress(f"memory of {img.name} at rest ...")
+                memory = "{:.0f} / {:.0f}".format(*container_memory(ref, AT_REST_ENV[img.role]))
+            subprocess.run([images.docker_bin(), "rmi", "-f", ref], capture_output=True)
+            rows.append((img.name, f"{took:.1f} s", f"{size / 1e6:.0f} MB", memory))
+    return (table(["image", "no-cache build", "size", "memory at rest MiB (container / summed RSS)"], rows)
+            + f"\n(base image: {base or 'Dockerfile default'}; container = what the container's cgroup is"
+              " charged, as `docker stats` shows it and a memory limit counts it; summed RSS counts the"
+              " pages the server's master and 2 workers share once per process)")
+
+
+#: the environment each service image needs to start (the app never calls the storage at rest)
+AT_REST_ENV = {"hello": {}, "storage": {"STO_STORAGE": "/tmp/items"},
+               "app": {"STO_API": "http://127.0.0.1:5000"}}
+
+
+def container_memory(ref: str, env: dict[str, str], settle: float = 8.0) -> tuple[float, float]:
+    """Run the image as the cluster does (read-only root, /tmp writable), let its workers start,
+    and return (the container's memory as `docker stats` reports it, the RSS of its processes
+    summed), in MiB."""
+    import psutil
+
+    docker = images.docker_bin()
+    name = f"twotier-bench-mem-{os.getpid()}"
+    argv = [docker, "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp"]
+    for key, value in env.items():
+        argv += ["-e", f"{key}={value}"]
+    res = subprocess.run([*argv, ref], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise UserError(f"could not start {ref} to measure its memory: {res.stderr.strip()[-400:]}")
+    try:
+        time.sleep(settle)
+        stats = subprocess.run([docker, "stats", "--no-stream", "--format", "{{.MemUsage}}", name],
+                               capture_output=True, text=True).stdout.split("/")[0].strip()
+        pid = int(subprocess.run([docker, "inspect", "-f", "{{.State.Pid}}", name],
+                                 capture_output=True, text=True).stdout.strip() or 0)
+        if not pid:
+            raise UserError(f"{ref} exited during the memory measurement (docker logs {name})")
+        root = psutil.Process(pid)
+        rss = sum(p.memory_info().rss for p in (root, *root.children(recursive=True))) / 2**20
+        return _mib(stats), rss
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True)
+
+
+def _mib(text: str) -> float:
+    """`docker stats` sizes ("39.12MiB", "1.2GiB", "812KiB") in MiB."""
+    units = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "kB": 1e3 / 2**20, "MB": 1e6 / 2**20, "GB": 1e9 / 2**20, "B": 1 / 2**20}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * units[unit]
+    raise UserError(f"unexpected `docker stats` memory figure: {text!r}")
 
 
 def run(settings, only: str = "", skip: str = "", sizes: str = "10,100,1000,10000", repeat: int = 3,
