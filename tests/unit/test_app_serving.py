@@ -91,6 +91,7 @@ def test_production_server_options(monkeypatch, tmp_path):
     assert captured["workers_kill_timeout"] == 10  # STO_GRACEFUL_TIMEOUT's default
     assert captured["http1_settings"].header_read_timeout == 7000  # STO_TIMEOUT, in ms
     assert captured["backpressure"] == 4096  # connections per worker, idle ones included
+    assert captured["loop"] == "uvloop"  # pinned in every service's requirements.txt
     # what each worker's factory reads to build the same app
     import os
     assert (os.environ[serving.PACKAGE_ENV], os.environ[serving.PREFIX_ENV]) == ("storage_api", "STO")

@@ -135,7 +135,7 @@ def _check_in_child(factory: Callable, title: str) -> int:
 
 def server_options(host: str, port: int, prefix: str, package: str, env: Mapping) -> dict:
     """granian's settings from the environment (also read by the unit tests)."""
-    from granian.constants import HTTPModes, Interfaces, RuntimeModes
+    from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes
     from granian.http import HTTP1Settings
 
     workers = env_int(env, f"{prefix}_WORKERS", 2, 1)
@@ -152,6 +152,7 @@ def server_options(host: str, port: int, prefix: str, package: str, env: Mapping
         "workers": workers,
         # one event-loop thread per worker: the app's own threads are in the rsgi bridge
         "runtime_mode": RuntimeModes.st,
+        "loop": Loops.uvloop,  # pinned in requirements.txt: missing is an error, not a slow default
         "backpressure": connections,
         "backlog": max(1024, min(65535, connections * workers)),
         "http1_settings": HTTP1Settings(header_read_timeout=timeout * 1000, keep_alive=True),
