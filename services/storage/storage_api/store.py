@@ -216,14 +216,21 @@ class Store:
     def _create_one(self, source: _LinkSource, name: str) -> bool:
         path = self._path(name)
         for _ in range(2):  # a second look if another client creates or deletes it meanwhile
-            try:
-                st = os.lstat(path)  # first, so that a batch of existing items makes no file
-            except FileNotFoundError:
+            st = None
+            if source.path is None:  # no file to link to yet: look first, so that a batch of
+                try:                 # existing items makes none; then it is one call per item
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    pass
+            if st is None:
                 try:
                     source.link_to(path)
                     return True
                 except FileExistsError:
-                    continue
+                    try:
+                        st = os.lstat(path)
+                    except FileNotFoundError:
+                        continue
             if not stat.S_ISREG(st.st_mode):
                 raise NotAnItem(name)
             return source.made(st)  # True: an earlier attempt of this same batch made it
