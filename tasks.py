@@ -419,15 +419,17 @@ def bench_api(c, sizes="10,100,1000,10000", repeat=3, baseline_max=1000, check=F
     "servers": "comma-separated candidates to measure (default: all; see build/bench-servers.md)",
     "duration": "seconds per load figure (default 3)",
     "rounds": "rounds per figure, interleaved across candidates; the median is shown (default 3)",
+    "before": "a git revision: also measure the project as it served then, from its own code (e.g. a48ed72)",
 })
 @friendly
-def bench_servers(c, servers="", duration=3.0, rounds=3):
+def bench_servers(c, servers="", duration=3.0, rounds=3, before=""):
     """Compare production servers on loopback: throughput, p99, hostile clients, SIGTERM, memory."""
     from twotier.bench import servers as serverbench
 
     command = "invoke bench.servers" + (f" --servers {servers}" if servers else "") + \
-        (f" --duration {duration}" if float(duration) != 3.0 else "") + (f" --rounds {rounds}" if int(rounds) != 3 else "")
-    print(serverbench.run(float(duration), servers or None, int(rounds), command=command))
+        (f" --duration {duration}" if float(duration) != 3.0 else "") + \
+        (f" --rounds {rounds}" if int(rounds) != 3 else "") + (f" --before {before}" if before else "")
+    print(serverbench.run(float(duration), servers or None, int(rounds), command=command, before=before))
 
 
 @task(name="reload", help={"rounds": "rounds per tier: a plain save, a save under CPU load, a syntax error then the fix "

@@ -67,9 +67,28 @@ CANDIDATES: dict[str, tuple[str, str]] = {
 }
 
 
+#: the project as it was before this server work, run from its own code (``--before REV``)
+BEFORE = "before"
+
+
+def before_tree(rev: str, into: Path) -> Path:
+    """``services/`` of git revision ``rev`` of this repository, extracted under ``into``."""
+    res = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "services"],
+                         capture_output=True)
+    if res.returncode != 0:
+        raise UserError(f"cannot read services/ at revision {rev!r}: "
+                        f"{res.stderr.decode(errors='replace').strip()[-300:]}",
+                        "give a commit of this repository, e.g. --before a48ed72")
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=res.stdout, check=True)
+    return into
+
+
 def _argv(name: str, package: str, port: int) -> list[str]:
     py = sys.executable
     bind = f"{LOOPBACK}:{port}"
+    if name == BEFORE:  # its own `python -m <service>`: gunicorn gthread as it was configured
+        return [py, "-m", package]
     if name == "gunicorn-gthread":  # exactly the options serving.py had
         return [py, "-m", "gunicorn", "-w", str(WORKERS), "--threads", str(THREADS), "-k", "gthread",
                 "--keep-alive", "5", "--timeout", "30", "--graceful-timeout", "10",
@@ -98,8 +117,8 @@ def _argv(name: str, package: str, port: int) -> list[str]:
 class Server:
     """One service under one candidate server, as a process group; output to a log file."""
 
-    def __init__(self, name: str, tier, env: dict, log_dir: Path):
-        self.name, self.tier = name, tier
+    def __init__(self, name: str, tier, env: dict, log_dir: Path, code: Path | None = None):
+        self.name, self.tier, self.code = name, tier, code  # code: another services/ tree
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.env = {**service_env(), **env, "PYTHONUNBUFFERED": "1", "TWOTIER_DEV": "0",
@@ -107,12 +126,16 @@ class Server:
                     "BENCH_PACKAGE": tier.package, "BENCH_THREADS": str(THREADS),
                     f"{tier.env_prefix}_HOST": LOOPBACK, f"{tier.env_prefix}_PORT": str(self.port),
                     f"{tier.env_prefix}_WORKERS": str(WORKERS), f"{tier.env_prefix}_THREADS": str(THREADS)}
+        self.directory = tier.directory
+        if code is not None:
+            self.directory = code / tier.directory.relative_to(ROOT)
+            self.env["PYTHONPATH"] = str(code / "services" / "common")
         self.log = log_dir / f"{name}-{tier.name}.log"
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(_argv(self.name, self.tier.package, self.port), cwd=self.tier.directory,
+            self.proc = subprocess.Popen(_argv(self.name, self.tier.package, self.port), cwd=self.directory,
                                          env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -282,7 +305,8 @@ def pipelining(server: Server, count: int = 20) -> str:
 
 
 def graceful_stop(name: str, storage: Server, log_dir: Path, in_flight: int = 8) -> str:
-    app = Server(name, APP, {"STO_API": storage.url, "API_BATCH_SIZE": "100"}, log_dir).__enter__()
+    app = Server(name, APP, {"STO_API": storage.url, "API_BATCH_SIZE": "100"}, log_dir,
+                 code=storage.code).__enter__()
     answers: list[int] = []
 
     def call():
@@ -324,18 +348,21 @@ def _median(loads: list[Load]) -> Load:
     return sorted(loads, key=lambda load: load.rps)[len(loads) // 2]
 
 
-def measure(names: list[str], duration: float, rounds: int, progress) -> list[Result]:
+def measure(names: list[str], duration: float, rounds: int, progress,
+            trees: dict[str, Path] | None = None) -> list[Result]:
     """All candidates up at once; every load figure interleaved across them (``rounds`` rounds,
     alternating order; the median by throughput), so that a change in the machine's load
     during the run hits every candidate alike. Then the hostile checks, each on a fresh server."""
     results = {name: Result(name) for name in names}
+    trees = trees or {}
     with tempfile.TemporaryDirectory(prefix="twotier-bench-servers-") as tmp, ExitStack() as stack:
         tmp = Path(tmp)
         pairs = {}
         for name in names:
             progress(f"starting {name}")
-            storage = stack.enter_context(Server(name, STORAGE, {"STO_STORAGE": str(tmp / f"items-{name}")}, tmp))
-            app = stack.enter_context(Server(name, APP, {"STO_API": storage.url}, tmp))
+            storage = stack.enter_context(Server(name, STORAGE, {"STO_STORAGE": str(tmp / f"items-{name}")}, tmp,
+                                                 code=trees.get(name)))
+            app = stack.enter_context(Server(name, APP, {"STO_API": storage.url}, tmp, code=trees.get(name)))
             pairs[name] = (storage, app)
         time.sleep(2.0)
         for name, (storage, _) in pairs.items():
@@ -363,20 +390,23 @@ def measure(names: list[str], duration: float, rounds: int, progress) -> list[Re
             tmp, result = Path(tmp), results[name]
             for attr, check in (("slow", slow_clients), ("idle", idle_flood), ("pipeline", pipelining),
                                 ("graceful", lambda storage, name=name, tmp=tmp: graceful_stop(name, storage, tmp))):
-                with Server(name, STORAGE, {"STO_STORAGE": str(tmp / "items")}, tmp) as storage:
+                with Server(name, STORAGE, {"STO_STORAGE": str(tmp / "items")}, tmp,
+                            code=trees.get(name)) as storage:
                     setattr(result, attr, check(storage))
     return [results[name] for name in names]
 
 
-def report(results: list[Result], duration: float, rounds: int, command: str) -> str:
+def report(results: list[Result], duration: float, rounds: int, command: str,
+           described: dict[str, tuple[str, str]] | None = None) -> str:
+    described = described or CANDIDATES
     load_rows = []
     for r in results:
         for op, label in (("get", "GET /items (20 items)"), ("put", "PUT /items/<item>"),
                           ("createlist", "GET /createlist/100")):
             load_rows.append([r.name, label] + [r.loads[f"{op}{c}"].cell() for c in CONCURRENCY])
-    hostile_rows = [[r.name, CANDIDATES[r.name][1], r.slow, r.idle, r.pipeline, r.graceful,
+    hostile_rows = [[r.name, described[r.name][1], r.slow, r.idle, r.pipeline, r.graceful,
                      f"{r.rss_rest:.0f} / {r.pss_rest:.0f}", f"{r.rss_load:.0f}"] for r in results]
-    servers = "\n".join(f"- `{name}`: {CANDIDATES[name][0]}" for name in (r.name for r in results))
+    servers = "\n".join(f"- `{name}`: {described[name][0]}" for name in (r.name for r in results))
     return (f"# Production server benchmark, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC\n\n"
             f"`{command}` on {platform.node()} ({os.cpu_count()} cores, Python "
             f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end); load "
@@ -395,8 +425,10 @@ def report(results: list[Result], duration: float, rounds: int, command: str) ->
 
 
 def run(duration: float = 3.0, servers: str | list[str] | None = None, rounds: int = 3,
-        progress=None, out: Path = REPORT, command: str = "python -m twotier.bench.servers") -> str:
-    """Measure ``servers`` (default: all candidates) one after the other; write and return the report."""
+        progress=None, out: Path = REPORT, command: str = "python -m twotier.bench.servers",
+        before: str = "") -> str:
+    """Measure ``servers`` (default: all candidates) side by side; write and return the report.
+    ``before``: a git revision; the project as it served then runs too, from its own code."""
     progress = progress or (lambda msg: print(f"[bench-servers] {msg}", file=sys.stderr, flush=True))
     names = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers or CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
@@ -405,8 +437,17 @@ def run(duration: float = 3.0, servers: str | list[str] | None = None, rounds: i
     if duration <= 0 or rounds < 1:
         raise UserError(f"--duration must be > 0 and --rounds >= 1, got {duration}, {rounds}",
                         "e.g. --duration 3 --rounds 3")
-    results = measure([n for n in names if n], duration, rounds, progress)
-    text = report(results, duration, rounds, command)
+    names = [n for n in names if n]
+    described = dict(CANDIDATES)
+    with tempfile.TemporaryDirectory(prefix="twotier-bench-before-") as tmp:
+        trees = {}
+        if before:
+            trees[BEFORE] = before_tree(before, Path(tmp))
+            names.insert(0, BEFORE)
+            described[BEFORE] = (f"this project at {before}, from its own code and its own "
+                                 "`python -m <service>` (what it served before this work)", "yes")
+        results = measure(names, duration, rounds, progress, trees)
+    text = report(results, duration, rounds, command, described)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
@@ -417,11 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per load figure (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per figure, the median is shown (default 3)")
     parser.add_argument("--servers", default="", help=f"comma-separated subset of: {', '.join(CANDIDATES)}")
+    parser.add_argument("--before", default="", help="a git revision: also measure the project as it "
+                        "served then, from its own code (e.g. a48ed72)")
     args = parser.parse_args(argv)
     command = "python -m twotier.bench.servers" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     try:
-        print(run(args.duration, args.servers or None, args.rounds, command=command))
+        print(run(args.duration, args.servers or None, args.rounds, command=command, before=args.before))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
