@@ -245,7 +245,11 @@ def test_image_pull_failure_fails_fast_with_events(connected):
 def test_crash_loop_fails_fast_with_its_last_log_lines(connected):
     from twotier.kube.rollout import RolloutFailed
     from twotier.ops.deploy import deploy_objects
-    dep = _probe_deployment("twotier-crash-probe", {},
+    # A readiness probe, as every tier of the project has: without one, Kubernetes counts the pod
+    # available in the instant between its start and its exit, and so would `kubectl rollout
+    # status` (a race seen once in CI). The probe's delay outlasts the container's life.
+    ready_later = {"readinessProbe": {"exec": {"command": ["true"]}, "initialDelaySeconds": 30}}
+    dep = _probe_deployment("twotier-crash-probe", ready_later,
                             ["sh", "-c", "echo probe-says-goodbye; echo KeyError: STO_STORAGE; exit 3"])
     start = time.monotonic()
     try:
