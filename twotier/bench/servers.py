@@ -62,7 +62,7 @@ CANDIDATES: dict[str, tuple[str, str]] = {
     "waitress": ("waitress 3, 1 process, 8 threads, 10000 connections", "no"),
     "uvicorn-a2wsgi": ("uvicorn 0.54 + a2wsgi, 2 workers x 4 threads", "yes"),
     "granian-wsgi": ("granian 2.8, its WSGI interface, 2 workers x 4 threads", "yes"),
-    "granian-rsgi": ("granian 2.8, RSGI bridge (twotier_service.rsgi), 2 workers x 4 threads: "
+    "granian-rsgi": ("granian 2.8 on uvloop, RSGI bridge (twotier_service.rsgi), 2 workers x 4 threads: "
                      "python -m <service> (now)", "yes"),
 }
 
