@@ -113,15 +113,21 @@ class Store:
         with _LinkSource(self.root) as source:
             return self._create_one(source, name)
 
-    def delete(self, name: str) -> bool:
-        """Delete one item; True if this call deleted it, False if there was no such item."""
+    def delete(self, name: str, into: str | None = None) -> bool:
+        """Delete one item; True if this call deleted it, False if there was no such item.
+        With ``into`` (a keyed batch's record directory) the item is moved there instead, and
+        one found there already counts as deleted by this batch (an earlier attempt of it)."""
         path = self._path(name)
+        record = os.path.join(into, name) if into else None
         try:
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 return False  # a directory or symlink is not an item: leave it alone
-            os.unlink(path)
+            if record:
+                os.rename(path, record)
+            else:
+                os.unlink(path)
         except FileNotFoundError:
-            return False
+            return record is not None and os.path.lexists(record)
         return True
 
     def batch(self, create: list[str] = (), delete: list[str] = (), key: str | None = None) -> BatchResult:
@@ -146,8 +152,7 @@ class Store:
         deleted_dir = self._deleted_dir(key) if key and delete else None
         for name in delete:
             try:
-                done = self._delete_into(name, deleted_dir) if deleted_dir else self.delete(name)
-                (result.deleted if done else result.missing).append(name)
+                (result.deleted if self.delete(name, deleted_dir) else result.missing).append(name)
             except OSError as err:
                 result.failed[name] = err.strerror or str(err)
         return result
@@ -156,19 +161,6 @@ class Store:
         path = os.path.join(self.root, IDEM_DIR, f"{key}{DELETED_SUFFIX}")
         os.makedirs(path, 0o755, exist_ok=True)
         return path
-
-    def _delete_into(self, name: str, deleted_dir: str) -> bool:
-        """Delete ``name`` by moving it into ``deleted_dir``; True if this batch deleted it (now
-        or in an earlier attempt), False if it was missing."""
-        path = self._path(name)
-        record = os.path.join(deleted_dir, name)
-        try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                return False  # a directory or symlink is not an item: leave it alone
-            os.rename(path, record)
-        except FileNotFoundError:
-            return os.path.lexists(record)  # moved there by an earlier attempt of this batch
-        return True
 
     def remove_stale_temp_files(self, max_age: float = STALE_TEMP_SECONDS,
                                 idem_max_age: float = IDEMPOTENCY_SECONDS) -> int:
