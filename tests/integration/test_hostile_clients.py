@@ -294,25 +294,30 @@ def _wait_for_items(directory: Path, at_least: int, timeout: float = 60) -> None
 N = 100_000
 
 
-def _createlist_in_background(app, answer: dict) -> threading.Thread:
+def _get_in_background(url: str, answer: dict) -> threading.Thread:
     def run():
-        answer["resp"] = requests.get(f"{app.url}/createlist/{N}", timeout=120)
+        answer["resp"] = requests.get(url, timeout=120)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
 
 
-def test_a_storage_worker_killed_mid_createlist_leaves_an_honest_report(storage, app):
-    """kill -9 of the storage workers while createlist/100000 runs: the app re-sends the batch
-    (its idempotency key), a replaced worker finishes it; createds is exactly what exists."""
-    answer = {}
-    thread = _createlist_in_background(app, answer)
-    _wait_for_items(storage.items, 1000)
+def _kill_workers(storage) -> list[int]:
     workers = _children(storage.pid)
     assert workers, "no storage worker processes found"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
+    return workers
+
+
+def test_a_storage_worker_killed_mid_createlist_leaves_an_honest_report(storage, app):
+    """kill -9 of the storage workers while createlist/100000 runs: the app re-sends the batch
+    (its idempotency key), a replaced worker finishes it; createds is exactly what exists."""
+    answer = {}
+    thread = _get_in_background(f"{app.url}/createlist/{N}", answer)
+    _wait_for_items(storage.items, 1000)
+    workers = _kill_workers(storage)
     thread.join(120)
     resp = answer["resp"]
     assert resp.status_code == 200, resp.text[:300]
@@ -330,18 +335,11 @@ def test_a_storage_worker_killed_mid_clear_leaves_an_honest_report(storage, app)
     resp = requests.get(f"{app.url}/createlist/{N}", timeout=120)
     assert len(resp.json()["createds"]) == N
     answer = {}
-
-    def run():
-        answer["resp"] = requests.get(f"{app.url}/clear", timeout=120)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread = _get_in_background(f"{app.url}/clear", answer)
     deadline = time.monotonic() + 60
     while len(os.listdir(storage.items)) > N - 1000 and time.monotonic() < deadline:
         time.sleep(0.01)
-    workers = _children(storage.pid)
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
+    _kill_workers(storage)
     thread.join(120)
     resp = answer["resp"]
     assert resp.status_code == 200, resp.text[:300]
@@ -357,7 +355,7 @@ def test_the_whole_storage_killed_mid_createlist_faileds_names_no_existing_item(
     try:
         with ServiceProcess(APP, free_port(), {"STO_API": storage.url, "API_BATCH_SIZE": "5000"}) as app:
             answer = {}
-            thread = _createlist_in_background(app, answer)
+            thread = _get_in_background(f"{app.url}/createlist/{N}", answer)
             _wait_for_items(items, 12_000)
             os.killpg(storage.pid, signal.SIGKILL)
             storage.proc.wait(10)
