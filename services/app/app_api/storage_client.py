@@ -140,7 +140,7 @@ class StorageClient:
             err.sent = False
             raise err
         timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
-        _current.deadline, _current.timers, _current.sent = deadline, [], False
+        _current.deadline, _current.watches, _current.sent = deadline, [], False
         try:
             resp = self.session.request(method, self.base_url + path, timeout=timeout,
                                         allow_redirects=False, **kwargs)
@@ -151,9 +151,9 @@ class StorageClient:
             err.sent = err.sent or _current.sent  # an earlier attempt may have got through
             raise err from None
         finally:
-            for entry in _current.timers:
+            for entry in _current.watches:
                 _watchdog.cancel(entry)
-            _current.deadline, _current.timers = None, []
+            _current.deadline, _current.watches = None, []
         if resp.status_code != 200:
             raise _bad(what, f"HTTP {resp.status_code}: {_snippet(resp.text)}")
         try:
@@ -266,7 +266,7 @@ class _DeadlineGuard:
     def getresponse(self, *args, **kwargs):
         deadline = getattr(_current, "deadline", None)
         if deadline is not None:
-            _current.timers.append(_watchdog.watch(deadline.end, self))
+            _current.watches.append(_watchdog.watch(deadline.end, self))
         return super().getresponse(*args, **kwargs)
 
     def _expire(self) -> None:
