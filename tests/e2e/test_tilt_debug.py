@@ -44,32 +44,33 @@ def breakpoint_line() -> int:
     return next(i for i, line in enumerate(lines[start:], start) if "createds, faileds = [], []" in line) + 1
 
 
-def attach(timeout: float = 120) -> DapClient:
-    """A DAP connection to debugpy through Tilt's port-forward, once the adapter answers."""
+def attach(breakpoints: dict[str, list[int]], timeout: float = 120) -> tuple[DapClient, dict]:
+    """A DAP session through Tilt's port-forward with BREAKPOINTS set, as VS Code makes it; tried
+    again until a debugger takes the whole attach. Tilt's forward accepts a connection even before
+    debugpy listens in the pod, and in the instant of a reload the connection may reach the
+    retiring worker: only a completed attach says the serving worker's debugger is there."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         client = None
         try:
-            # Tilt's forward accepts a connection even before debugpy listens in the pod; only an
-            # answer to `initialize` says the adapter is there.
             client = DapClient("127.0.0.1", DEBUG_PORT, timeout=30)
             client.initialize(timeout=5)
-            return client
+            return client, client.attach(breakpoints, path_mappings=PATH_MAPPINGS)
         except (OSError, DapError) as err:
             last = err
             if client is not None:
                 client.sock.close()
             time.sleep(1)
-    pytest.fail(f"debugpy did not answer on 127.0.0.1:{DEBUG_PORT} within {timeout:.0f}s: {last}")
+    pytest.fail(f"debugpy did not take an attach on 127.0.0.1:{DEBUG_PORT} within {timeout:.0f}s: {last}")
 
 
 def stop_at_createlist(session, n: int) -> None:
     """Attach, break in createlist, GET /createlist/N through out-svc, check the locals, go on."""
     url = tiltrun.node_url(session.cluster, 31001, f"/createlist/{n}")
     line = breakpoint_line()
-    with attach() as dap:
-        placed = dap.attach({str(ROUTES): [line]}, path_mappings=PATH_MAPPINGS)
+    dap, placed = attach({str(ROUTES): [line]})
+    with dap:
         assert placed[str(ROUTES)][0]["verified"], placed
         answer: dict = {}
 

@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import threading
@@ -15,6 +16,7 @@ import time
 
 import requests
 
+from twotier.dev.dap import DapClient, DapError
 from twotier.dev.servers import HELLO, ServiceProcess, free_port
 
 OLD = 'return {"a": 1}'
@@ -143,3 +145,61 @@ def test_a_crashed_worker_is_replaced_and_sigterm_stops_everything(tmp_path):
     except requests.ConnectionError:
         answered = False
     assert not answered, "the port must be closed once the dev server stopped"
+
+
+def _attach(port: int, breakpoints: dict[str, list[int]], timeout: float) -> DapClient:
+    """A DAP session with BREAKPOINTS set, retried until a debugger takes the attach."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        client = None
+        try:
+            client = DapClient("127.0.0.1", port, timeout=5)
+            client.attach(breakpoints)
+            return client
+        except (OSError, DapError) as err:
+            last = err
+            if client is not None:
+                client.sock.close()
+            time.sleep(0.2)
+    raise AssertionError(f"no debugger took an attach on port {port} within {timeout:.0f}s: {last}")
+
+
+def test_a_reload_hands_the_debugger_to_the_new_worker_despite_a_stale_client(tmp_path):
+    """A client still connected to the old worker's debugger (one that connected in the instant
+    of a reload, or never detached) is cut off by the reload, and the new worker's debugger takes
+    an attach within seconds, while the old worker still drains an idle keep-alive connection."""
+    code, module = _copy_hello(tmp_path)
+    original = module.read_text()
+    line = next(i for i, text in enumerate(original.splitlines(), 1) if OLD in text)
+    debug_port = free_port()
+    with ServiceProcess(HELLO, free_port(), dev=True, directory=code,
+                        env={"TWOTIER_DEBUG_PORT": str(debug_port)}) as hello:
+        deadline = time.monotonic() + 30
+        while not any("debugpy listening" in text for text in hello.output) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stale = DapClient("127.0.0.1", debug_port, timeout=10)
+        stale.initialize()
+        with socket.create_connection(("127.0.0.1", hello.port), timeout=10) as idle:
+            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert idle.recv(4096).startswith(b"HTTP/1.1 200")  # and then it stays open, idle
+            _tar_sync(code, "hello_app/__init__.py", original.replace(OLD, 'return {"a": 2}'))
+            assert _wait_for(hello.url + "/", {"a": 2}) == {"a": 2}
+            reloaded = time.monotonic()
+            with _attach(debug_port, {str(module): [line]}, timeout=8) as dap:
+                answer = {}
+                thread = threading.Thread(target=lambda: answer.update(
+                    requests.get(hello.url + "/", timeout=30).json()), daemon=True)
+                thread.start()
+                stopped = dap.wait_event("stopped", timeout=30)
+                frame, _locals = dap.frame_locals(stopped["body"]["threadId"])
+                assert frame["name"] == "home" and frame["line"] == line
+                dap.request("continue", {"threadId": stopped["body"]["threadId"]})
+                thread.join(30)
+            assert answer == {"a": 2}  # the new code, stopped at in the new worker
+            took = time.monotonic() - reloaded
+            while not stale.closed and time.monotonic() < reloaded + 5:
+                time.sleep(0.05)
+            assert stale.closed, "the old worker's debug session must end with the reload"
+        assert took < 5, f"the debugger came back {took:.1f}s after the reload"
+        assert hello.alive()

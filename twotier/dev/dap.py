@@ -148,7 +148,7 @@ class DapClient:
         attach_seq = self.send_request("attach", {"name": "twotier", "type": "debugpy", "request": "attach",
                                                   "justMyCode": just_my_code,
                                                   "pathMappings": path_mappings or []})
-        self.wait_event("initialized")
+        self._wait_initialized(attach_seq)
         result = {}
         for path, lines in breakpoints.items():
             body = self.request("setBreakpoints", {"source": {"path": path},
@@ -157,6 +157,25 @@ class DapClient:
         self.request("configurationDone")
         self.response(attach_seq)
         return result
+
+    def _wait_initialized(self, attach_seq: int) -> None:
+        """The ``initialized`` event, or the ``attach`` request's refusal, whichever comes first
+        (an adapter with no debuggee left refuses the attach instead of ever initializing)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self.wait_event("initialized", timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+                return
+            except DapError:
+                with self._cond:
+                    refused = self._responses.get(attach_seq)
+                if refused is not None and not refused.get("success"):
+                    self._responses.pop(attach_seq)
+                    raise DapError(f"attach failed: {refused.get('message')}") from None
+                if self.closed:
+                    raise DapError("the adapter closed the connection before an 'initialized' event") from None
+                if time.monotonic() >= deadline:
+                    raise DapError(f"no 'initialized' event within {self.timeout:.0f}s") from None
 
     def frame_locals(self, thread_id: int) -> tuple[dict, dict[str, str]]:
         """(the top frame, {local name: value as the debugger shows it}) of a stopped thread."""

@@ -22,7 +22,8 @@ Here (blue/green in one container):
 
 Debugging (``TWOTIER_DEBUG_PORT``): each worker, once it is the serving one, starts debugpy's
 adapter on that port (all addresses in the container; Tilt forwards it to 127.0.0.1). A reload
-ends the debug session with the old worker; attach again (the breakpoints come with the client).
+ends the debug session with the old worker (its adapter is stopped when it retires); attach
+again (the breakpoints come with the client).
 """
 from __future__ import annotations
 
@@ -81,19 +82,18 @@ def _worker(app, host: str, port: int) -> int:
     srv = make_server(host, port, app, threaded=True, fd=int(os.environ[ENV_FD]))
     srv.daemon_threads = False  # socketserver then keeps the handler threads, so retiring can wait for them
     stopping = threading.Event()
+    debugger = _Debugger(os.environ.get(ENV_DEBUG_PORT, "").strip(), stopping)
 
     def retire(*_):
         if not stopping.is_set():
             stopping.set()
             threading.Thread(target=srv.shutdown, daemon=True).start()  # ends serve_forever
+            threading.Thread(target=debugger.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, retire)
     signal.signal(signal.SIGINT, retire)
-    debug_port = os.environ.get(ENV_DEBUG_PORT, "").strip()
-    if debug_port:
-        # The adapter's port is free only once the previous worker has gone: start it when told.
-        signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(
-            target=_start_debugger, args=(int(debug_port),), daemon=True).start())
+    if debugger.port:
+        signal.signal(signal.SIGUSR1, lambda *_: debugger.start())
     with os.fdopen(int(os.environ[ENV_READY_FD]), "wb") as ready:
         ready.write(b"ready")
     # socketserver's loop, not Werkzeug's override, which would then wait for every connection
@@ -109,25 +109,69 @@ def _worker(app, host: str, port: int) -> int:
     os._exit(0)  # idle keep-alive connection threads must not keep a retired worker alive
 
 
-def _start_debugger(port: int) -> None:
-    # Python 3.11+ freezes some stdlib modules; pydevd warns about it at every start, harmlessly.
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    try:
-        import debugpy
-    except ImportError:
-        log(f"{ENV_DEBUG_PORT}={port} but debugpy is not installed (the image's dev target has it)")
-        return
-    deadline = time.monotonic() + 30
-    while True:
+class _Debugger:
+    """debugpy for one worker: listening when the supervisor says this worker serves, ended as
+    soon as it retires.
+
+    The adapter runs inside the worker (``in_process_debug_adapter``), so the port and every
+    debug session end with the worker's process. debugpy's default, a separate adapter process,
+    outlives the worker while any client is still connected to it (one that connected in the
+    instant of a reload, or never detached): it answers ``initialize`` but never ``attach``, keeps
+    the port from the serving worker's debugger, and is left as a zombie of the supervisor."""
+
+    LISTEN_TIMEOUT_S = 60.0  # the retiring worker holds the port until it has stopped its debugger
+
+    def __init__(self, port: str, retiring: threading.Event):
+        self.port = int(port) if port else 0
+        self.retiring = retiring
+        self.lock = threading.Lock()
+        self.listening = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._listen, daemon=True, name="debugger").start()
+
+    def _listen(self) -> None:
+        # Python 3.11+ freezes some stdlib modules; pydevd warns about it at every start, harmlessly.
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         try:
-            debugpy.listen(("0.0.0.0", port))
-            log(f"debugpy listening on port {port} (pid {os.getpid()}); attach a DAP client")
+            import debugpy
+        except ImportError:
+            log(f"{ENV_DEBUG_PORT}={self.port} but debugpy is not installed (the image's dev target has it)")
             return
-        except Exception as err:
-            if time.monotonic() > deadline:
-                log(f"debugpy could not listen on port {port}: {err}")
-                return
+        deadline = time.monotonic() + self.LISTEN_TIMEOUT_S
+        while True:
+            with self.lock:
+                if self.retiring.is_set():
+                    return
+                try:
+                    _check_free(self.port)  # in-process, debugpy would hang on a taken port, not raise
+                    debugpy.listen(("0.0.0.0", self.port), in_process_debug_adapter=True)
+                    self.listening = True
+                    log(f"debugpy listening on port {self.port} (pid {os.getpid()}); attach a DAP client")
+                    return
+                except Exception as err:
+                    if time.monotonic() > deadline:
+                        log(f"debugpy could not listen on port {self.port}: {err}; "
+                            "save a file to start a new worker, or restart the dev server")
+                        return
             time.sleep(0.2)
+
+    def stop(self) -> None:
+        """End the debug session and stop listening (threads paused at a breakpoint go on)."""
+        with self.lock:
+            if not self.listening:
+                return
+            self.listening = False
+            import pydevd  # debugpy's vendored debugger, importable once debugpy.listen() ran
+
+            pydevd.stoptrace()
+
+
+def _check_free(port: int) -> None:
+    """OSError when something listens on PORT (bound as pydevd binds it, then let go)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("0.0.0.0", port))
 
 
 # ------------------------------------------------------------------------------ the supervisor
