@@ -279,11 +279,7 @@ def up(progress=print, nodes: int | None = None) -> float:
         _start(name, node_ip, progress)
     procs.wait_for(node_ready, f"node {L.NODE_NAME} Ready", 120, progress, name="kubelet")
     progress("applying CoreDNS and the local-registry-hosting ConfigMap")
-    res = subprocess.run([str(L.kubectl_path()), "--kubeconfig", str(L.KUBECONFIG), "apply", "--server-side",
-                          "--force-conflicts", "--field-manager", "twotier-cluster", "-f", "-"],
-                         input=addons.manifests(), capture_output=True, text=True)
-    if res.returncode != 0:
-        raise UserError(f"applying the cluster addons failed: {res.stderr.strip()}")
+    _apply(addons.manifests())
     procs.wait_for(lambda: deployment_available("kube-system", "coredns"), "CoreDNS available", 120, progress)
     _ensure_nodes(wanted, progress)
     elapsed = time.monotonic() - t0
@@ -298,7 +294,7 @@ def _ensure_nodes(wanted: int, progress) -> None:
     for node in extra_nodes.existing():
         if node.index > wanted:
             progress(f"removing node {node.name}")
-            _kubectl("delete", "node", node.name, "--ignore-not-found", "--wait=false")
+            _delete_node(node.name)
             extra_nodes.remove(node, progress)
     if wanted == 1:
         _remove_nodes_network()
@@ -319,9 +315,36 @@ def _remove_nodes_network() -> None:
         subprocess.run(["ip", "route", "del", *route.split()], capture_output=True)
 
 
-def _kubectl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(L.kubectl_path()), "--kubeconfig", str(L.KUBECONFIG), *args],
-                          capture_output=True, text=True)
+def _apply(manifests: str) -> None:
+    """Server-side apply of a multi-document YAML, in its order, through the Python client."""
+    import yaml
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.dynamic import DynamicClient
+
+    api = DynamicClient(_api_client())
+    for doc in yaml.safe_load_all(manifests):
+        if not doc:
+            continue
+        meta = doc["metadata"]
+        what = f"{doc['kind']} {meta.get('namespace', '')}/{meta['name']}".replace(" /", " ")
+        try:
+            api.server_side_apply(api.resources.get(api_version=doc["apiVersion"], kind=doc["kind"]),
+                                  body=doc, name=meta["name"], namespace=meta.get("namespace"),
+                                  field_manager="twotier-cluster", force_conflicts=True, _request_timeout=30)
+        except ApiException as err:
+            raise UserError(f"applying the cluster addon {what} failed: {err.status} {err.reason}: "
+                            f"{(err.body or '')[:400]}") from None
+
+
+def _delete_node(name: str) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.CoreV1Api(_api_client()).delete_node(name, _request_timeout=30)
+    except ApiException as err:
+        if err.status != 404:
+            raise UserError(f"deleting node {name} failed: {err.status} {err.reason}") from None
 
 
 # ------------------------------------------------------------------------------------------ down

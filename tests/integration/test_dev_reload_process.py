@@ -50,6 +50,13 @@ def _wait_for(url: str, expected: dict, timeout: float = 30) -> dict:
     return last
 
 
+def _wait_output(service, text: str, timeout: float) -> None:
+    """Until a line of SERVICE's output contains TEXT (at most TIMEOUT seconds)."""
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in service.output) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class Hammer:
     """Requests in a loop (bounded) from a thread; every outcome recorded."""
 
@@ -101,9 +108,7 @@ def test_a_saved_syntax_error_keeps_the_previous_code_serving_until_fixed(tmp_pa
     original = module.read_text()
     with ServiceProcess(HELLO, free_port(), dev=True, directory=code) as hello:
         module.write_text(original.replace(OLD, 'return {"a": 2'))  # unclosed brace
-        deadline = time.monotonic() + 30
-        while not any("SyntaxError" in line for line in hello.output) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_output(hello, "SyntaxError", timeout=30)
         assert any("not reloading: SyntaxError" in line and "keeps serving" in line for line in hello.output)
         assert requests.get(hello.url + "/", timeout=5).json() == {"a": 1}
         module.write_text(original.replace(OLD, 'return {"a": 3}'))
@@ -116,9 +121,7 @@ def test_an_import_error_keeps_the_previous_code_serving_until_fixed(tmp_path):
     original = module.read_text()
     with ServiceProcess(HELLO, free_port(), dev=True, directory=code) as hello:
         module.write_text(original + "\nraise RuntimeError('broken at import')\n")
-        deadline = time.monotonic() + 60
-        while not any("did not start" in line for line in hello.output) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_output(hello, "did not start", timeout=60)
         assert any("the previous code keeps serving" in line for line in hello.output), "".join(hello.output)
         assert any("broken at import" in line for line in hello.output)  # the error is shown
         assert requests.get(hello.url + "/", timeout=5).json() == {"a": 1}
@@ -133,9 +136,7 @@ def test_a_crashed_worker_is_replaced_and_sigterm_stops_everything(tmp_path):
         worker = int(next(line for line in hello.output if "worker pid" in line)
                      .split("worker pid ")[1].split(",")[0])
         os.kill(worker, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while not any("generation 2" in line for line in hello.output) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_output(hello, "generation 2", timeout=60)
         assert requests.get(hello.url + "/", timeout=5).json() == {"a": 1}
         assert hello.stop() == 0
     time.sleep(0.3)
@@ -175,9 +176,7 @@ def test_a_reload_hands_the_debugger_to_the_new_worker_despite_a_stale_client(tm
     debug_port = free_port()
     with ServiceProcess(HELLO, free_port(), dev=True, directory=code,
                         env={"TWOTIER_DEBUG_PORT": str(debug_port)}) as hello:
-        deadline = time.monotonic() + 30
-        while not any("debugpy listening" in text for text in hello.output) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_output(hello, "debugpy listening", timeout=30)
         stale = DapClient("127.0.0.1", debug_port, timeout=10)
         stale.initialize()
         with socket.create_connection(("127.0.0.1", hello.port), timeout=10) as idle:
