@@ -326,7 +326,7 @@ def _apply(manifests: str) -> None:
         if not doc:
             continue
         meta = doc["metadata"]
-        what = f"{doc['kind']} {meta.get('namespace', '')}/{meta['name']}".replace(" /", " ")
+        what = f"{doc['kind']} " + "/".join(filter(None, (meta.get("namespace"), meta["name"])))
         try:
             api.server_side_apply(api.resources.get(api_version=doc["apiVersion"], kind=doc["kind"]),
                                   body=doc, name=meta["name"], namespace=meta.get("namespace"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import urllib.request
 import uuid
 
@@ -20,7 +19,7 @@ import pytest
 from twotier import settings as settingsmod
 from twotier.bench import tilt as tiltbench
 from twotier.dev import tiltrun
-from twotier.dev.dap import DapClient, DapError
+from twotier.dev.dap import DapError, attach_when_ready
 
 pytestmark = pytest.mark.tilt
 
@@ -44,32 +43,15 @@ def breakpoint_line() -> int:
     return next(i for i, line in enumerate(lines[start:], start) if "createds, faileds = [], []" in line) + 1
 
 
-def attach(breakpoints: dict[str, list[int]], timeout: float = 120) -> tuple[DapClient, dict]:
-    """A DAP session through Tilt's port-forward with BREAKPOINTS set, as VS Code makes it; tried
-    again until a debugger takes the whole attach. Tilt's forward accepts a connection even before
-    debugpy listens in the pod, and in the instant of a reload the connection may reach the
-    retiring worker: only a completed attach says the serving worker's debugger is there."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        client = None
-        try:
-            client = DapClient("127.0.0.1", DEBUG_PORT, timeout=30)
-            client.initialize(timeout=5)
-            return client, client.attach(breakpoints, path_mappings=PATH_MAPPINGS)
-        except (OSError, DapError) as err:
-            last = err
-            if client is not None:
-                client.sock.close()
-            time.sleep(1)
-    pytest.fail(f"debugpy did not take an attach on 127.0.0.1:{DEBUG_PORT} within {timeout:.0f}s: {last}")
-
-
 def stop_at_createlist(session, n: int) -> None:
     """Attach, break in createlist, GET /createlist/N through out-svc, check the locals, go on."""
     url = tiltrun.node_url(session.cluster, 31001, f"/createlist/{n}")
     line = breakpoint_line()
-    dap, placed = attach({str(ROUTES): [line]})
+    try:
+        dap, placed = attach_when_ready("127.0.0.1", DEBUG_PORT, {str(ROUTES): [line]},
+                                        path_mappings=PATH_MAPPINGS)
+    except DapError as err:
+        pytest.fail(f"debugpy (Tilt forwards it to 127.0.0.1:{DEBUG_PORT}): {err}")
     with dap:
         assert placed[str(ROUTES)][0]["verified"], placed
         answer: dict = {}

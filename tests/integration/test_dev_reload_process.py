@@ -16,7 +16,7 @@ import time
 
 import requests
 
-from twotier.dev.dap import DapClient, DapError
+from twotier.dev.dap import DapClient, attach_when_ready
 from twotier.dev.servers import HELLO, ServiceProcess, free_port
 
 OLD = 'return {"a": 1}'
@@ -148,24 +148,6 @@ def test_a_crashed_worker_is_replaced_and_sigterm_stops_everything(tmp_path):
     assert not answered, "the port must be closed once the dev server stopped"
 
 
-def _attach(port: int, breakpoints: dict[str, list[int]], timeout: float) -> DapClient:
-    """A DAP session with BREAKPOINTS set, retried until a debugger takes the attach."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        client = None
-        try:
-            client = DapClient("127.0.0.1", port, timeout=5)
-            client.attach(breakpoints)
-            return client
-        except (OSError, DapError) as err:
-            last = err
-            if client is not None:
-                client.sock.close()
-            time.sleep(0.2)
-    raise AssertionError(f"no debugger took an attach on port {port} within {timeout:.0f}s: {last}")
-
-
 def test_a_reload_hands_the_debugger_to_the_new_worker_despite_a_stale_client(tmp_path):
     """A client still connected to the old worker's debugger (one that connected in the instant
     of a reload, or never detached) is cut off by the reload, and the new worker's debugger takes
@@ -185,7 +167,9 @@ def test_a_reload_hands_the_debugger_to_the_new_worker_despite_a_stale_client(tm
             _tar_sync(code, "hello_app/__init__.py", original.replace(OLD, 'return {"a": 2}'))
             assert _wait_for(hello.url + "/", {"a": 2}) == {"a": 2}
             reloaded = time.monotonic()
-            with _attach(debug_port, {str(module): [line]}, timeout=8) as dap:
+            dap, _placed = attach_when_ready("127.0.0.1", debug_port, {str(module): [line]},
+                                             timeout=8, session_timeout=5, retry_every=0.2)
+            with dap:
                 answer = {}
                 thread = threading.Thread(target=lambda: answer.update(
                     requests.get(hello.url + "/", timeout=30).json()), daemon=True)

@@ -11,6 +11,7 @@ comes after ``configurationDone``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import socket
@@ -110,8 +111,9 @@ class DapClient:
     def request(self, command: str, arguments: dict | None = None, timeout: float | None = None) -> dict:
         return self.response(self.send_request(command, arguments), timeout)
 
-    def wait_event(self, name: str, timeout: float | None = None) -> dict:
-        """The next event called NAME (events seen before and not waited for are kept too)."""
+    def wait_event(self, name: str, timeout: float | None = None, unless_refused: int | None = None) -> dict:
+        """The next event called NAME (events seen before and not waited for are kept too); with
+        UNLESS_REFUSED (a request's seq), a refusal of that request ends the wait too."""
         for i, event in enumerate(self._seen_events):
             if event.get("event") == name:
                 return self._seen_events.pop(i)
@@ -125,6 +127,11 @@ class DapClient:
             except queue.Empty:
                 if self.closed:
                     raise DapError(f"the adapter closed the connection before a {name!r} event") from None
+                if unless_refused is not None:
+                    with self._cond:
+                        answer = self._responses.get(unless_refused)
+                    if answer is not None and not answer.get("success"):
+                        raise DapError(f"{answer.get('command')} failed: {answer.get('message')}") from None
                 continue
             if event.get("event") == name:
                 return event
@@ -148,7 +155,8 @@ class DapClient:
         attach_seq = self.send_request("attach", {"name": "twotier", "type": "debugpy", "request": "attach",
                                                   "justMyCode": just_my_code,
                                                   "pathMappings": path_mappings or []})
-        self._wait_initialized(attach_seq)
+        # an adapter with no debuggee left refuses the attach instead of ever initializing
+        self.wait_event("initialized", unless_refused=attach_seq)
         result = {}
         for path, lines in breakpoints.items():
             body = self.request("setBreakpoints", {"source": {"path": path},
@@ -157,25 +165,6 @@ class DapClient:
         self.request("configurationDone")
         self.response(attach_seq)
         return result
-
-    def _wait_initialized(self, attach_seq: int) -> None:
-        """The ``initialized`` event, or the ``attach`` request's refusal, whichever comes first
-        (an adapter with no debuggee left refuses the attach instead of ever initializing)."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                self.wait_event("initialized", timeout=min(0.5, max(0.01, deadline - time.monotonic())))
-                return
-            except DapError:
-                with self._cond:
-                    refused = self._responses.get(attach_seq)
-                if refused is not None and not refused.get("success"):
-                    self._responses.pop(attach_seq)
-                    raise DapError(f"attach failed: {refused.get('message')}") from None
-                if self.closed:
-                    raise DapError("the adapter closed the connection before an 'initialized' event") from None
-                if time.monotonic() >= deadline:
-                    raise DapError(f"no 'initialized' event within {self.timeout:.0f}s") from None
 
     def frame_locals(self, thread_id: int) -> tuple[dict, dict[str, str]]:
         """(the top frame, {local name: value as the debugger shows it}) of a stopped thread."""
@@ -194,13 +183,41 @@ class DapClient:
                 self.request("disconnect", {"terminateDebuggee": False}, timeout=5)
             except DapError:
                 pass
-        try:
+        self.drop()
+
+    def drop(self) -> None:
+        """Close the connection without a ``disconnect`` (the reader's file keeps the socket
+        open after a bare close(), so the adapter would not see the end: shut it down first)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def __enter__(self) -> DapClient:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def attach_when_ready(host: str, port: int, breakpoints: dict[str, list[int]],
+                      path_mappings: list[dict] | None = None, timeout: float = 120,
+                      session_timeout: float = 30, retry_every: float = 1.0) -> tuple[DapClient, dict]:
+    """(client, breakpoints as set) of the first session whose whole attach succeeds, tried again
+    until TIMEOUT, as a user re-attaches: a port-forward accepts a connection before anything
+    listens behind it, and in the instant of a reload the connection may reach the retiring
+    worker, so only a completed attach says the serving worker's debugger is there."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        client = None
+        try:
+            client = DapClient(host, port, timeout=session_timeout)
+            client.initialize(timeout=min(5.0, session_timeout))
+            return client, client.attach(breakpoints, path_mappings=path_mappings)
+        except (OSError, DapError) as err:
+            last = err
+            if client is not None:
+                client.drop()
+            time.sleep(retry_every)
+    raise DapError(f"no debugger took an attach on {host}:{port} within {timeout:.0f}s: {last}")
