@@ -133,16 +133,25 @@ def test_dev_mode_runs_the_reloading_supervisor_without_watching_python_itself(
     assert str(tmp_path) in captured["exclude"]  # items are data, not code
 
 
-def test_only_services_that_never_wait_on_the_network_run_small_requests_on_the_loop(monkeypatch, tmp_path):
+@pytest.mark.parametrize("package, prefix, method, path, cheap", [
+    ("storage_api", "STO", "PUT", "/items/a", True),
+    ("storage_api", "STO", "DELETE", "/items/a", True),
+    ("storage_api", "STO", "GET", "/items", False),  # grows with the items: a thread
+    ("storage_api", "STO", "POST", "/items:batch", False),
+    ("storage_api", "STO", "GET", "/healthz", True),
+    ("app_api", "API", "GET", "/createlist/5", False),  # waits on the storage tier
+    ("app_api", "API", "GET", "/readyz", True),
+    ("hello_app", "HELLO", "GET", "/info", True),
+])
+def test_only_cheap_requests_run_on_the_event_loop(monkeypatch, tmp_path, package, prefix, method, path, cheap):
     from twotier_service import rsgi
 
     monkeypatch.setenv("STO_STORAGE", str(tmp_path))
     monkeypatch.setenv("STO_API", "http://127.0.0.1:9")
-    for package, prefix, inline in (("storage_api", "STO", True), ("app_api", "API", False),
-                                    ("hello_app", "HELLO", True)):
-        monkeypatch.setenv(serving.PACKAGE_ENV, package)
-        monkeypatch.setenv(serving.PREFIX_ENV, prefix)
-        assert rsgi.app_from_env().small_on_loop is inline, package
+    monkeypatch.setenv(serving.PACKAGE_ENV, package)
+    monkeypatch.setenv(serving.PREFIX_ENV, prefix)
+    bridge = rsgi.app_from_env()
+    assert bridge._cheap({"REQUEST_METHOD": method, "PATH_INFO": path}) is cheap
 
 
 def test_the_access_log_writes_lines_in_batches_within_50_ms():

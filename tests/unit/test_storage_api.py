@@ -290,3 +290,62 @@ def test_head_and_options_change_nothing(storage_client, storage_dir, method):
     for path in ("/items/a", "/items:batch", "/items"):
         storage_client.open(path, method=method)
     assert os.listdir(storage_dir) == []
+
+
+def test_a_key_reused_with_another_body_reports_nothing_it_did_not_do(storage_client):
+    headers = {"Idempotency-Key": "0123456789abcdef"}
+    storage_client.post("/items:batch", json={"create": ["a"]}, headers=headers)
+    other = storage_client.post("/items:batch", json={"create": ["a", "b"]}, headers=headers).get_json()
+    assert (other["created"], other["existing"]) == (["b"], ["a"])
+
+
+@pytest.mark.parametrize("body", [
+    b'{"create": [' + b'{},' * 30000 + b'{}]}',          # many objects
+    b'{"create": [' + b'[],' * 30000 + b'[]]}',          # many lists
+    b'{"create": ["a"], "delete": ["b"], "x": [[1]]}',   # a third list
+], ids=["objects", "lists", "third-list"])
+def test_junk_shaped_bodies_are_refused_before_parsing(storage_client, storage_dir, body, monkeypatch):
+    import types
+
+    import storage_api.routes as routes
+
+    def parse(data):
+        raise AssertionError("junk reached the parser")
+
+    monkeypatch.setattr(routes, "json", types.SimpleNamespace(loads=parse))
+    _json_error(storage_client.post("/items:batch", data=body, content_type="application/json"),
+                400, "invalid_body")
+    assert os.listdir(storage_dir) == []
+
+
+def test_more_commas_than_names_allowed_is_too_large_before_parsing(storage_dir):
+    app = create_app({"STO_STORAGE": str(storage_dir), "STO_MAX_BATCH": "10"})
+    body = json.dumps({"create": [0] * 20}).encode()
+    _json_error(app.test_client().post("/items:batch", data=body, content_type="application/json"),
+                400, "batch_too_large")
+
+
+def test_the_default_limits_fit_what_the_application_api_sends(storage_client):
+    names = [f"{i:0128d}"[-128:] for i in range(10_000)]  # 10,000 names of the longest kind
+    resp = storage_client.post("/items:batch", json={"create": names})
+    assert resp.status_code == 200 and len(resp.get_json()["created"]) == 10_000
+    _json_error(storage_client.post("/items:batch", json={"create": names + ["x"]}), 400, "batch_too_large")
+
+
+def test_items_can_be_listed_in_pages_and_whole_as_the_seed_does(storage_client):
+    names = sorted(str(i) for i in range(25))
+    storage_client.post("/items:batch", json={"create": names})
+    pages, after = [], ""
+    while True:
+        page = storage_client.get(f"/items?limit=10&after={after}").get_json()
+        pages.append(page["items"])
+        if page["next"] is None:
+            break
+        after = page["next"]
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert sum(pages, []) == names == storage_client.get("/items").get_json()["items"]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=x", "limit=10001", "after=a", "limit=5&after=../x"])
+def test_bad_page_arguments_are_a_json_400(storage_client, query):
+    _json_error(storage_client.get(f"/items?{query}"), 400, "invalid_page")

@@ -143,7 +143,7 @@ def test_a_resent_keyed_batch_reports_what_its_first_attempt_created(storage_dir
 def test_a_keyed_batch_after_a_worker_died_mid_batch(storage_dir):
     """A worker killed mid-batch leaves its idempotency file and some items; the re-sent batch,
     in another process, counts those items as created by this batch."""
-    source = store_module._IdempotentSource(str(storage_dir), "dead" * 4)
+    source = store_module._RecordSource(str(storage_dir / store_module.IDEM_DIR), "dead" * 4)
     source.__enter__()
     source.link_to(str(storage_dir / "0"))  # ... and the worker dies here: no __exit__
     result = Store(storage_dir).batch(create=["0", "1"], key="dead" * 4)
@@ -171,7 +171,7 @@ def test_a_keyed_delete_leaves_directories_and_links_alone(storage_dir):
 
 
 def test_invalid_idempotency_keys_are_refused(storage_dir):
-    for bad in ("short", "../../etc", "k" * 65, "a b c d e f"):
+    for bad in ("short", "../../etc", "k" * 97, "a b c d e f"):
         with pytest.raises(ValueError):
             Store(storage_dir).batch(create=["a"], key=bad)
 
@@ -194,37 +194,101 @@ def test_temporary_files_of_dead_processes_are_swept_while_running(storage_dir):
     assert _names(storage_dir) == sorted([mine.name, foreign.name])
 
 
-def test_the_periodic_sweep_removes_old_temporary_and_idempotency_files(storage_dir, monkeypatch):
+def test_the_periodic_sweep_removes_old_temporary_and_record_files(storage_dir, monkeypatch):
     store = Store(storage_dir)
     store.list()  # the first sweep ran now; the next one waits SWEEP_INTERVAL
     old_temp = storage_dir / f"{TEMP_PREFIX}otherhost-1-old"
     records = storage_dir / store_module.IDEM_DIR
     records.mkdir()
-    old_idem = records / f"{'k' * 16}-0"
-    fresh_idem = records / f"{'f' * 16}-0"
-    old_deleted = records / f"{'k' * 16}{store_module.DELETED_SUFFIX}"
-    legacy_idem = storage_dir / f"{store_module.LEGACY_IDEM_PREFIX}{'l' * 16}-0"
-    for path in (old_temp, old_idem, fresh_idem, legacy_idem):
+    old_record = records / f"{'k' * 16}-c0"
+    fresh_record = records / f"{'f' * 16}-c0"
+    old_moved = records / f"{'k' * 16}-d"
+    for path in (old_temp, old_record, fresh_record):
         path.write_text("x")
-    old_deleted.mkdir()
-    (old_deleted / "7").write_text("x")
+    old_moved.mkdir()
+    (old_moved / "7").write_text("x")
     hour_ago = time.time() - 3600
-    for path in (old_temp, old_idem, old_deleted, legacy_idem):
+    for path in (old_temp, old_record, old_moved):
         os.utime(path, (hour_ago, hour_ago))
     store.list()
     assert old_temp.exists()  # not yet: at most one sweep per interval
     monkeypatch.setattr(store, "_next_sweep", 0.0)
     store.list()
     assert _names(storage_dir) == [store_module.IDEM_DIR]
-    assert _names(records) == [fresh_idem.name]
+    assert _names(records) == [fresh_record.name]
 
 
-def test_idempotency_records_are_kept_apart_from_the_items(storage_dir):
-    """Listing never walks the records, and a batch that creates nothing leaves none."""
+def test_records_are_kept_apart_from_the_items_and_deletes_free_space_at_once(storage_dir):
+    """Listing never walks the records; a batch that changes nothing leaves none; a keyed
+    delete keeps names, not files (a full volume cleared is a volume with room again)."""
     store = Store(storage_dir)
     store.batch(create=["a", "b"], key="k" * 16)
     store.batch(create=["a", "b"], key="n" * 16)  # nothing new: no record needed
     store.batch(delete=["b"], key="d" * 16)
+    store.batch(delete=["nothing", "here"], key="z" * 16)  # nothing deleted: no record
     assert _names(storage_dir) == [store_module.IDEM_DIR, "a"]
-    assert _names(storage_dir / store_module.IDEM_DIR) == ["d" * 16 + ".deleted", "k" * 16 + "-0"]
+    records = storage_dir / store_module.IDEM_DIR
+    assert _names(records) == ["d" * 16 + "-d.names", "k" * 16 + "-c0"]
+    assert (records / ("d" * 16 + "-d.names")).read_text() == "b"
     assert store.list() == ["a"]
+
+
+def test_a_keyed_delete_on_a_full_disk_still_deletes(storage_dir, monkeypatch):
+    """No room for the record directory (ENOSPC): the items are deleted plainly."""
+    store = Store(storage_dir)
+    store.batch(create=["a", "b"])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "makedirs", full)
+    result = store.batch(delete=["a", "b"], key="f" * 16)
+    assert (result.deleted, result.failed) == (["a", "b"], {})
+    assert _names(storage_dir) == []
+
+
+@pytest.mark.parametrize("hardlinks", [True, False])
+def test_a_failed_write_leaves_no_temporary_file_and_no_empty_item(storage_dir, monkeypatch, hardlinks):
+    if not hardlinks:
+        monkeypatch.setattr(store_module.os, "link", lambda src, dst: (_ for _ in ()).throw(
+            OSError(errno.EPERM, "Operation not permitted")))
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "write", full)
+    store = Store(storage_dir)
+    with pytest.raises(OSError):
+        store.create("a")
+    with pytest.raises(OSError):
+        store.batch(create=["b", "c"])
+    assert _names(storage_dir) == []  # neither a leaked temporary file nor an empty item
+
+
+def test_data_and_directory_are_synced_before_an_answer(storage_dir, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append("dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    store = Store(storage_dir)
+    assert store.create("a") and synced == ["file", "dir"]
+    synced.clear()
+    store.batch(create=[str(i) for i in range(100)])
+    assert synced == ["file", "dir"]  # one of each for the whole batch
+    synced.clear()
+    assert store.delete("a") and synced == ["dir"]
+    synced.clear()
+    store.batch(create=["0"])  # nothing changed: nothing to sync
+    assert synced == []
+
+
+def test_a_key_reused_with_another_batch_is_another_record(storage_dir):
+    """The route binds the key to the body (key-digest): two bodies, two records."""
+    store = Store(storage_dir)
+    assert store.batch(create=["a"], key="same-key-body1").created == ["a"]
+    again = store.batch(create=["a", "c"], key="same-key-body2")
+    assert (again.created, again.existing) == (["c"], ["a"])

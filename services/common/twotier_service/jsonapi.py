@@ -95,9 +95,15 @@ def no_head(bp_or_app, *endpoints: str) -> None:
         return resp
 
 
+#: the probes answer on the server's event loop (twotier_service.rsgi), never queued behind
+#: busy app threads: a long listing must not make the kubelet think the pod is dead
+PROBES_ON_LOOP = (("GET", "/healthz"), ("GET", "/readyz"))
+
+
 def add_probes(app: Flask, readiness: Callable[[], tuple[bool, dict]] | None = None) -> None:
     """``/healthz`` (liveness: the process answers) and ``/readyz`` (readiness: ``readiness()``
     returns (ready, details); 200 when ready, 503 with the details otherwise)."""
+    app.config["SERVE_ON_LOOP"] = [*app.config.get("SERVE_ON_LOOP", ()), *PROBES_ON_LOOP]
 
     @app.get("/healthz")
     def healthz():

@@ -12,9 +12,24 @@ The response is collected in full (our answers are small JSON documents) and sen
 ``response_bytes``, which also keeps pipelined requests in order (granian/hyper answers them one
 after the other on their connection).
 
+The path is percent-decoded once, by granian: ``scope.path`` is already decoded, so it goes to
+the app as it is (WSGI's ``PATH_INFO``: those bytes as latin-1). Decoding it again would turn
+``/%2563lear`` into ``/clear``: a path that no rule in front of the service (an ingress, a WAF)
+saw. The access log shows the same path percent-encoded again, so what it logs is what ran.
+
+Bodies: ``Content-Length`` bodies are read at once, chunked ones counted while read; either way
+the app gets the de-chunked bytes with their length (and ``wsgi.input_terminated``), never a
+``Transfer-Encoding`` header it would try to honour again. Requests with a large body (over
+``INLINE_BODY``) take one of ``LARGE_AT_ONCE`` places per worker for their whole life (read,
+parse, answer), so memory stays bounded however many clients send large bodies at once.
+
+Which requests run on the event loop itself (no thread hop) is the app's choice
+(``SERVE_ON_LOOP``: cheap, bodiless or small requests such as the probes); everything else,
+listings and batches included, runs on the app's threads so the loop keeps answering probes.
+
 Access log: one line per request on stdout (``AccessLog``), written here rather than by
-granian so that it shows the request target as sent (query string included, still
-percent-encoded, control characters escaped: a client cannot forge log lines) and the body size::
+granian so that it shows the request target (query string as sent, control characters escaped:
+a client cannot forge log lines) and the body size::
 
     127.0.0.1 [01/Dec/2026:14:30:52 +0000] "GET /items?x HTTP/1.1" 200 13 1.2ms
 """
@@ -28,7 +43,7 @@ import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote
 
 _BASE_ENVIRON = {
     "SCRIPT_NAME": "",
@@ -42,8 +57,12 @@ _BASE_ENVIRON = {
 }
 #: bodies larger than this get a 413 unless the app sets MAX_CONTENT_LENGTH
 DEFAULT_MAX_BODY = 1024 * 1024
-#: requests with bodies up to this size may run on the event loop (see ``small_on_loop``)
+#: requests with bodies up to this size may run on the event loop (see ``on_loop``)
 INLINE_BODY = 16 * 1024
+#: requests with a larger body that one worker holds in memory at once; more wait their turn
+LARGE_AT_ONCE = 4
+#: what the access log leaves unescaped in a path (RFC 3986's pchar and "/")
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 _PROTOCOLS = {"1": "HTTP/1.0", "1.0": "HTTP/1.0", "1.1": "HTTP/1.1", "2": "HTTP/2"}
 
 
@@ -99,21 +118,23 @@ def _now() -> str:
     return _clock[1]
 
 
-def _json_error(status: int, error: str, message: str) -> tuple[int, list, bytes]:
+def _json_error(status: int, error: str, message: str, headers=()) -> tuple[int, list, bytes]:
     body = json.dumps({"error": error, "message": message, "status": status},
                       sort_keys=True, separators=(",", ":")).encode() + b"\n"
-    return status, [("content-type", "application/json"), ("content-length", str(len(body)))], body
+    return status, [("content-type", "application/json"), ("content-length", str(len(body))),
+                    *headers], body
 
 
 class RSGIToWSGI:
     def __init__(self, app, *, threads: int, max_body: int, body_timeout: float,
-                 access_log: AccessLog | None = None, small_on_loop: bool = False):
+                 access_log: AccessLog | None = None, on_loop=()):
         self.app = app
-        # a request with at most a small body (INLINE_BODY) runs on the event loop itself when
-        # the app says its views never wait on the network (the storage API: a few filesystem
-        # calls): measured 1.5x the throughput of the thread hop. Larger bodies (big batches,
-        # which take a while) use the threads, so they do not hold up this worker's loop.
-        self.small_on_loop = small_on_loop
+        # (METHOD, path prefix) pairs the app marks as cheap (a few filesystem calls, a constant
+        # answer): with a small body they run on the event loop itself, measured 1.5x the
+        # throughput of the thread hop. Everything else (listings, batches) uses the threads,
+        # so it never holds up this worker's loop and its probes.
+        self.on_loop = tuple(on_loop)
+        self.large = asyncio.Semaphore(LARGE_AT_ONCE)
         self.access_log = access_log
         self.max_body = max_body
         self.body_timeout = body_timeout
@@ -152,29 +173,46 @@ class RSGIToWSGI:
             if declared > self.max_body:
                 return _json_error(413, "request_entity_too_large",
                                    f"the body may be at most {self.max_body} bytes, got {declared}")
-        bodiless = length in (None, "0") and "transfer-encoding" not in scope.headers
+        chunked = "transfer-encoding" in scope.headers
+        if length in (None, "0") and not chunked:
+            return await self._run(self._environ(scope, b""))  # most requests: no body, no timer
+        if chunked or declared > INLINE_BODY:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    await self.large.acquire()
+            except TimeoutError:
+                return _json_error(503, "busy", "too many large requests at once: retry shortly",
+                                   headers=[("retry-after", "1")])
+            try:
+                return await self._read_and_run(scope, protocol, chunked)
+            finally:
+                self.large.release()
+        return await self._read_and_run(scope, protocol, chunked)
+
+    async def _read_and_run(self, scope, protocol, chunked: bool):
         try:
-            if bodiless:
-                body = b""  # nothing to wait for (most requests): no timer
-            else:
-                async with asyncio.timeout(self.body_timeout):  # a timer, no extra task
-                    if length is not None:  # declared and within max_body: read it at once
-                        body = await protocol()
-                    else:  # chunked: count while reading
-                        body = await self._read_body(protocol)
+            async with asyncio.timeout(self.body_timeout):  # a timer, no extra task
+                # chunked: counted while read; declared (within max_body): read at once
+                body = await (self._read_body(protocol) if chunked else protocol())
         except TimeoutError:
             return _json_error(408, "request_timeout", f"the request body did not arrive within "
                                f"{self.body_timeout:g} s")
         except BodyTooLarge:
             return _json_error(413, "request_entity_too_large",
                                f"the body may be at most {self.max_body} bytes")
-        environ = self._environ(scope, body)
-        if self.pool is None or (self.small_on_loop and len(body) <= INLINE_BODY):
+        return await self._run(self._environ(scope, body), len(body))
+
+    async def _run(self, environ: dict, size: int = 0):
+        if self.pool is None or (size <= INLINE_BODY and self._cheap(environ)):
             return self._call(environ)
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._call, environ)
 
+    def _cheap(self, environ: dict) -> bool:
+        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
+        return any(method == m and path.startswith(p) for m, p in self.on_loop)
+
     def _log(self, scope, status: int, size: int, seconds: float) -> None:
-        target = scope.path + (f"?{scope.query_string}" if scope.query_string else "")
+        target = quote(scope.path, safe=_PATH_SAFE) + (f"?{scope.query_string}" if scope.query_string else "")
         client = scope.client.rpartition(":")[0]
         version = _PROTOCOLS.get(scope.http_version, "HTTP/1.1")
         self.access_log.write(f'{client} [{_now()}] "{scope.method} {target.translate(_UNPRINTABLE)} '
@@ -195,8 +233,8 @@ class RSGIToWSGI:
         environ = {
             **_BASE_ENVIRON,
             "REQUEST_METHOD": scope.method,
-            # WSGI: the percent-decoded path as latin-1 "bytes in a str"
-            "PATH_INFO": unquote_to_bytes(scope.path).decode("latin-1"),
+            # WSGI: the percent-decoded path (granian decoded it, once) as latin-1 "bytes in a str"
+            "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
             "QUERY_STRING": scope.query_string,
             "SERVER_NAME": server_host,
             "SERVER_PORT": server_port,
@@ -205,10 +243,12 @@ class RSGIToWSGI:
             "REMOTE_PORT": client_port,
             "wsgi.url_scheme": scope.scheme,
             "wsgi.input": io.BytesIO(body),
+            # the whole body, de-chunked: its length is known and nothing follows it
+            "wsgi.input_terminated": True,
             "CONTENT_LENGTH": str(len(body)) if body or "content-length" in scope.headers else "",
         }
         for key in scope.headers:
-            if key == "content-length":
+            if key in ("content-length", "transfer-encoding"):
                 continue
             value = ",".join(scope.headers.get_all(key))
             if key == "content-type":
@@ -256,5 +296,5 @@ def app_from_env() -> RSGIToWSGI:
         max_body=app.config.get("MAX_CONTENT_LENGTH") or DEFAULT_MAX_BODY,
         body_timeout=env_int(os.environ, f"{prefix}_TIMEOUT", 10, 1, 60),
         access_log=AccessLog(),
-        small_on_loop=bool(app.config.get("SERVE_SMALL_ON_LOOP")),
+        on_loop=app.config.get("SERVE_ON_LOOP", ()),
     )

@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping
 #: environment variable naming the service package, read by the workers' app factory
 PACKAGE_ENV = "TWOTIER_SERVICE_PACKAGE"
 PREFIX_ENV = "TWOTIER_SERVICE_PREFIX"
+#: the most a request line and its headers may take; larger ones get granian's 431 (or 400)
+MAX_HEADER_BYTES = 32 * 1024
 
 
 class ConfigError(Exception):
@@ -155,7 +157,10 @@ def server_options(host: str, port: int, prefix: str, package: str, env: Mapping
         "loop": Loops.uvloop,  # pinned in requirements.txt: missing is an error, not a slow default
         "backpressure": connections,
         "backlog": max(1024, min(65535, connections * workers)),
-        "http1_settings": HTTP1Settings(header_read_timeout=timeout * 1000, keep_alive=True),
+        # max_buffer_size bounds what a request line and its headers may take (granian's default,
+        # ~400 KB, lets every connection hold that much); 32 KiB is what nginx allows by default
+        "http1_settings": HTTP1Settings(header_read_timeout=timeout * 1000, keep_alive=True,
+                                        max_buffer_size=MAX_HEADER_BYTES),
         "log_access": False,  # written by the bridge (twotier_service.rsgi): raw target, escaped
         "respawn_failed_workers": True,
         "workers_kill_timeout": env_int(env, f"{prefix}_GRACEFUL_TIMEOUT", 10, 0) or None,

@@ -19,7 +19,7 @@ __all__ = ["create_app"]
 def create_app(config: Mapping | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(TESTING=bool((config or {}).get("TESTING", False)),
-                      SERVE_SMALL_ON_LOOP=True)  # constant answers: no thread hop needed
+                      SERVE_ON_LOOP=[("GET", "/")])  # constant answers: no thread hop needed
     install_error_handlers(app)
     add_probes(app)
 

@@ -4,8 +4,10 @@
 environment; a mapping (tests) replaces the environment. Settings:
 
   STO_STORAGE    directory holding the items (required; created if missing)
-  STO_MAX_BATCH  most names one ``POST /items:batch`` may carry (default 100000)
-  STO_MAX_BODY   largest request body in bytes (default 8388608 = 8 MiB)
+  STO_MAX_BATCH  most names one ``POST /items:batch`` may carry (default 10000, what the
+                 application API sends at most: API_BATCH_SIZE)
+  STO_MAX_BODY   largest request body in bytes (default 2097152 = 2 MiB: 10000 names of the
+                 longest kind, 128 characters, with their quotes and commas)
 
 Listening address and server settings (``STO_HOST``, ``STO_PORT`` = 5000, workers, ...) are
 read by ``python -m storage_api`` (see ``twotier_service.serving``, services/common). The HTTP
@@ -33,12 +35,13 @@ def create_app(config: Mapping | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
         STO_STORAGE=storage_dir,
-        STO_MAX_BATCH=env_int(settings, "STO_MAX_BATCH", 100_000, 1),
-        MAX_CONTENT_LENGTH=env_int(settings, "STO_MAX_BODY", 8 * 1024 * 1024, 1024),
+        STO_MAX_BATCH=env_int(settings, "STO_MAX_BATCH", 10_000, 1),
+        MAX_CONTENT_LENGTH=env_int(settings, "STO_MAX_BODY", 2 * 1024 * 1024, 1024),
         RELOAD_EXCLUDE=[storage_dir],  # dev reloader: items are data, not code
-        # production server: views never wait on the network, so small requests may run on
-        # the event loop (twotier_service.rsgi); big batches still get the app threads
-        SERVE_SMALL_ON_LOOP=True,
+        # production server: creating or deleting one item is a few filesystem calls, cheap
+        # enough for the event loop (twotier_service.rsgi); listings and batches, which grow
+        # with the number of items, run on the app threads
+        SERVE_ON_LOOP=[("PUT", "/items/"), ("DELETE", "/items/")],
         TESTING=bool(settings.get("TESTING", False)),
     )
     store = Store(storage_dir)

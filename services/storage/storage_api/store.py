@@ -16,24 +16,34 @@ at the same time, so every operation is a single atomic filesystem step:
 - list: the regular files whose names pass the allowlist (temporary files, directories,
   symlinks and foreign files such as ``lost+found`` are not items).
 
-Idempotent batches: a batch sent with a key (``Idempotency-Key``; the application API sends one
-per batch) links its new items to a file named after the key, ``.sto-idem/<key>-<n>``, and keeps
-that file ``IDEMPOTENCY_SECONDS`` after the batch. When the same batch is sent again (its answer
-was lost: a dropped connection, a worker killed mid-batch), an item that already exists *and is a
-link to that file* was created by the earlier attempt of this very batch, so it is reported as
-``created`` again, not as ``existing``: the caller's count stays exact. Its deletes move each
-item into the directory ``.sto-idem/<key>.deleted/`` (one atomic ``rename``: of two concurrent
-deleters exactly one moves it) instead of unlinking it; a re-sent batch finds an item it can no
-longer see there and reports it as ``deleted`` again, not as ``missing``. The records live in
-their own directory so that listing the items never walks them, and a batch finds its earlier
-attempts by name (``<key>-0``, ``<key>-1``, ...), not by a scan.
+Durability: an answer is sent only once what it reports is on disk: the content of a new
+item's file is ``fsync``ed before it is linked, and the directory after its names changed (one
+directory ``fsync`` per request, however many items it touched).
+
+Exact counts for re-sent batches (one mechanism): a batch sent with a key (``Idempotency-Key``;
+the application API sends one per batch, bound here to a digest of the batch's body, so a key
+reused with another body is another record) keeps a record in ``.sto-idem/`` for
+``RECORD_SECONDS``, long enough for the sender's retries (the application API gives a request
+15 s). When the same batch comes again (its answer was lost: a dropped connection, a worker
+killed mid-batch), the record tells what its earlier attempt did:
+
+- creates link their new items to ``.sto-idem/<record>-c<n>`` instead of a temporary file: an
+  item that exists and shares that file's inode was made by this batch, so it is ``created``
+  again, not ``existing``;
+- deletes move items into ``.sto-idem/<record>-d/`` (one atomic ``rename``) while the batch runs;
+  at its end their names are written to ``<record>-d.names`` and the files removed, so space is
+  freed at once. A re-sent batch counts an item it cannot see as ``deleted`` if either holds it.
+  If the record cannot be made (a full disk), the batch deletes plainly: the volume can always
+  be cleared; only a re-send of that very batch could then miss a count.
+
+A batch that changes nothing leaves no record.
 
 Temporary files of crashed processes are swept while the service runs, not only at start-up:
 a ``.sto-tmp-<host>-<pid>-...`` file whose process (same host) is gone is removed by the next
 directory scan (every list and every worker start); any temporary file older than
-``STALE_TEMP_SECONDS`` (another replica's, say) and any idempotency record older than
-``IDEMPOTENCY_SECONDS`` are removed by a sweep that runs at most every ``SWEEP_INTERVAL``
-seconds, triggered by requests.
+``STALE_TEMP_SECONDS`` (another replica's, say) and any record older than ``RECORD_SECONDS``
+are removed by a sweep that runs at most every ``SWEEP_INTERVAL`` seconds, triggered by
+listings and batches (which run on the server's threads, never on its event loop).
 """
 from __future__ import annotations
 
@@ -53,14 +63,11 @@ from .names import is_valid_name
 CONTENT = b"x"
 TEMP_PREFIX = ".sto-tmp-"
 IDEM_DIR = ".sto-idem"
-DELETED_SUFFIX = ".deleted"
-#: idempotency records of earlier versions, kept in the items' directory itself: swept
-LEGACY_IDEM_PREFIX = ".sto-idem-"
 STALE_TEMP_SECONDS = 600
-IDEMPOTENCY_SECONDS = 300
+RECORD_SECONDS = 120
 SWEEP_INTERVAL = 30.0
-#: an idempotency key: what the application API sends (a uuid4 hex) and similar tokens
-KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}", re.ASCII)
+#: a record's name: the sender's key and a digest of the batch (see storage_api.routes)
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,96}", re.ASCII)
 #: this machine/container: processes of other hosts sharing the volume are not ours to judge
 HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:40] or "host"
 _TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"(?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)-")
@@ -87,6 +94,7 @@ class BatchResult:
 class Store:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+        self.records = os.path.join(self.root, IDEM_DIR)
         self._next_sweep = 0.0
         self._sweep_lock = threading.Lock()
 
@@ -111,34 +119,32 @@ class Store:
     def create(self, name: str) -> bool:
         """Create one item; True if this call created it, False if it already existed."""
         with _LinkSource(self.root) as source:
-            return self._create_one(source, name)
+            created = self._create_one(source, name)
+        if created:
+            _fsync_dir(self.root)
+        return created
 
-    def delete(self, name: str, into: str | None = None) -> bool:
-        """Delete one item; True if this call deleted it, False if there was no such item.
-        With ``into`` (a keyed batch's record directory) the item is moved there instead, and
-        one found there already counts as deleted by this batch (an earlier attempt of it)."""
+    def delete(self, name: str) -> bool:
+        """Delete one item; True if this call deleted it, False if there was no such item."""
         path = self._path(name)
-        record = os.path.join(into, name) if into else None
         try:
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 return False  # a directory or symlink is not an item: leave it alone
-            if record:
-                os.rename(path, record)
-            else:
-                os.unlink(path)
+            os.unlink(path)
         except FileNotFoundError:
-            return record is not None and os.path.lexists(record)
+            return False
+        _fsync_dir(self.root)
         return True
 
     def batch(self, create: list[str] = (), delete: list[str] = (), key: str | None = None) -> BatchResult:
         """Create then delete many items; per-item outcomes, OS errors reported per item.
-        With ``key`` (see the module doc) a re-sent batch reports what its first attempt created."""
+        With ``key`` (see the module doc) a re-sent batch reports what its first attempt did."""
         if key is not None and not KEY_PATTERN.fullmatch(key):
-            raise ValueError(f"invalid idempotency key {key!r}")
+            raise ValueError(f"invalid record key {key!r}")
         self.maybe_sweep()
         result = BatchResult()
         if create:
-            source = _IdempotentSource(self.root, key) if key else _LinkSource(self.root)
+            source = _RecordSource(self.records, key) if key else _LinkSource(self.root)
             with source:
                 for name in create:
                     try:
@@ -149,23 +155,16 @@ class Store:
                         if source.broken:
                             raise  # no file to link to (directory gone, disk full): the batch fails
                         result.failed[name] = err.strerror or str(err)
-        deleted_dir = self._deleted_dir(key) if key and delete else None
-        for name in delete:
-            try:
-                (result.deleted if self.delete(name, deleted_dir) else result.missing).append(name)
-            except OSError as err:
-                result.failed[name] = err.strerror or str(err)
+        if delete:
+            _Deletes(self, key).run(delete, result)
+        if result.created or result.deleted:
+            _fsync_dir(self.root)
         return result
 
-    def _deleted_dir(self, key: str) -> str:
-        path = os.path.join(self.root, IDEM_DIR, f"{key}{DELETED_SUFFIX}")
-        os.makedirs(path, 0o755, exist_ok=True)
-        return path
-
     def remove_stale_temp_files(self, max_age: float = STALE_TEMP_SECONDS,
-                                idem_max_age: float = IDEMPOTENCY_SECONDS) -> int:
+                                record_age: float = RECORD_SECONDS) -> int:
         """Remove temporary files of dead processes of this host, temporary files older than
-        ``max_age`` and idempotency records older than ``idem_max_age``; the number removed."""
+        ``max_age`` and records older than ``record_age``; the number removed."""
         removed = 0
         now = time.time()
         with os.scandir(self.root) as entries:
@@ -175,12 +174,10 @@ class Store:
                         removed += 1
                     elif _older_than(entry, now, max_age):
                         removed += _remove(entry)
-                elif entry.name.startswith(LEGACY_IDEM_PREFIX) and _older_than(entry, now, idem_max_age):
-                    removed += _remove(entry)
         try:
-            with os.scandir(os.path.join(self.root, IDEM_DIR)) as entries:
+            with os.scandir(self.records) as entries:
                 for entry in entries:
-                    if _older_than(entry, now, idem_max_age):
+                    if _older_than(entry, now, record_age):
                         removed += _remove(entry)
         except (FileNotFoundError, NotADirectoryError):
             pass
@@ -229,6 +226,74 @@ class Store:
         return False
 
 
+class _Deletes:
+    """The deletes of one batch; with a key, recorded as the module doc says."""
+
+    def __init__(self, store: Store, key: str | None):
+        self.store = store
+        self.moved_to = os.path.join(store.records, f"{key}-d") if key else None
+        self.names_file = f"{self.moved_to}.names" if key else None
+        self.earlier = self._earlier() if key else set()
+        self.recording = False  # the record directory exists (made at the first real delete)
+
+    def _earlier(self) -> set[str]:
+        names = set()
+        try:
+            with open(self.names_file) as f:
+                names.update(f.read().split())
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        try:
+            names.update(os.listdir(self.moved_to))  # an attempt killed mid-batch
+            self.recording = True
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return names
+
+    def run(self, names: list[str], result: BatchResult) -> None:
+        for name in names:
+            try:
+                (result.deleted if self._delete(name) else result.missing).append(name)
+            except OSError as err:
+                result.failed[name] = err.strerror or str(err)
+        if self.recording:
+            self._finish()
+
+    def _delete(self, name: str) -> bool:
+        path = self.store._path(name)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return False  # a directory or symlink is not an item: leave it alone
+            if self.moved_to and self._record_ready():
+                os.rename(path, os.path.join(self.moved_to, name))
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            return name in self.earlier  # deleted by an earlier attempt of this batch
+        return True
+
+    def _record_ready(self) -> bool:
+        if not self.recording:
+            try:
+                os.makedirs(self.moved_to, 0o755, exist_ok=True)
+                self.recording = True
+            except OSError:  # a full disk: delete plainly (the module doc says what that costs)
+                self.moved_to = None
+        return self.recording
+
+    def _finish(self) -> None:
+        """Write the names of every item this batch deleted, then free their space."""
+        try:
+            done = sorted(self.earlier | set(os.listdir(self.moved_to)))
+            temp = f"{self.names_file}.{os.getpid()}.{uuid.uuid4().hex}"
+            with open(temp, "w") as f:
+                f.write("\n".join(done))
+            os.rename(temp, self.names_file)
+        except OSError:
+            pass  # no record: only a re-send of this very batch could miss a count
+        shutil.rmtree(self.moved_to, ignore_errors=True)
+
+
 class _LinkSource:
     """A temporary file holding the item content; new items are hard links to it."""
 
@@ -245,7 +310,7 @@ class _LinkSource:
         self._drop_temp()
 
     def made(self, st: os.stat_result) -> bool:
-        """Whether the existing file ``st`` was made by this source (only idempotent ones know)."""
+        """Whether the existing file ``st`` was made by this source (only records know)."""
         return False
 
     def link_to(self, target: str) -> None:
@@ -270,19 +335,11 @@ class _LinkSource:
                 if err.errno not in _NO_HARDLINKS:
                     raise
                 self.hardlinks = False
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, CONTENT)
-        finally:
-            os.close(fd)
+        _write_new(target)  # no hard links here: the item itself, written and synced
 
     def _new_temp(self) -> None:
         path = os.path.join(self.root, f"{TEMP_PREFIX}{HOST}-{os.getpid()}-{uuid.uuid4().hex}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, CONTENT)
-        finally:
-            os.close(fd)
+        _write_new(path)
         self.path = path
 
     def _drop_temp(self) -> None:
@@ -294,21 +351,20 @@ class _LinkSource:
             self.path = None
 
 
-class _IdempotentSource(_LinkSource):
-    """The link source of a keyed batch: ``.sto-idem/<key>-<n>``, one per attempt, kept after
-    the batch (the sweep removes them after IDEMPOTENCY_SECONDS)."""
+class _RecordSource(_LinkSource):
+    """The link source of a keyed batch: ``.sto-idem/<key>-c<n>``, kept after the batch (the
+    sweep removes it after RECORD_SECONDS); files of earlier attempts are found by name."""
 
-    def __init__(self, root: str, key: str):
-        super().__init__(root)
+    def __init__(self, records: str, key: str):
+        super().__init__(records)
         self.key = key
-        self.dir = os.path.join(root, IDEM_DIR)
         self.inodes: set[tuple[int, int]] = set()
         self.count = 0
 
-    def __enter__(self) -> _IdempotentSource:
-        while True:  # the files of earlier attempts of this batch: <key>-0, <key>-1, ...
+    def __enter__(self) -> _RecordSource:
+        while True:  # the files of earlier attempts of this batch: <key>-c0, <key>-c1, ...
             try:
-                st = os.lstat(os.path.join(self.dir, f"{self.key}-{self.count}"))
+                st = os.lstat(self._numbered(self.count))
             except (FileNotFoundError, NotADirectoryError):
                 return self
             self.inodes.add((st.st_dev, st.st_ino))
@@ -320,27 +376,55 @@ class _IdempotentSource(_LinkSource):
     def made(self, st: os.stat_result) -> bool:
         return (st.st_dev, st.st_ino) in self.inodes
 
+    def _numbered(self, n: int) -> str:
+        return os.path.join(self.root, f"{self.key}-c{n}")
+
     def _new_temp(self) -> None:
-        os.makedirs(self.dir, 0o755, exist_ok=True)
-        # a fresh file per attempt (O_EXCL): never append links to a file a dead worker held
+        os.makedirs(self.root, 0o755, exist_ok=True)
+        # a fresh file per attempt (O_EXCL): never add links to a file another attempt holds
         while True:
-            path = os.path.join(self.dir, f"{self.key}-{self.count}")
+            path = self._numbered(self.count)
             self.count += 1
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                st = _write_new(path)
             except FileExistsError:
                 continue  # a concurrent attempt of the same batch took this number
-            try:
-                os.write(fd, CONTENT)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
             self.inodes.add((st.st_dev, st.st_ino))
             self.path = path
             return
 
     def _drop_temp(self) -> None:
         self.path = None  # EMLINK roll-over: the full file stays as part of the record
+
+
+def _write_new(path: str) -> os.stat_result:
+    """Create ``path`` (it must not exist) holding CONTENT, synced to disk; on any failure
+    nothing is left behind (no empty item, no leaked temporary file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, CONTENT)
+        os.fsync(fd)
+        return os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        fd = None
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make the directory's new and removed names durable (one call for a whole batch)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _older_than(entry: os.DirEntry, now: float, age: float) -> bool:
