@@ -75,6 +75,7 @@ class WSGIAdapter(requests.adapters.BaseAdapter):
         resp.status_code = answer.status_code
         resp.headers = CaseInsensitiveDict(answer.headers)
         resp._content = answer.get_data()
+        resp._content_consumed = True  # read as a stream (stream=True) from _content
         resp.encoding = "utf-8"
         resp.url = request.url
         resp.request = request

@@ -38,6 +38,7 @@ class ScriptedStorage(BaseAdapter):
         resp = requests.Response()
         resp.status_code = status
         resp._content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        resp._content_consumed = True  # read as a stream (stream=True) from _content
         resp.headers["Content-Type"] = "application/json"
         resp.request = request
         return resp
@@ -224,8 +225,27 @@ def test_one_pooled_session_with_timeouts_and_safe_retries(api_app):
     assert client.timeout == (1.0, 10.0)
     retry = requests.Session.get_adapter(client.session, "http://in-svc:5000").max_retries
     assert retry.connect == 2  # refused/unresolvable: nothing was sent, safe for every method
-    assert retry.allowed_methods == frozenset({"GET"})  # read errors re-sent only for GET
+    assert retry.read == 0  # a read timeout is never re-sent; a dropped connection is (below)
     assert retry.status == 0 and retry.redirect == 0
+
+
+def test_a_dropped_batch_is_sent_again_with_its_key_and_counts_exactly(api_app):
+    """The first attempt of the second batch did all its work, then its connection dropped
+    before the answer: the re-sent batch (same key, same body) reports those items as created."""
+    inner = _wsgi_adapter(api_app)
+    dropped = requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("gone")))
+
+    def script(req, n):
+        if n == 2:
+            inner.send(req)
+            return dropped
+        return None
+
+    client, adapter = _app_with(script, inner=inner, API_BATCH_SIZE="3")
+    assert client.get("/createlist/8").get_json() == {
+        "createds": [str(i) for i in range(8)], "deleteds": [], "faileds": []}
+    keys = [c[3] for c in adapter.calls]
+    assert keys[1] == keys[2] and len(set(keys)) == 3  # the re-send carried the same key
 
 
 def test_every_call_carries_the_timeouts(monkeypatch):
@@ -303,23 +323,6 @@ def test_every_batch_carries_an_idempotency_key(api_app):
     assert len(keys) == 3 and len(set(keys)) == 3 and all(len(k) == 32 for k in keys)
 
 
-def test_faileds_never_names_an_item_a_relist_shows_to_exist(api_app):
-    """The storage dies during the second batch after creating part of it: the items the
-    re-list finds are in no list (not known to be ours), the others are in faileds."""
-    inner = _wsgi_adapter(api_app)
-    dropped = requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("gone")))
-
-    def script(req, n):
-        if n == 2:  # half of the batch "3".."5" was done when the connection died
-            inner.send(_batch_request(["3"]))
-            return dropped
-        return None
-
-    client, _ = _app_with(script, inner=inner, API_BATCH_SIZE="3")
-    assert client.get("/createlist/8").get_json() == {
-        "createds": ["0", "1", "2"], "deleteds": [], "faileds": ["4", "5", "6", "7"]}
-
-
 def _batch_request(names):
     return requests.Request("POST", STORAGE + "/items:batch", json={"create": names}).prepare()
 
@@ -361,3 +364,25 @@ def test_without_a_relist_the_batch_in_flight_is_in_no_list(api_app):
     client, _ = _app_with(script, inner=inner, API_BATCH_SIZE="3")
     assert client.get("/createlist/8").get_json() == {
         "createds": ["0", "1", "2"], "deleteds": [], "faileds": ["6", "7"]}
+
+
+@pytest.mark.parametrize("outcome", [REFUSED, DNS, READ_TIMEOUT, DISCONNECTED, (500, {"error": "x"}),
+                                     (200, b"<html>oops at 10.96.0.12</html>")],
+                         ids=["refused", "dns", "timeout", "dropped", "500", "not-json"])
+def test_public_errors_name_no_address_and_the_log_has_the_details(outcome, caplog):
+    client, _ = _app_with(lambda req, n: outcome)
+    resp = client.get("/clear", headers={"X-Request-Id": "req-12345678"})
+    body = resp.get_json()
+    assert resp.status_code in (502, 503, 504) and body["request_id"] == "req-12345678"
+    assert resp.headers["X-Request-Id"] == "req-12345678"
+    for secret in ("storage.test", "10.96.0.12", "Errno", "Connection refused", "in-svc"):
+        assert secret not in body["message"], body["message"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "req-12345678" in logged and "storage.test" in logged
+
+
+def test_a_storage_answer_larger_than_the_bound_is_a_502_without_reading_it_all():
+    big = {"items": [f"{i:08d}" for i in range(200_000)]}  # ~2.4 MB
+    client, _ = _app_with(lambda req, n: (200, big), API_MAX_ANSWER="1048576")
+    body = _json_error(client.get("/clear"), 502, "storage_bad_response")
+    assert "GET /items" in body["message"]

@@ -13,6 +13,8 @@ environment; a mapping (tests) replaces the environment. Settings:
                        patience); past it the answer is a 504 (or, halfway, the rest in faileds)
   API_RETRIES          extra connection attempts when connecting fails (default 2)
   API_POOL_SIZE        keep-alive connections to the storage API per worker (default 8)
+  API_MAX_ANSWER       most bytes read from one storage answer (default 33554432 = 32 MiB:
+                       a listing of about 250,000 items); larger ones are a 502
 
 Listening address and server settings (``API_HOST``, ``API_PORT`` = 5001, workers, ...) are
 read by ``python -m app_api`` (see ``twotier_service.serving``, services/common). The HTTP
@@ -52,6 +54,7 @@ def create_app(config: Mapping | None = None) -> Flask:
         read_timeout=env_float(settings, "API_READ_TIMEOUT", 10.0),
         retries=env_int(settings, "API_RETRIES", 2, 0, 10),
         pool_size=env_int(settings, "API_POOL_SIZE", 8, 1),
+        max_answer=env_int(settings, "API_MAX_ANSWER", 32 * 1024 * 1024, 1024),
     )
     install_error_handlers(app)
     add_probes(app)  # ready as soon as it answers: storage trouble is reported per request

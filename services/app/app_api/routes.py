@@ -6,11 +6,12 @@
 Both answer ``{"createds": [...], "deleteds": [...], "faileds": [...]}``. ``createds`` lists
 exactly the items this call created (in numeric order; a batch re-sent after a dropped
 connection counts what its first attempt created: idempotency keys), ``deleteds`` those it
-deleted (in the storage's sorted order; the same keys make it exact), ``faileds`` those it could not create/delete. Items
-another client created or deleted concurrently are in none of the lists. If the storage tier
-fails on the first batch the answer is a JSON 502/503/504 error; if it fails halfway, the
-answer is still 200 and the items certainly not done are in ``faileds``: a re-list tells
-which; without it the batch in flight, which the storage may have partly done, is in no list. Each
+deleted (in the storage's sorted order; the same keys make it exact), ``faileds`` those it
+could not create/delete. Items another client created or deleted concurrently are in none of
+the lists. If the storage tier fails on the first batch the answer is a JSON 502/503/504
+error; if it fails halfway, the answer is still 200 and the items certainly not done are in
+``faileds``: the batches never sent, and the batch in flight if it never reached the storage;
+a batch the storage may have partly done is in no list (a repeated call settles it). Each
 request has a total deadline (``API_DEADLINE``) for all its calls to the storage tier.
 
 HEAD on these two answers 405 (a HEAD must not create or delete anything).
@@ -21,7 +22,7 @@ import re
 
 from flask import Blueprint, current_app, jsonify
 
-from twotier_service.jsonapi import ApiError, no_head
+from twotier_service.jsonapi import ApiError, no_head, request_id
 
 from .storage_client import Deadline, StorageClient, StorageError
 
@@ -38,8 +39,7 @@ def createlist(number: str):
     createds, faileds = [], []
     for result in _batches(names, "create", deadline):
         if isinstance(result, _Stopped):
-            # not done: an item a re-list shows to exist is not reported as failed
-            faileds.extend(result.not_done(present=False))
+            faileds.extend(result.not_done())
             break
         createds.extend(result["created"])
         faileds.extend(result["failed"])
@@ -53,7 +53,7 @@ def clear():
     deleteds, faileds = [], []
     for result in _batches(names, "delete", deadline):
         if isinstance(result, _Stopped):
-            faileds.extend(result.not_done(present=True))  # still there: not deleted
+            faileds.extend(result.not_done())
             break
         deleteds.extend(result["deleted"])
         faileds.extend(result["failed"])
@@ -63,21 +63,13 @@ def clear():
 class _Stopped:
     """The storage failed on the chunk ``names[start:end]`` after earlier chunks succeeded."""
 
-    def __init__(self, names: list[str], start: int, end: int, err: StorageError, deadline: Deadline):
-        self.names, self.start, self.end, self.err, self.deadline = names, start, end, err, deadline
+    def __init__(self, names: list[str], start: int, end: int, err: StorageError):
+        self.names, self.start, self.end, self.err = names, start, end, err
 
-    def not_done(self, present: bool) -> list[str]:
-        """The names from the failed chunk on whose operation certainly did not happen.
-
-        One re-list (within the deadline) tells: for a create, the names not listed; for a
-        delete, the names still listed. Without it, the chunk in flight is reported only if it
-        was certainly never received (no connection, or past the deadline); otherwise its outcome is unknown
-        (the storage may have done part of it) and its names are in no list."""
-        try:
-            listed = set(_storage().list_items(self.deadline))
-        except StorageError:
-            return self.names[self.end if self.err.sent else self.start:]
-        return [n for n in self.names[self.start:] if (n in listed) == present]
+    def not_done(self) -> list[str]:
+        """The names whose operation certainly did not happen: the chunk in flight if it never
+        reached the storage, and every later one."""
+        return self.names[self.end if self.err.sent else self.start:]
 
 
 def _batches(names: list[str], op: str, deadline: Deadline):
@@ -92,9 +84,9 @@ def _batches(names: list[str], op: str, deadline: Deadline):
         except StorageError as err:
             if start == 0:
                 raise
-            current_app.logger.warning("%s stopped after %d of %d items: %s",
-                                       op, start, len(names), err.message)
-            yield _Stopped(names, start, start + len(chunk), err, deadline)
+            current_app.logger.warning("request %s: %s stopped after %d of %d items: %s",
+                                       request_id(), op, start, len(names), err.detail or err.message)
+            yield _Stopped(names, start, start + len(chunk), err)
             return
         yield result
 

@@ -6,14 +6,19 @@ services/common, copied into each image next to the service's own package. Error
     {"error": "not_found", "message": "The requested URL was not found ...", "status": 404}
 
 ``error`` is a stable machine-readable code, ``message`` is for humans, ``status`` repeats the
-HTTP status. Extra keys may be added by specific errors (e.g. ``"max": 100000``).
+HTTP status, ``request_id`` finds the request in the server's log (it is the client's
+``X-Request-Id`` if that is a plain token, else a new one; answers carry it as that header too).
+Extra keys may be added by specific errors (e.g. ``"max": 100000``). Messages never carry
+internal addresses or exception text: an error's ``detail`` goes to the log, with the id.
 """
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Callable
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -21,18 +26,34 @@ from werkzeug.routing import RequestRedirect
 class ApiError(Exception):
     """An error answer: HTTP status, machine-readable code, human message, optional extras."""
 
-    def __init__(self, status: int, error: str, message: str, headers: dict | None = None, **extra):
+    def __init__(self, status: int, error: str, message: str, headers: dict | None = None,
+                 detail: str = "", **extra):
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
         self.headers = dict(headers or {})
+        self.detail = detail  # for the log only
         self.extra = extra
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}", re.ASCII)
+
+
+def request_id() -> str:
+    """This request's id: the client's ``X-Request-Id`` if it is a plain token, else a new one."""
+    if not has_request_context():
+        return uuid.uuid4().hex
+    rid = g.get("request_id")
+    if rid is None:
+        sent = request.headers.get("X-Request-Id", "")
+        rid = g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+    return rid
 
 
 def error_response(status: int, error: str, message: str, headers: dict | None = None,
                    **extra) -> Response:
-    resp = jsonify(error=error, message=message, status=status, **extra)
+    resp = jsonify(error=error, message=message, status=status, request_id=request_id(), **extra)
     resp.status_code = status
     resp.headers.update(headers or {})
     return resp
@@ -49,6 +70,8 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
+        if err.detail:
+            app.logger.warning("request %s: %s: %s", request_id(), err.error, err.detail)
         return error_response(err.status, err.error, err.message, err.headers, **err.extra)
 
     @app.errorhandler(HTTPException)
@@ -59,15 +82,22 @@ def install_error_handlers(app: Flask) -> None:
         code = err.code or 500
         name = (err.name or "error").lower().replace(" ", "_").replace("'", "")
         resp.data = json.dumps(
-            {"error": name, "message": err.description or err.name, "status": code},
+            {"error": name, "message": err.description or err.name, "status": code,
+             "request_id": request_id()},
             sort_keys=True, separators=(",", ":"),
         ) + "\n"
         resp.content_type = "application/json"
         return resp
 
+    @app.after_request
+    def _tag(resp: Response):
+        if "request_id" in g:  # set when an error or a call to another tier needed it
+            resp.headers["X-Request-Id"] = g.request_id
+        return resp
+
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        app.logger.exception("unexpected error while handling the request")
+        app.logger.exception("request %s: unexpected error while handling it", request_id())
         return error_response(500, "internal_error", "unexpected server error (see the server log)")
 
 
