@@ -64,7 +64,7 @@ def _serve(c, storage_dir, storage_port, app_port, dev):
 
     conf = _settings(c).serve
     servers.serve(storage_dir if storage_dir is not None else conf.storage_dir,
-                  storage_port or conf.storage_port, app_port or conf.app_port, dev=dev)
+                  {"storage": storage_port or conf.storage_port, "app": app_port or conf.app_port}, dev=dev)
 
 
 _SERVE_HELP = {k: HELP[k] for k in ("storage_dir", "storage_port", "app_port")}
@@ -137,15 +137,11 @@ def render(c, stage=None, overlay=None, namespace=None):
 @friendly
 def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=None, allow_context=None):
     """Apply a stage to the cluster (server-side apply) and wait until it has rolled out."""
-    from twotier.ops import render as manifests
-    from twotier.ops import storagenode
-    from twotier.ops.deploy import deploy_objects
+    from twotier.ops import stage as ops
 
     s = _settings(c, stage=stage, context=context, namespace=namespace,
                   timeouts__rollout=float(timeout) if timeout else None)
-    cluster = _connect(s, allow_context)
-    objs = storagenode.pin_for_cluster(cluster, manifests.render_stage(s, s.stage), s)
-    deploy_objects(cluster, objs, dry_run=dry_run, timeout=s.timeouts.rollout)
+    ops.deploy(_connect(s, allow_context), s, dry_run=dry_run)
 
 
 @task(help={"stage": HELP["stage"], "timeout": HELP["rollout_timeout"], **KUBE_HELP})
@@ -153,10 +149,7 @@ def deploy(c, stage=None, dry_run=False, timeout=None, context=None, namespace=N
 def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=None):
     """The main job: build and push the images, deploy the stage, run the smoke checks."""
     from twotier.images import build as images
-    from twotier.ops import loader, storagenode
-    from twotier.ops import render as manifests
-    from twotier.ops import smoke as smoke_checks
-    from twotier.ops.deploy import deploy_objects
+    from twotier.ops import stage as ops
 
     s = _settings(c, stage=stage, context=context, namespace=namespace,
                   timeouts__rollout=float(timeout) if timeout else None)
@@ -164,12 +157,9 @@ def up(c, stage=None, timeout=None, context=None, namespace=None, allow_context=
     print(f"== build and push ({s.stage})")
     built = images.push(s, s.stage)
     print(f"== deploy ({s.stage})")
-    objs = storagenode.pin_for_cluster(cluster, manifests.render_stage(s, s.stage, images.image_map(built)), s)
-    deploy_objects(cluster, objs, dry_run=False, timeout=s.timeouts.rollout)
+    ops.deploy(cluster, s, images.image_map(built))
     print(f"== smoke ({s.stage})")
-    loader.start_loader(cluster, s, next(img.ref for img in built if img.role == "loader"))
-    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv),
-                           access=s.access)
+    ops.smoke(cluster, s, loader_ref=next(img.ref for img in built if img.role == "loader"))
 
 
 @task(help=dict(KUBE_HELP))
@@ -231,14 +221,10 @@ def loader_shell(c, shell="sh", context=None, namespace=None, allow_context=None
 @friendly
 def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
     """Run the tutorial's functional checks from the host and the loader pod; one PASS/FAIL line each."""
-    from twotier.ops import loader
-    from twotier.ops import smoke as smoke_checks
+    from twotier.ops import stage as ops
 
     s = _settings(c, stage=stage, context=context, namespace=namespace)
-    cluster = _connect(s, allow_context)
-    loader.start_loader(cluster, s)
-    smoke_checks.run_smoke(cluster, s.stage, lambda argv: loader.exec_in_loader(cluster, argv),
-                           access=s.access)
+    ops.smoke(_connect(s, allow_context), s)
 
 
 @task(help={"timeout": "seconds to wait for each deletion phase (default: twotier.timeouts.delete)",
@@ -246,14 +232,11 @@ def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
 @friendly
 def clean(c, timeout=None, context=None, namespace=None, allow_context=None):
     """Delete everything the project created (all stages, loader pod, PVC, PV) and wait until gone."""
-    from twotier.kube import cleanup
-    from twotier.ops import render as manifests
+    from twotier.ops import stage as ops
 
     s = _settings(c, context=context, namespace=namespace,
                   timeouts__delete=float(timeout) if timeout else None)
-    cluster = _connect(s, allow_context)
-    cleanup.clean(cluster, cleanup.targets_from(manifests.every_stage_objects(s), cluster.namespace),
-                  timeout=s.timeouts.delete)
+    ops.clean(_connect(s, allow_context), s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +378,7 @@ def lint(c, fix=False):
 @friendly
 def bench_all(c, only="", skip="", sizes="10,100,1000,10000", edits=5):
     """Measure the README's benchmark numbers side by side in one run (report: build/bench.md)."""
-    from twotier.bench import report
+    from bench import report
 
     report.run(_settings(c), only=only, skip=skip, sizes=sizes, edits=int(edits))
 
@@ -410,26 +393,9 @@ def bench_all(c, only="", skip="", sizes="10,100,1000,10000", edits=5):
 @friendly
 def bench_api(c, sizes="10,100,1000,10000", repeat=3, baseline_max=1000, check=False):
     """Time createlist/clear vs a per-item client (the tutorial's design) on loopback."""
-    from twotier.bench import api as apibench
+    from bench import api as apibench
 
     apibench.main(sizes=sizes, repeat=int(repeat), baseline_max=int(baseline_max), check=check)
-
-
-@task(name="servers", help={
-    "servers": "comma-separated candidates to measure (default: all; see build/bench-servers.md)",
-    "duration": "seconds per load figure (default 3)",
-    "rounds": "rounds per figure, interleaved across candidates; the median is shown (default 3)",
-    "before": "a git revision: also measure the project as it served then, from its own code (e.g. a48ed72)",
-})
-@friendly
-def bench_servers(c, servers="", duration=3.0, rounds=3, before=""):
-    """Compare production servers on loopback: throughput, p99, hostile clients, SIGTERM, memory."""
-    from twotier.bench import servers as serverbench
-
-    command = "invoke bench.servers" + (f" --servers {servers}" if servers else "") + \
-        (f" --duration {duration}" if float(duration) != 3.0 else "") + \
-        (f" --rounds {rounds}" if int(rounds) != 3 else "") + (f" --before {before}" if before else "")
-    print(serverbench.run(float(duration), servers or None, int(rounds), command=command, before=before))
 
 
 @task(name="reload", help={"rounds": "rounds per tier: a plain save, a save under CPU load, a syntax error then the fix "
@@ -437,12 +403,12 @@ def bench_servers(c, servers="", duration=3.0, rounds=3, before=""):
 @friendly
 def bench_reload(c, rounds=6):
     """Stress Tilt's live update under `tilt up`: restarts, refused connections, save -> answer times."""
-    from twotier.bench import reload as reloadbench
+    from bench import reload as reloadbench
 
     reloadbench.run(_settings(c), rounds=int(rounds))
 
 
-bench = Collection("bench", bench_all, bench_api, bench_servers, bench_reload)
+bench = Collection("bench", bench_all, bench_api, bench_reload)
 
 ns = Collection(serve, dev, build, push, base_image, render, deploy, up, status, logs, loader_shell,
                 smoke, clean, test, lint, tilt, cluster, bench)

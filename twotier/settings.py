@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from twotier import shape
 from twotier.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +46,15 @@ class Timeouts:
     tilt_ci: float = 900.0  # seconds `invoke tilt.ci` gives `tilt ci`
 
 
+def _forward_ports() -> dict[str, int]:
+    """127.0.0.1 ports of tilt up's port-forwards: 10000 + each full-stage tier's port."""
+    return {t.name: 10000 + t.port for t in shape.load().stage("full").tiers}
+
+
 @dataclass(frozen=True)
 class Serve:
-    storage_port: int = 5000
-    app_port: int = 5001
+    storage_port: int = field(default_factory=lambda: shape.load().tier("storage").port)  # system.yaml's
+    app_port: int = field(default_factory=lambda: shape.load().tier("app").port)
     storage_dir: str = ""  # empty = a temporary directory, removed on exit
 
 
@@ -67,7 +73,7 @@ class Settings:
     overlay: str = ""
     field_manager: str = "twotier"
     access: str = "nodeport"  # how the host reaches the Services: nodeport | port-forward
-    forward_ports: Mapping[str, int] = field(default_factory=lambda: {"storage": 15000, "app": 15001})
+    forward_ports: Mapping[str, int] = field(default_factory=_forward_ports)
     timeouts: Timeouts = field(default_factory=Timeouts)
     serve: Serve = field(default_factory=Serve)
 

@@ -18,8 +18,8 @@ import uuid
 import pytest
 
 from tests.e2e.conftest import must, run_invoke
+from tests.support import tilt as live
 from twotier import settings as settingsmod
-from twotier.dev import tiltrun
 
 NODE_PORTS = (31000, 31001)
 ENV = {"INVOKE_TWOTIER_ACCESS": "port-forward"}
@@ -59,7 +59,7 @@ def answer_within(url: str, seconds: float):
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return tiltrun.get_json(url, timeout=5)
+            return live.get_json(url, timeout=5)
         except OSError as err:
             if time.monotonic() > deadline:
                 pytest.fail(f"{url} did not answer within {seconds:.0f}s: {err}")
@@ -95,7 +95,7 @@ def test_invoke_up_smoke_and_status_work_through_port_forwards_without_nodeports
 
 def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settings, node_ip):
     ports = settings.forward_ports
-    with node_ports_blocked(), tiltrun.TiltSession(settings, extra_args=["--access=port-forward"]) as session:
+    with node_ports_blocked(), live.TiltSession(settings, extra_args=["--access=port-forward"]) as session:
         session.wait_ready(resources=("storage", "app", "loader"))
         assert node_port_refused(node_ip, 31001)
         for url in (f"http://127.0.0.1:{ports['storage']}/items",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from twotier.bench import tilt as tiltbench
+from tests.support import tilt as live
 from twotier.dev import tiltrun
 from twotier.errors import UserError
 
@@ -110,29 +110,29 @@ def test_tilt_up_live_updates_both_tiers_without_a_rebuild(cluster, settings):
     """Edit each tier's source (a new field in a seed response): the Service answers with it, every
     replica has it, no image was built and no pod replaced; the file is restored. Then `tilt down`
     removes the PV and PVC objects while the stored items stay on the node's disk."""
-    with tiltrun.TiltSession(settings) as session:
+    with live.TiltSession(settings) as session:
         session.wait_ready()
         images_before = session.image_refs()
         assert {"sto-img", "api-img"} <= set(images_before), images_before
         for name in ("storage", "app"):
-            tier = tiltbench.TIERS[name]
-            pods_before = tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier))
+            tier = live.TIERS[name]
+            pods_before = live.pod_identity(live.tier_pods(session.cluster, tier))
             assert len(pods_before) == (2 if name == "storage" else 1)
-            service, urls = tiltbench.tier_urls(session, tier)
-            assert tiltbench.probe_value(service) is None  # the field is new
+            service, urls = live.tier_urls(session, tier)
+            assert live.probe_value(service) is None  # the field is new
             marker = uuid.uuid4().hex[:10]
             try:
-                with tiltbench.SourceEdit(tier) as edit:
+                with live.SourceEdit(tier) as edit:
                     edit.apply(marker)
-                    first, everywhere = tiltbench.wait_for_marker(urls, marker, timeout=60, first_url=service)
-                tiltbench.wait_for_marker(urls, None, timeout=60, first_url=service)
+                    first, everywhere = live.wait_for_marker(urls, marker, timeout=60, first_url=service)
+                live.wait_for_marker(urls, None, timeout=60, first_url=service)
             finally:
-                assert tiltbench.git_unchanged(tier.source), f"{tier.source} was not restored"
-            pods_after = tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier))
+                assert live.git_unchanged(tier.source), f"{tier.source} was not restored"
+            pods_after = live.pod_identity(live.tier_pods(session.cluster, tier))
             assert pods_after == pods_before, "a live update must not replace or restart pods"
         assert session.image_refs() == images_before, "no image may be rebuilt for a source change"
         kept = f"tilt-e2e-{uuid.uuid4().hex[:8]}"
-        req = urllib.request.Request(tiltrun.node_url(session.cluster, 31000, f"/items/{kept}"), method="PUT")
+        req = urllib.request.Request(live.node_url(session.cluster, 31000, f"/items/{kept}"), method="PUT")
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 201
     # tilt down (on leaving the session) deletes the PV and PVC objects, like `invoke clean`, and
@@ -161,8 +161,9 @@ def test_invoke_tilt_ci_passes_and_leaves_nothing_behind(cluster, settings):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "SUCCESS. All workloads are healthy." in proc.stdout
     assert re.search(r"smoke \(full\): \d+ passed, 0 failed", proc.stdout), "the smoke resource must run and pass"
+    from twotier.kube.cleanup import targets_from
     from twotier.ops.cluster import connect
 
     api = connect(settings)
-    for target in tiltrun.tilt_targets(settings, api.namespace):
+    for target in targets_from(tiltrun.tilt_objects(settings), api.namespace):
         assert api.get(target.api_version, target.kind, target.name, target.namespace) is None, target.ref

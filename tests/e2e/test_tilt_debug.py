@@ -1,6 +1,6 @@
 """`tilt up -- --debug=app` on the real local cluster: the app's dev server runs under debugpy in
 its pod, Tilt forwards the debug port to 127.0.0.1:5678, and a real Debug Adapter Protocol client
-(twotier.dev.dap, the JSON protocol VS Code speaks) attaches with the README's pathMappings, stops
+(tests.support.dap, the JSON protocol VS Code speaks) attaches with the README's pathMappings, stops
 at a breakpoint in createlist hit over HTTP through the Service, reads the frame's locals and
 continues; the request then completes. Live update still works, and the debugger is back after
 the reload.
@@ -16,10 +16,10 @@ import uuid
 
 import pytest
 
+from tests.support import tilt as live
+from tests.support.dap import DapError, attach_when_ready
 from twotier import settings as settingsmod
-from twotier.bench import tilt as tiltbench
 from twotier.dev import tiltrun
-from twotier.dev.dap import DapError, attach_when_ready
 
 pytestmark = pytest.mark.tilt
 
@@ -45,7 +45,7 @@ def breakpoint_line() -> int:
 
 def stop_at_createlist(session, n: int) -> None:
     """Attach, break in createlist, GET /createlist/N through out-svc, check the locals, go on."""
-    url = tiltrun.node_url(session.cluster, 31001, f"/createlist/{n}")
+    url = live.node_url(session.cluster, 31001, f"/createlist/{n}")
     line = breakpoint_line()
     try:
         dap, placed = attach_when_ready("127.0.0.1", DEBUG_PORT, {str(ROUTES): [line]},
@@ -83,25 +83,25 @@ def test_debugger_attaches_in_the_pod_and_live_update_still_works(cluster, setti
             probe.bind(("127.0.0.1", DEBUG_PORT))
         except OSError:
             pytest.fail(f"127.0.0.1:{DEBUG_PORT} is taken: stop the other debugger or `tilt up` first", pytrace=False)
-    with tiltrun.TiltSession(settings, extra_args=["--debug=app"]) as session:
+    with live.TiltSession(settings, extra_args=["--debug=app"]) as session:
         session.wait_ready()
-        tier = tiltbench.TIERS["app"]
-        pods_before = tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier))
-        (pod,) = tiltbench.tier_pods(session.cluster, tier)
+        tier = live.TIERS["app"]
+        pods_before = live.pod_identity(live.tier_pods(session.cluster, tier))
+        (pod,) = live.tier_pods(session.cluster, tier)
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
         assert env.get("TWOTIER_DEBUG_PORT") == str(DEBUG_PORT)
         assert "livenessProbe" not in pod["spec"]["containers"][0]  # a paused process is not dead
         stop_at_createlist(session, 3)
         # live update of the debugged tier: the new code answers, nothing restarted
-        service, urls = tiltbench.tier_urls(session, tier)
+        service, urls = live.tier_urls(session, tier)
         marker = uuid.uuid4().hex[:10]
         try:
-            with tiltbench.SourceEdit(tier) as edit:
+            with live.SourceEdit(tier) as edit:
                 edit.apply(marker)
-                tiltbench.wait_for_marker(urls, marker, timeout=60, first_url=service)
-            tiltbench.wait_for_marker(urls, None, timeout=60, first_url=service)
+                live.wait_for_marker(urls, marker, timeout=60, first_url=service)
+            live.wait_for_marker(urls, None, timeout=60, first_url=service)
         finally:
-            assert tiltbench.git_unchanged(tier.source)
+            assert live.git_unchanged(tier.source)
         # the reloaded worker listens again: the same breakpoint works
         stop_at_createlist(session, 2)
-        assert tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier)) == pods_before
+        assert live.pod_identity(live.tier_pods(session.cluster, tier)) == pods_before

@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from tests.support import tilt as live
 from twotier import settings as settingsmod
 from twotier.dev import tiltrun
 
@@ -73,7 +74,7 @@ def wait_green(page, names, timeout_s: float = 300) -> None:
 
 
 def test_tilt_ui_shows_green_resources_runs_smoke_and_links_the_nodeports(cluster, settings, browser):
-    with tiltrun.TiltSession(settings) as session:
+    with live.TiltSession(settings) as session:
         session.wait_ready(resources=("storage", "app", "loader"))
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(f"http://localhost:{session.port}/overview", wait_until="domcontentloaded")

@@ -16,8 +16,9 @@ import time
 
 import requests
 
-from twotier.dev.dap import DapClient, attach_when_ready
-from twotier.dev.servers import HELLO, ServiceProcess, free_port
+from tests.support.dap import DapClient, attach_when_ready
+from twotier.dev.servers import HELLO, ServiceProcess
+from twotier.ports import free_port
 
 OLD = 'return {"a": 1}'
 

@@ -40,7 +40,8 @@ hello_schema = schemathesis.openapi.from_dict(_spec("hello"))
 
 @pytest.fixture(scope="module")
 def fuzz_app(live_storage):
-    from twotier.dev.servers import APP, ServiceProcess, free_port
+    from twotier.dev.servers import APP, ServiceProcess
+    from twotier.ports import free_port
 
     env = {"STO_API": live_storage.url, "API_MAX_ITEMS": str(FUZZ_MAX_ITEMS)}
     with ServiceProcess(APP, free_port(), env) as proc:
@@ -49,7 +50,8 @@ def fuzz_app(live_storage):
 
 @pytest.fixture(scope="module")
 def live_hello():
-    from twotier.dev.servers import HELLO, ServiceProcess, free_port
+    from twotier.dev.servers import HELLO, ServiceProcess
+    from twotier.ports import free_port
 
     with ServiceProcess(HELLO, free_port()) as proc:
         yield proc

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from twotier.dev.servers import APP, HELLO, STORAGE, ServiceProcess, free_port
+from twotier.dev.servers import APP, HELLO, STORAGE, ServiceProcess
+from twotier.ports import free_port
 
 #: far more hostile connections than the app threads of a service (2 workers x 4 threads)
 HOSTILE = 24

@@ -162,7 +162,7 @@ def test_the_storage_container_at_rest_stays_under_100_mib(storage_image):
     """What the container's cgroup is charged (the figure a memory limit counts), as the
     benchmark measures it: master and 2 workers share most pages, so it is well below the sum of
     their RSS."""
-    from twotier.bench.report import AT_REST_ENV, container_memory
+    from bench.report import AT_REST_ENV, container_memory
 
     charged, summed_rss = container_memory(storage_image, AT_REST_ENV["storage"], settle=6)
     assert 10 < charged < 100, (charged, summed_rss)

@@ -1,4 +1,4 @@
-"""`invoke bench.api` (twotier.bench.api): a small real run, and its table/goal logic."""
+"""`invoke bench.api` (bench.api): a small real run, and its table/goal logic."""
 from __future__ import annotations
 
 import subprocess
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from twotier.bench import api as apibench
-from twotier.bench.api import Row
+from bench import api as apibench
+from bench.api import Row
 from twotier.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]

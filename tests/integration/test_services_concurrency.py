@@ -10,7 +10,8 @@ import threading
 import pytest
 import requests
 
-from twotier.dev.servers import APP, STORAGE, ServiceProcess, free_port
+from twotier.dev.servers import APP, STORAGE, ServiceProcess
+from twotier.ports import free_port
 
 THREADS = 8
 NAMES = [f"item{i}" for i in range(60)]

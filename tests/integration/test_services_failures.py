@@ -9,7 +9,8 @@ import time
 import pytest
 import requests
 
-from twotier.dev.servers import APP, STORAGE, ServiceProcess, free_port
+from twotier.dev.servers import APP, STORAGE, ServiceProcess
+from twotier.ports import free_port
 
 
 class FakeTier:

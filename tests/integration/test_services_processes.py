@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from twotier.dev.servers import APP, HELLO, STORAGE, ServiceProcess, check_port_free, free_port, port_owner, service_env
+from twotier.dev.servers import APP, HELLO, STORAGE, ServiceProcess, service_env
 from twotier.errors import UserError
+from twotier.ports import check_port_free, free_port, port_owner
 
 ROOT = Path(__file__).resolve().parents[2]
 

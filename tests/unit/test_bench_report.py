@@ -1,9 +1,9 @@
-"""Pure parts of `invoke bench` (twotier/bench/report.py)."""
+"""Pure parts of `invoke bench` (bench/report.py)."""
 from __future__ import annotations
 
 import pytest
 
-from twotier.bench.report import _mib
+from bench.report import _mib
 from twotier.errors import UserError
 
 

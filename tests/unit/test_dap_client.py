@@ -1,4 +1,4 @@
-"""twotier.dev.dap against a scripted adapter on loopback: an adapter with no debuggee left
+"""tests.support.dap against a scripted adapter on loopback: an adapter with no debuggee left
 answers `initialize` but refuses `attach` (debugpy: "There is no debug server connected to this
 adapter."); the client must say so at once, not wait out its timeout for `initialized`."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from twotier.dev.dap import DapClient, DapError, attach_when_ready
+from tests.support.dap import DapClient, DapError, attach_when_ready
 
 
 def _adapter_refusing_attach(listener: socket.socket, stop: threading.Event) -> None:

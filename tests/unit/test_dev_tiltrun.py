@@ -1,5 +1,5 @@
-"""twotier.dev.tiltrun and twotier.bench.tilt: which Tilt runs, with which arguments, and the source edit
-the e2e test and the benchmark make (pure parts; the real runs are in tests/e2e/test_tilt.py)."""
+"""twotier.dev.tiltrun, tests.support.tilt and bench.tilt: which Tilt runs, with which arguments, and the
+source edit the e2e test and the benchmark make (pure parts; the real runs are in tests/e2e/test_tilt.py)."""
 from __future__ import annotations
 
 import socket
@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from twotier.bench import tilt as tiltbench
+from bench import tilt as tiltbench
+from tests.support import tilt as live
 from twotier.dev import tiltrun
 from twotier.errors import UserError
+from twotier.ports import port_in_use
 from twotier.settings import Settings
 
 
@@ -67,7 +69,7 @@ def test_tilt_acts_on_exactly_the_configured_context_and_namespace():
 
 
 def test_tilt_gets_the_kubeconfig_and_its_port(monkeypatch):
-    monkeypatch.setattr("twotier.ops.cluster.kubectl", lambda: "/opt/k8s/bin/kubectl")
+    monkeypatch.setattr(tiltrun, "kubectl", lambda: "/opt/k8s/bin/kubectl")
     env = tiltrun.tilt_env("/tmp/kubeconfig", 12345)
     assert env["KUBECONFIG"] == "/tmp/kubeconfig"
     assert env["TILT_PORT"] == "12345"
@@ -79,9 +81,9 @@ def test_a_busy_default_port_is_replaced_by_a_free_one():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert not tiltrun.port_free(port)
+        assert port_in_use(port)
         chosen = tiltrun.pick_port(port)
-    assert chosen != port and tiltrun.port_free(chosen)
+    assert chosen != port and not port_in_use(chosen)
 
 
 VIEW = '''\
@@ -95,14 +97,14 @@ def other():
 '''
 
 
-def _tier(path: Path) -> tiltbench.Tier:
-    return tiltbench.Tier("storage", path, "list_items", 31000, "/items", 5000, "run=sto-app", "sto-dep")
+def _tier(path: Path) -> live.Tier:
+    return live.Tier("storage", path, "list_items", 31000, "/items", 5000, "run=sto-app", "sto-dep")
 
 
 def test_the_edit_adds_one_field_to_the_view_and_restores_the_file(tmp_path):
     src = tmp_path / "routes.py"
     src.write_text(VIEW)
-    with tiltbench.SourceEdit(_tier(src)) as edit:
+    with live.SourceEdit(_tier(src)) as edit:
         edit.apply("m1")
         edit.apply("m2")  # each edit starts from the original: one field, the latest value
         text = src.read_text()
@@ -115,7 +117,7 @@ def test_the_edit_adds_one_field_to_the_view_and_restores_the_file(tmp_path):
 def test_restoring_keeps_somebody_elses_later_edit(tmp_path):
     src = tmp_path / "routes.py"
     src.write_text(VIEW)
-    edit = tiltbench.SourceEdit(_tier(src))
+    edit = live.SourceEdit(_tier(src))
     edit.apply("m1")
     src.write_text(src.read_text() + "\n# added meanwhile\n")
     edit.restore()
@@ -126,12 +128,12 @@ def test_a_view_that_moved_is_a_clear_error(tmp_path):
     src = tmp_path / "routes.py"
     src.write_text("def something_else():\n    return 1\n")
     with pytest.raises(UserError, match="list_items"):
-        tiltbench.SourceEdit(_tier(src))
+        live.SourceEdit(_tier(src))
 
 
 def test_the_benchmark_edits_real_views_of_both_services():
-    for tier in tiltbench.TIERS.values():
-        edit = tiltbench.SourceEdit(tier)
+    for tier in live.TIERS.values():
+        edit = live.SourceEdit(tier)
         assert 'tilt_probe="x", ' in edit.text_with("x")
 
 
@@ -155,11 +157,11 @@ def test_tilt_ci_always_ends_with_tilt_down_and_the_clean_wait(monkeypatch, ci_c
     calls = []
     monkeypatch.setattr(tiltrun, "prepare", lambda settings, progress: ("tilt", FakeCluster()))
     monkeypatch.setattr(tiltrun, "tilt_version", lambda tilt: "v0.37.5")
-    monkeypatch.setattr(tiltrun, "tilt_targets", lambda settings, ns: ["targets"])
-    monkeypatch.setattr("twotier.ops.cluster.kubectl", lambda: "/opt/k8s/bin/kubectl")
+    monkeypatch.setattr(tiltrun, "tilt_objects", lambda settings: ["objects"])
+    monkeypatch.setattr(tiltrun, "kubectl", lambda: "/opt/k8s/bin/kubectl")
     monkeypatch.setattr(tiltrun.subprocess, "run",
                         lambda argv, **kw: calls.append(argv[1]) or _Proc(ci_code if argv[1] == "ci" else 0))
-    monkeypatch.setattr("twotier.kube.cleanup.clean", lambda cluster, targets, timeout, out: calls.append(("clean", targets)))
+    monkeypatch.setattr(tiltrun.ops, "clean", lambda cluster, settings, objs, out: calls.append(("clean", objs)))
     settings = Settings.from_mapping({"timeouts": {"delete": 5}})
     if ci_code:
         with pytest.raises(UserError, match="tilt ci failed") as err:
@@ -167,4 +169,4 @@ def test_tilt_ci_always_ends_with_tilt_down_and_the_clean_wait(monkeypatch, ci_c
         assert err.value.code == ci_code
     else:
         tiltrun.run_ci(settings, timeout=60, progress=lambda _line: None)
-    assert calls == ["ci", "down", ("clean", ["targets"])]
+    assert calls == ["ci", "down", ("clean", ["objects"])]

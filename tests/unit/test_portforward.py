@@ -1,4 +1,4 @@
-"""twotier.kube.portforward without a cluster: the setting, the kubectl command line, reading
+"""twotier.kube.portforward without a cluster: the kubectl command line, reading
 the local port kubectl picked, and a forward that cannot start (a fake kubectl script)."""
 from __future__ import annotations
 
@@ -31,25 +31,12 @@ def fake_kubectl(tmp_path, body: str) -> str:
     return str(script)
 
 
-@pytest.mark.parametrize("value, mode", [(None, "nodeport"), ("", "nodeport"), ("nodeport", "nodeport"),
-                                         ("port-forward", "port-forward"), (" port-forward ", "port-forward")])
-def test_access_mode_defaults_to_nodeport(value, mode):
-    assert portforward.access_mode({"access": value}) == mode
-
-
-def test_an_unknown_access_mode_says_the_choices():
-    with pytest.raises(UserError) as err:
-        portforward.access_mode({"access": "ingress"})
-    assert "nodeport, port-forward" in err.value.message
-    assert "INVOKE_TWOTIER_ACCESS" in err.value.hint
-
-
 def test_argv_targets_the_service_on_loopback_only():
     fwd = portforward.PortForward(FakeCluster(), "out-svc", 5001, kubectl="kubectl")
-    assert fwd.argv() == ["kubectl", "--kubeconfig", "/tmp/kubeconfig", "--context", "twotier-local",
+    assert fwd.kubectl_argv() == ["kubectl", "--kubeconfig", "/tmp/kubeconfig", "--context", "twotier-local",
                           "--namespace", "default", "port-forward", "svc/out-svc", ":5001",
                           "--address", "127.0.0.1"]
-    assert portforward.PortForward(FakeCluster(), "in-svc", 5000, 15000, kubectl="k").argv()[-3] == "15000:5000"
+    assert portforward.PortForward(FakeCluster(), "in-svc", 5000, 15000, kubectl="k").kubectl_argv()[-3] == "15000:5000"
 
 
 def test_the_local_port_comes_from_kubectls_output(tmp_path):

@@ -145,3 +145,10 @@ def test_a_broken_file_is_a_clear_error(local_path, monkeypatch):
     with pytest.raises(UserError) as info:
         settings_of(monkeypatch)
     assert str(local_path) in info.value.message and "bootstrap.sh" in info.value.hint
+
+
+def test_an_unknown_access_mode_says_the_choices():
+    with pytest.raises(UserError) as err:
+        Settings.from_mapping({"access": "ingress"})
+    assert "nodeport, port-forward" in err.value.message
+    assert "INVOKE_TWOTIER_ACCESS" in err.value.hint

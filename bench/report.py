@@ -13,8 +13,8 @@ import subprocess
 import sys
 import time
 
+from bench import api as apibench
 from twotier import shape
-from twotier.bench import api as apibench
 from twotier.errors import UserError
 from twotier.images import build as images
 from twotier.shape import BUILD, ROOT
@@ -58,7 +58,7 @@ def deploy_section(progress) -> str:
 
 
 def tilt_section(edits: int, progress) -> str:
-    from twotier.bench import tilt as tiltbench
+    from bench import tilt as tiltbench
 
     _invoke("clean")  # tilt deploys the same objects
     result = tiltbench.measure(edits=edits, progress=progress)

@@ -14,165 +14,28 @@ restored afterwards (and checked unchanged against git).
 """
 from __future__ import annotations
 
-import http.client
-import re
 import statistics
-import subprocess
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
+from tests.support.tilt import (
+    TIERS,
+    SourceEdit,
+    Tier,
+    TiltSession,
+    git_unchanged,
+    node_url,
+    pod_identity,
+    probe_value,
+    tier_pods,
+    tier_urls,
+    wait_for_marker,
+    wanted_replicas,
+)
 from twotier import settings as settingsmod
-from twotier import shape, tables
-from twotier.dev.tiltrun import TiltSession
+from twotier import tables
 from twotier.errors import UserError
-from twotier.shape import ROOT
-
-PROBE_FIELD = "tilt_probe"
-
-
-@dataclass(frozen=True)
-class Tier:
-    """Where one tier's probe field goes and how to read it back."""
-
-    name: str  # Tilt resource name
-    source: Path  # file edited
-    function: str  # the view function whose jsonify(...) gets the field
-    node_port: int
-    path: str  # request path that reaches the view
-    port: int  # container port (for pod IPs)
-    selector: str  # pod label selector of the tier
-    deployment: str
-
-
-def _bench_tier(t: shape.Tier) -> Tier:
-    return Tier(t.name, t.directory / t.view.file, t.view.function, t.node_port, t.check_path,
-                t.port, t.selector_string, t.deployment)
-
-
-#: the tiers whose view (system.yaml `view`) the benchmark edits; Tilt resources carry the tier names
-TIERS = {name: _bench_tier(t) for name, t in shape.load().tiers.items() if t.view}
-
-
-class SourceEdit:
-    """Adds ``tilt_probe="<marker>"`` to the first ``jsonify(`` of a view function; restores the
-    original on exit without clobbering anybody else's later edit of the file."""
-
-    def __init__(self, tier: Tier):
-        self.tier = tier
-        self.path = tier.source
-        self.original = self.path.read_text()
-        match = re.search(rf"^def {re.escape(tier.function)}\(.*?jsonify\(", self.original, re.S | re.M)
-        if not match:
-            raise UserError(f"cannot find `jsonify(` in {tier.function}() of {self.path}",
-                            "the benchmark edits that view; update `view` in system.yaml")
-        self.at = match.end()
-        self.written: str | None = None
-
-    def text_with(self, marker: str) -> str:
-        return f'{self.original[:self.at]}{PROBE_FIELD}="{marker}", {self.original[self.at:]}'
-
-    def apply(self, marker: str) -> float:
-        """Write the file with MARKER; returns the time (monotonic) right after the write."""
-        self.written = self.text_with(marker)
-        self.path.write_text(self.written)
-        return time.monotonic()
-
-    def restore(self) -> None:
-        if self.written is None:
-            return
-        current = self.path.read_text()
-        if current == self.written:
-            self.path.write_text(self.original)
-        else:  # somebody edited the file meanwhile: only take our insertion out again
-            self.path.write_text(re.sub(rf'{PROBE_FIELD}="[^"]*", ', "", current, count=1))
-        self.written = None
-
-    def __enter__(self) -> SourceEdit:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
-
-
-def git_unchanged(path: Path) -> bool:
-    """True when git sees no change to PATH (committed or not, the content is what it was)."""
-    proc = subprocess.run(["git", "diff", "--quiet", "--", str(path)], cwd=ROOT)
-    return proc.returncode == 0
-
-
-def tier_pods(cluster, tier: Tier) -> list[dict]:
-    return [p for p in cluster.list("v1", "Pod", label_selector=tier.selector)
-            if not (p.get("metadata") or {}).get("deletionTimestamp")]
-
-
-def pod_identity(pods: list[dict]) -> dict[str, int]:
-    """{pod name: total container restarts} (a replaced pod changes the name)."""
-    return {p["metadata"]["name"]: sum(cs.get("restartCount", 0) for cs in
-                                       (p.get("status") or {}).get("containerStatuses") or [])
-            for p in pods}
-
-
-NO_ANSWER = "<no answer>"
-
-
-def probe_value(url: str, timeout: float = 1.0) -> str | None:
-    """The probe field of URL's JSON answer: its value, None when absent, NO_ANSWER on failure."""
-    from twotier.dev.tiltrun import get_json
-
-    try:
-        body = get_json(url, timeout=timeout)
-    except (OSError, ValueError, http.client.HTTPException):  # refused, reset, cut short mid-reload
-        return NO_ANSWER
-    return body.get(PROBE_FIELD) if isinstance(body, dict) else NO_ANSWER
-
-
-def wait_for_marker(urls: list[str], marker: str | None, timeout: float = 120, poll: float = 0.02,
-                    first_url: str | None = None) -> tuple[float, float]:
-    """Poll until every URL answers with MARKER (None = without the field). Returns the monotonic
-    times when FIRST_URL (default the first URL) first did and when all of them did."""
-    first_url = first_url or urls[0]
-    start = time.monotonic()
-    first = None
-    done: set[str] = set()
-    while True:
-        for url in urls:
-            if url in done:
-                continue
-            if probe_value(url) == marker:
-                if url == first_url and first is None:
-                    first = time.monotonic()
-                if url != first_url:
-                    done.add(url)
-        # the Service answer can come from any replica: confirm it answers with it again
-        if first is not None and len(done) == len(urls) - 1 and probe_value(first_url) == marker:
-            return first, time.monotonic()
-        if time.monotonic() - start > timeout:
-            got = {u: probe_value(u) for u in urls}
-            raise UserError(f"the new code did not answer within {timeout:.0f}s "
-                            f"(wanted {PROBE_FIELD}={marker!r}; got {got})",
-                            "see the Tilt log; is the dev server reloading?")
-        time.sleep(poll)
-
-
-def tier_urls(session: TiltSession, tier: Tier) -> tuple[str, list[str]]:
-    """(the Service URL on the node, [that URL] + one URL per replica's pod IP)."""
-    from twotier.dev.tiltrun import node_url
-
-    service = node_url(session.cluster, tier.node_port, tier.path)
-    pods = [f"http://{p['status']['podIP']}:{tier.port}{tier.path}"
-            for p in tier_pods(session.cluster, tier) if (p.get("status") or {}).get("podIP")]
-    want = wanted_replicas(session.cluster, tier)
-    if len(pods) != want:
-        raise UserError(f"{tier.name} runs {len(pods)} pod(s) with an IP, its Deployment wants {want}",
-                        "is something else (another `invoke clean`/deploy) acting on the cluster?")
-    return service, [service, *pods]
-
-
-def wanted_replicas(cluster, tier: Tier) -> int:
-    deployment = cluster.get("apps/v1", "Deployment", tier.deployment) or {}
-    return int((deployment.get("spec") or {}).get("replicas", 1))
+from twotier.poll import Timeout, poll
 
 
 def time_edit(session: TiltSession, tier: Tier, edit: SourceEdit, timeout: float = 120) -> dict:
@@ -221,27 +84,26 @@ def measure_live_update(session: TiltSession, edits: int = 5, tiers=("storage", 
 
 
 def wait_rolled_out(session: TiltSession, tier: Tier, marker: str | None, timeout: float = 600,
-                    poll: float = 0.2) -> float:
+                    interval: float = 0.2) -> float:
     """Wait until the tier runs only new pods (as many as the Deployment wants), each answering
     with MARKER; returns the monotonic time it was first seen so."""
-    start = time.monotonic()
-    while True:
-        want = wanted_replicas(session.cluster, tier)
+    def rolled_out() -> float | None:
         pods = tier_pods(session.cluster, tier)
         ips = [(p.get("status") or {}).get("podIP") for p in pods]
-        if len(pods) == want and all(ips) and all(
+        if len(pods) == wanted_replicas(session.cluster, tier) and all(ips) and all(
                 probe_value(f"http://{ip}:{tier.port}{tier.path}") == marker for ip in ips):
             return time.monotonic()
-        if time.monotonic() - start > timeout:
-            raise UserError(f"{tier.deployment} did not roll out the new code within {timeout:.0f}s")
-        time.sleep(poll)
+        return None
+
+    try:
+        return poll(rolled_out, timeout=timeout, interval=interval, what=f"{tier.deployment} rolling out")
+    except Timeout:
+        raise UserError(f"{tier.deployment} did not roll out the new code within {timeout:.0f}s") from None
 
 
 def time_rebuild(session: TiltSession, tier: Tier, edit: SourceEdit, timeout: float = 600) -> dict:
     """One edit with live update off: until the Service answers, until the rollout is complete,
     and how long Tilt's own build step (image build, push, apply) took."""
-    from twotier.dev.tiltrun import node_url
-
     service = node_url(session.cluster, tier.node_port, tier.path)
     marker = uuid.uuid4().hex[:10]
     saved = edit.apply(marker)

@@ -10,10 +10,10 @@ What it reports (build/bench-reload.md):
   does), by kind of save (plain, CPU busy, fix after a syntax error);
 - for a syntax error: whether the previous code kept answering while the broken file was there.
 
-One save = one new field in a seed response (twotier.bench.tilt.SourceEdit), with a fresh value.
+One save = one new field in a seed response (tests.support.tilt.SourceEdit), with a fresh value.
 "Busy" = one bounded busy loop per core (BUSY_S seconds each) started just before the save.
 
-  python -m twotier.bench.reload [--rounds N] [--out build/bench-reload.md]
+  python -m bench.reload [--rounds N] [--out build/bench-reload.md]
 
 ``run(settings=None, rounds=..., progress=print) -> dict`` is the entry point for `invoke bench`;
 ``format_report(result)`` makes the Markdown.
@@ -35,9 +35,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tests.support import tilt as live
 from twotier import settings as settingsmod
-from twotier.bench import tilt as tiltbench
-from twotier.dev.tiltrun import TiltSession
 from twotier.errors import UserError
 from twotier.shape import ROOT
 
@@ -149,14 +148,14 @@ class Busy:
 
 # ------------------------------------------------------------------------------------- saves
 
-def _save_and_time(edit: tiltbench.SourceEdit, urls: list[str], service: str) -> dict:
+def _save_and_time(edit: live.SourceEdit, urls: list[str], service: str) -> dict:
     marker = uuid.uuid4().hex[:10]
     saved = edit.apply(marker)
-    first, everywhere = tiltbench.wait_for_marker(urls, marker, timeout=SAVE_TIMEOUT_S, first_url=service)
+    first, everywhere = live.wait_for_marker(urls, marker, timeout=SAVE_TIMEOUT_S, first_url=service)
     return {"service_s": first - saved, "all_s": everywhere - saved, "marker": marker}
 
 
-def _syntax_error_then_fix(edit: tiltbench.SourceEdit, urls: list[str], service: str,
+def _syntax_error_then_fix(edit: live.SourceEdit, urls: list[str], service: str,
                            previous_marker: str | None) -> dict:
     """Save a file that does not compile; the previous code must keep answering; then the fix."""
     broken = edit.text_with("broken") + "\ndef broken_on_purpose(:\n"
@@ -165,8 +164,8 @@ def _syntax_error_then_fix(edit: tiltbench.SourceEdit, urls: list[str], service:
     held_until = time.monotonic() + BROKEN_HOLD_S
     answers: dict[str, int] = {}
     while time.monotonic() < held_until:
-        value = tiltbench.probe_value(service, timeout=PROBE_TIMEOUT_S)
-        key = "previous code" if value == previous_marker else "no answer" if value == tiltbench.NO_ANSWER else "other"
+        value = live.probe_value(service, timeout=PROBE_TIMEOUT_S)
+        key = "previous code" if value == previous_marker else "no answer" if value == live.NO_ANSWER else "other"
         answers[key] = answers.get(key, 0) + 1
         time.sleep(0.1)
     fixed = _save_and_time(edit, urls, service)
@@ -174,12 +173,12 @@ def _syntax_error_then_fix(edit: tiltbench.SourceEdit, urls: list[str], service:
     return fixed
 
 
-def _restarts(session: TiltSession) -> dict[str, dict[str, int]]:
-    return {name: tiltbench.pod_identity(tiltbench.tier_pods(session.cluster, tier))
-            for name, tier in tiltbench.TIERS.items()}
+def _restarts(session: live.TiltSession) -> dict[str, dict[str, int]]:
+    return {name: live.pod_identity(live.tier_pods(session.cluster, tier))
+            for name, tier in live.TIERS.items()}
 
 
-def _unhealthy_events(session: TiltSession, since: datetime) -> list[str]:
+def _unhealthy_events(session: live.TiltSession, since: datetime) -> list[str]:
     """kubelet probe failures (reason Unhealthy) for the tiers' pods since SINCE."""
     lines = []
     pods = {p for ids in _restarts(session).values() for p in ids}
@@ -195,28 +194,28 @@ def _unhealthy_events(session: TiltSession, since: datetime) -> list[str]:
     return lines
 
 
-def stress(session: TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -> dict:
+def stress(session: live.TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -> dict:
     """ROUNDS rounds per tier (plain save, busy save, syntax error + fix), tiers alternating."""
     since = datetime.now(UTC)
     before = _restarts(session)
     refs = session.image_refs()
     probe_urls = {}
-    for name, tier in tiltbench.TIERS.items():
-        _service, urls = tiltbench.tier_urls(session, tier)
+    for name, tier in live.TIERS.items():
+        _service, urls = live.tier_urls(session, tier)
         health = [u.replace(tier.path, "/healthz") for u in urls]
         probe_urls[f"{name} Service"] = health[0]
         for i, url in enumerate(health[1:], 1):
             probe_urls[f"{name} pod {i}"] = url
     saves: list[dict] = []
     with Prober(probe_urls) as prober:
-        edits = {name: tiltbench.SourceEdit(tier) for name, tier in tiltbench.TIERS.items()}
+        edits = {name: live.SourceEdit(tier) for name, tier in live.TIERS.items()}
         try:
             last_marker: dict[str, str | None] = {name: None for name in edits}
             for r in range(rounds):
                 for name, edit in edits.items():
                     for kind in ("plain", "busy", "syntax error, then fix"):
                         try:  # a restarted or replaced pod may have a new IP: look again each time
-                            service, urls = tiltbench.tier_urls(session, tiltbench.TIERS[name])
+                            service, urls = live.tier_urls(session, live.TIERS[name])
                             if kind == "busy":
                                 with Busy():
                                     time.sleep(0.5)  # let the loops take the CPU first
@@ -239,15 +238,15 @@ def stress(session: TiltSession, rounds: int = DEFAULT_ROUNDS, progress=print) -
         finally:
             for edit in edits.values():
                 edit.restore()
-        for name, tier in tiltbench.TIERS.items():
+        for name, tier in live.TIERS.items():
             try:
-                service, urls = tiltbench.tier_urls(session, tier)
-                tiltbench.wait_for_marker(urls, None, timeout=SAVE_TIMEOUT_S, first_url=service)
+                service, urls = live.tier_urls(session, tier)
+                live.wait_for_marker(urls, None, timeout=SAVE_TIMEOUT_S, first_url=service)
             except UserError as err:
                 progress(f"{name}: the restored code did not answer everywhere: {err.message}")
     after = _restarts(session)
-    for tier in tiltbench.TIERS.values():
-        if not tiltbench.git_unchanged(tier.source):
+    for tier in live.TIERS.values():
+        if not live.git_unchanged(tier.source):
             raise UserError(f"{tier.source} differs from git after the benchmark", "check `git diff`")
     restarts = sum(count - before[n].get(pod, 0) for n, ids in after.items() for pod, count in ids.items())
     return {
@@ -270,7 +269,7 @@ def run(settings=None, rounds: int = DEFAULT_ROUNDS, out: Path | None = OUT, pro
     settings = settings or settingsmod.load()
     started = datetime.now(UTC)
     t0 = time.monotonic()
-    with TiltSession(settings, progress=progress) as session:
+    with live.TiltSession(settings, progress=progress) as session:
         progress(f"tilt up on port {session.port} (log {session.log_path})")
         startup = session.wait_ready()
         result = stress(session, rounds=rounds, progress=progress)
@@ -296,7 +295,7 @@ def _quantiles(values: list[float]) -> str:
 
 def format_report(result: dict) -> str:
     lines = ["| tier | save | median | p90 | max | saves |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for name in tiltbench.TIERS:
+    for name in live.TIERS:
         for kind in ("plain", "busy", "syntax error, then fix"):
             runs = [s for s in result["saves"] if s["tier"] == name and s["kind"] == kind]
             label = {"plain": "plain", "busy": "CPU busy", "syntax error, then fix": "fix after a syntax error"}[kind]
@@ -323,7 +322,7 @@ def format_report(result: dict) -> str:
     ]
     head = (f"Live-update stress benchmark, {result.get('started', '')} UTC, {result.get('cores')} cores, "
             f"load average after the run {', '.join(f'{x:.1f}' for x in result.get('load_avg', ()))}; "
-            f"{result.get('took_s', 0):.0f} s in all (`python -m twotier.bench.reload --rounds {result['rounds']}`).")
+            f"{result.get('took_s', 0):.0f} s in all (`python -m bench.reload --rounds {result['rounds']}`).")
     text = [head, "", *summary, "", "save -> answer (the new field through the NodePort Service; on every replica's pod IP):", "",
             *lines]
     if result["first_failures"]:
@@ -334,7 +333,7 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m twotier.bench.reload", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.reload", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds per tier (3 saves each)")
     parser.add_argument("--out", type=Path, default=OUT, help="Markdown report (a .json beside it)")
     args = parser.parse_args(argv)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import requests
 
 from twotier import tables
-from twotier.dev.servers import APP, STORAGE, ServiceProcess, free_port
+from twotier.dev.servers import APP, STORAGE, ServiceProcess
 from twotier.errors import UserError
+from twotier.ports import free_port
 
 GOAL_RATIO_N, GOAL_RATIO = 1000, 20.0
 GOAL_FAST_N, GOAL_FAST_SECONDS = 10000, 0.5
