@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import requests
 
 from twotier.dev.servers import APP, HELLO, STORAGE, ServiceProcess, service_env
 from twotier.errors import UserError
+from twotier.poll import Timeout, poll
 from twotier.ports import check_port_free, free_port, port_owner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,8 @@ class Invoke:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=new_session)
         self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -68,16 +69,25 @@ class Invoke:
     def text(self) -> str:
         return "".join(self.lines)
 
+    def all_output(self) -> str:
+        """Everything it printed, once it has exited (the reader has seen the end of its output)."""
+        self.reader.join(30)
+        return self.text
+
     def wait_for(self, marker: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while marker not in self.text:
+        """Until MARKER is printed; TIMEOUT only bounds a hang."""
+        def printed() -> bool:
+            if marker in self.text:
+                return True
             if self.proc.poll() is not None:
-                time.sleep(0.2)  # let the reader catch up
-                pytest.fail(f"invoke exited ({self.proc.returncode}) before {marker!r}:\n{self.text}")
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"no {marker!r} within {timeout} s:\n{self.text}")
-            time.sleep(0.1)
+                pytest.fail(f"invoke exited ({self.proc.returncode}) before {marker!r}:\n{self.all_output()}")
+            return False
+
+        try:
+            poll(printed, timeout=timeout, interval=0.1, what=f"{marker!r} from invoke")
+        except Timeout:
+            self.proc.kill()
+            pytest.fail(f"no {marker!r} within {timeout} s:\n{self.all_output()}")
 
 
 @pytest.mark.parametrize("task, sig, group", [
@@ -107,9 +117,10 @@ def test_invoke_serve_runs_both_services_and_stops_both(tmp_path, task, sig, gro
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
-    assert "stopped" in run.text
-    time.sleep(0.3)
-    assert not [pid for pid in children if _alive(pid)], run.text
+    assert "stopped" in run.all_output()
+    # invoke has exited; its children are reaped by init: wait for that, not for a fixed time
+    poll(lambda: not [pid for pid in children if _alive(pid)], timeout=30, interval=0.05,
+         what=f"the servers {sorted(children)} gone after invoke stopped")
     for port in (sport, aport):
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
@@ -123,10 +134,10 @@ def test_invoke_serve_on_a_busy_port_says_which_flag_to_use():
         port = busy.getsockname()[1]
         run = Invoke("serve", "--storage-port", str(port), "--app-port", str(free_port()))
         assert run.proc.wait(timeout=60) == 1
-    time.sleep(0.2)
-    assert f"error: port {port} is in use on 127.0.0.1 by python" in run.text
-    assert "hint: use --storage-port " in run.text
-    assert "Traceback" not in run.text
+    out = run.all_output()
+    assert f"error: port {port} is in use on 127.0.0.1 by python" in out
+    assert "hint: use --storage-port " in out
+    assert "Traceback" not in out
 
 
 def test_busy_port_error_names_the_owner_and_a_free_port():
@@ -142,26 +153,24 @@ def test_busy_port_error_names_the_owner_and_a_free_port():
     assert err.value.hint.startswith("use --app-port ")
 
 
-def test_dev_server_reloads_an_edited_file_in_about_a_second(tmp_path):
+def _answer(url: str):
+    try:
+        return requests.get(url, timeout=5).json()
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def test_dev_server_reloads_an_edited_file(tmp_path):
+    """The new code answers after a save (how soon is a benchmark's figure: bench.reload)."""
     code = tmp_path / "hello"
     shutil.copytree(HELLO.directory, code, ignore=shutil.ignore_patterns("__pycache__"))
     with ServiceProcess(HELLO, free_port(), dev=True, directory=code) as hello:
         assert requests.get(hello.url + "/", timeout=5).json() == {"a": 1}
         module = code / "hello_app" / "__init__.py"
         module.write_text(module.read_text().replace('return {"a": 1}', 'return {"a": 2}'))
-        edited = time.monotonic()
-        while time.monotonic() - edited < 10:
-            try:
-                if requests.get(hello.url + "/", timeout=2).json() == {"a": 2}:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        took = time.monotonic() - edited
-        assert requests.get(hello.url + "/", timeout=5).json() == {"a": 2}
-        print(f"dev reload took {took:.2f} s")
-        assert took < 3.0, f"reload took {took:.2f} s"
-        assert any("Detected change" in line for line in hello.output)
+        poll(lambda: _answer(hello.url + "/") == {"a": 2}, timeout=60, interval=0.05,
+             what="the dev server answering with the saved code")
+        assert any(f"Detected change in '{module}'" in line for line in hello.output), "".join(hello.output)
 
 
 def test_dev_server_does_not_reload_when_items_look_like_code(tmp_path):
@@ -171,8 +180,15 @@ def test_dev_server_does_not_reload_when_items_look_like_code(tmp_path):
     with ServiceProcess(STORAGE, free_port(), {"STO_STORAGE": str(items)}, dev=True,
                         directory=code) as storage:
         assert requests.put(storage.url + "/items/reload.py", timeout=5).status_code == 201
-        time.sleep(1.5)
-        assert not any("Detected change" in line for line in storage.output), "".join(storage.output)
+        # No fixed wait for "nothing happened": a real code change saved after the item is seen by
+        # the same watcher after it (one inotify queue, in order); once that change is reported,
+        # the item's event has been handled too, and it must not have been reported.
+        probe = code / "storage_api" / "e2e_watch_probe.py"
+        probe.write_text("# a code file saved after the item\n")
+        poll(lambda: any(str(probe) in line for line in storage.output), timeout=60, interval=0.05,
+             what="the dev server reporting the code file saved after the item")
+        changes = [line for line in storage.output if "Detected change" in line]
+        assert not [line for line in changes if str(items) in line], "".join(storage.output)
         assert requests.get(storage.url + "/items", timeout=5).json() == {"items": ["reload.py"]}
 
 
@@ -188,7 +204,12 @@ def test_the_server_finishes_in_flight_requests_on_sigterm(tmp_path):
 
             thread = threading.Thread(target=slow_request)
             thread.start()
-            time.sleep(0.4)
+            # in flight: the first of its batches has reached the storage, not the last one
+            def stored() -> int:
+                return len([p for p in tmp_path.iterdir() if not p.name.startswith(".")])
+
+            poll(stored, timeout=60, interval=0.01, what="the createlist's first items stored")
+            assert stored() < 30000, "the request ended before the SIGTERM: nothing was in flight"
             os.kill(app.pid, signal.SIGTERM)
             thread.join(60)
             assert answer["resp"].status_code == 200
