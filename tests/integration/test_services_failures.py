@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from twotier.dev.servers import APP, STORAGE, ServiceProcess
+from twotier.poll import poll
 from twotier.ports import free_port
 
 
@@ -72,6 +73,9 @@ class FakeTier:
 
 
 def _timed(url):
+    """The answer and how long it took. The time only ever backs a lower bound that causality
+    gives (a timeout cannot fire before its limit); the 30 s client timeout bounds a hang. How
+    fast the errors come is a benchmark's figure, not a test's threshold."""
     start = time.monotonic()
     resp = requests.get(url, timeout=30)
     return resp, time.monotonic() - start
@@ -89,18 +93,19 @@ def _assert_json_error(resp, status, error):
 def test_dead_storage_is_a_fast_json_503(path):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with ServiceProcess(APP, free_port(), {"STO_API": dead}) as app:
-        resp, elapsed = _timed(app.url + path)
+        resp, _elapsed = _timed(app.url + path)
         body = _assert_json_error(resp, 503, "storage_unreachable")
-        assert "Connection refused" in body["message"]
-        assert elapsed < 1.5, f"took {elapsed:.2f} s"
+        assert body["message"] == "cannot connect to the storage tier"  # no address in a public answer
+        # the reason goes to the app's log, under the request's id
+        poll(lambda: any(body["request_id"] in line and "Connection refused" in line for line in app.output),
+             timeout=30, interval=0.05, what=f"the app's log line for request {body['request_id']}")
         assert requests.get(app.url + "/readyz", timeout=5).status_code == 200  # still ready
 
 
 def test_unresolvable_storage_host_is_a_json_503():
     with ServiceProcess(APP, free_port(), {"STO_API": "http://no-such-host.invalid:5000"}) as app:
-        resp, elapsed = _timed(app.url + "/createlist/2")
+        resp, _elapsed = _timed(app.url + "/createlist/2")
         _assert_json_error(resp, 503, "storage_unreachable")
-        assert elapsed < 10
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +124,17 @@ def app_on_fake_tier(fake_tier):
 
 def test_hung_storage_is_a_json_504_after_the_read_timeout(fake_tier, app_on_fake_tier):
     fake_tier.reply = None
+    held_before = len(fake_tier.held)
     resp, elapsed = _timed(app_on_fake_tier.url + "/createlist/5")  # POST: never re-sent
-    _assert_json_error(resp, 504, "storage_timeout")
-    assert 0.4 < elapsed < 2.0, f"took {elapsed:.2f} s"
+    body = _assert_json_error(resp, 504, "storage_timeout")
+    assert "within 0.5 s (API_READ_TIMEOUT)" in body["message"], body["message"]
+    assert elapsed >= 0.5, f"a 504 after {elapsed:.2f} s cannot come from a 0.5 s read timeout"
     resp, elapsed = _timed(app_on_fake_tier.url + "/clear")  # GET: not re-sent after a timeout
     body = _assert_json_error(resp, 504, "storage_timeout")
-    # the message states the real figures: the limit, and what was waited (no hidden re-send)
     assert "within 0.5 s (API_READ_TIMEOUT)" in body["message"], body["message"]
-    waited = float(body["message"].rsplit("gave up after ", 1)[1].split(" s")[0])
-    assert 0.5 <= waited < 1.0 and waited <= elapsed
+    assert elapsed >= 0.5
+    # not re-sent: the hung tier saw one connection per request (held open, never answered)
+    assert len(fake_tier.held) == held_before + 2, f"{len(fake_tier.held) - held_before} connections for 2 requests"
 
 
 def test_a_storage_dribbling_its_answer_is_cut_off_at_the_total_deadline(fake_tier):
@@ -142,8 +149,10 @@ def test_a_storage_dribbling_its_answer_is_cut_off_at_the_total_deadline(fake_ti
             for path in ("/createlist/5", "/clear"):
                 resp, elapsed = _timed(app.url + path)
                 body = _assert_json_error(resp, 504, "storage_timeout")
+                # the deadline, not the read timeout, ended it: the whole answer would have taken
+                # len(reply) * 0.2 s (16 s) and every byte came within the 0.5 s read timeout
                 assert "(API_DEADLINE=1.5 s)" in body["message"], body["message"]
-                assert 1.4 < elapsed < 3.0, f"{path} took {elapsed:.2f} s"
+                assert elapsed >= 1.5, f"{path}: a 504 after {elapsed:.2f} s cannot come from a 1.5 s deadline"
     finally:
         fake_tier.dribble = 0.0
 
@@ -158,9 +167,8 @@ def test_a_storage_dribbling_its_answer_is_cut_off_at_the_total_deadline(fake_ti
 def test_garbage_from_storage_is_a_json_502(fake_tier, app_on_fake_tier, reply):
     fake_tier.reply = reply
     for path in ("/createlist/3", "/clear"):
-        resp, elapsed = _timed(app_on_fake_tier.url + path)
+        resp, _elapsed = _timed(app_on_fake_tier.url + path)
         _assert_json_error(resp, 502, "storage_bad_response")
-        assert elapsed < 2.0
 
 
 def test_a_batch_dropped_before_any_answer_is_sent_again(fake_tier, app_on_fake_tier):
@@ -190,7 +198,7 @@ def test_app_recovers_when_the_storage_tier_restarts(tmp_path):
         with ServiceProcess(APP, free_port(), {"STO_API": storage.url}) as app:
             assert requests.get(app.url + "/createlist/3", timeout=10).json()["createds"] == ["0", "1", "2"]
             storage.stop()
-            resp, elapsed = _timed(app.url + "/createlist/5")
+            resp, _elapsed = _timed(app.url + "/createlist/5")
             _assert_json_error(resp, 503, "storage_unreachable")
             storage = ServiceProcess(STORAGE, port, env).start().wait_ready()
             # pooled keep-alive connections to the old process are dead: the app must not care
