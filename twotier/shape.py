@@ -50,7 +50,9 @@ class Tier:
 
     @property
     def selector_string(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.selector.items())
+        from twotier.kube.objects import selector_string
+
+        return selector_string(self.selector)
 
 
 @dataclass(frozen=True)

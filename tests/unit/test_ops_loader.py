@@ -130,8 +130,17 @@ def test_never_running_times_out_with_status():
 
 
 class Resp:
+    """The client's WSClient with a scripted status channel: its own returncode is what is read."""
+    from kubernetes.stream.ws_client import WSClient
+
+    returncode = WSClient.returncode
+    _returncode = None
+
     def __init__(self, raw):
         self.raw = raw
+
+    def is_open(self):
+        return False
 
     def read_channel(self, channel):
         assert channel == 3
@@ -143,7 +152,7 @@ class Resp:
     ('{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code",'
      '"reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"6"}]}}', 6),
     ('{"status":"Failure","message":"container not found","reason":"InternalError"}', 1),
-    ("", 0),
+    ("", 1),
 ])
 def test_exit_code_from_the_status_channel(raw, code):
     assert _returncode(Resp(raw)) == code

@@ -12,6 +12,7 @@ import yaml
 
 from twotier import shape
 from twotier.errors import UserError
+from twotier.kube import objects
 from twotier.ops import render as manifests
 from twotier.settings import Settings
 
@@ -51,7 +52,7 @@ def by_name(objs, kind, name):
 
 
 def workloads(objs):
-    return [o for o in objs if manifests.pod_spec(o) is not None]
+    return [o for o in objs if objects.pod_spec(o) is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +72,9 @@ def test_claim_and_volume_come_before_the_deployment_that_mounts_them():
 def test_seed_storage_objects():
     objs = render("storage")
     pv, pvc = by_name(objs, "PersistentVolume", "local-pv"), by_name(objs, "PersistentVolumeClaim", "sto-pvc")
-    assert pv["spec"]["hostPath"]["path"] == "/tmp/data/kubetestpv"
+    assert pv["spec"]["hostPath"]["path"] == "/var/lib/twotier/kubetestpv"  # not under world-writable /tmp
+    assert by_name(render("storage", "seed-volume-path"), "PersistentVolume",
+                   "local-pv")["spec"]["hostPath"]["path"] == "/tmp/data/kubetestpv"  # asked for
     assert pv["spec"]["accessModes"] == ["ReadWriteMany"] == pvc["spec"]["accessModes"]
     assert pv["spec"]["storageClassName"] == "manual" == pvc["spec"]["storageClassName"]
     assert pv["spec"]["capacity"]["storage"] == "12Mi"
@@ -146,13 +149,13 @@ def cross_object_problems(objs, namespace="default"):
     for o in workloads(objs):
         if o["kind"] != "Pod" and not matches(o["spec"]["selector"]["matchLabels"], pod_labels(o)):
             problems.append(f"{o['metadata']['name']}: selector does not match its pod template labels")
-        for c in manifests.pod_containers(o):
+        for c in objects.containers(o):
             ports = {p.get("name") for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
             for probe in ("readinessProbe", "livenessProbe"):
                 port = (c.get(probe) or {}).get("httpGet", {}).get("port")
                 if port is not None and port not in ports:
                     problems.append(f"{c['name']}: {probe} port {port} is not a container port")
-        for vol in manifests.pod_spec(o).get("volumes", []):
+        for vol in objects.pod_spec(o).get("volumes", []):
             claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
             if claim and not any(p["kind"] == "PersistentVolumeClaim" and p["metadata"]["name"] == claim for p in objs):
                 problems.append(f"{o['metadata']['name']}: volume {vol['name']} uses missing claim {claim}")
@@ -165,7 +168,7 @@ def cross_object_problems(objs, namespace="default"):
         for port in svc["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             for t in selected:
-                cports = [p for c in manifests.pod_spec(t)["containers"] for p in c.get("ports", [])]
+                cports = [p for c in objects.pod_spec(t)["containers"] for p in c.get("ports", [])]
                 if not any(target in (p.get("name"), p["containerPort"]) for p in cports):
                     problems.append(f"Service {name}: targetPort {target} is no container port of {t['metadata']['name']}")
             if "nodePort" in port:
@@ -188,7 +191,7 @@ def cross_object_problems(objs, namespace="default"):
                    for pv in pvs):
             problems.append(f"PersistentVolumeClaim {pvc['metadata']['name']} can bind no PersistentVolume of the stage")
     for o in workloads(objs):
-        for c in manifests.pod_containers(o):
+        for c in objects.containers(o):
             for env in c.get("env", []):
                 if env["name"] != "STO_API":
                     continue
@@ -238,7 +241,7 @@ def test_every_workload_has_the_production_basics(stage):
         assert pod["securityContext"]["runAsUser"] == 10001
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["automountServiceAccountToken"] is False
-        for c in manifests.pod_containers(dep):
+        for c in objects.containers(dep):
             res = c["resources"]
             assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"]), c["name"]
             sc = c["securityContext"]
@@ -254,15 +257,16 @@ def test_every_workload_has_the_production_basics(stage):
         assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
 
 
-def test_only_the_storage_init_container_is_root_and_only_to_chown():
-    pod = by_name(render("storage"), "Deployment", "sto-dep")["spec"]["template"]["spec"]
+def test_no_container_runs_as_root_unless_the_volume_owner_component_asks():
+    assert "initContainers" not in by_name(render("storage"), "Deployment", "sto-dep")["spec"]["template"]["spec"]
+    pod = by_name(render("storage", "volume-owner"), "Deployment", "sto-dep")["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     sc = init["securityContext"]
     assert sc["runAsUser"] == 0 and sc["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert "chown 10001:10001 /var/lib/storage" in " ".join(init["command"])
     assert {m["name"] for m in init["volumeMounts"]} == {"sto-app-pv"}
-    pv = by_name(render("storage"), "PersistentVolume", "local-pv")
+    pv = by_name(render("storage", "volume-owner"), "PersistentVolume", "local-pv")
     assert pv["spec"]["hostPath"]["type"] == "DirectoryOrCreate"
 
 
@@ -320,7 +324,7 @@ def test_overlay_comes_from_settings_and_unknown_names_fail():
 def test_every_image_is_replaced_by_its_reference():
     for stage in STAGES:
         for o in workloads(render(stage)):
-            for c in manifests.pod_containers(o):
+            for c in objects.containers(o):
                 assert c["image"] in REFS.values() and c["imagePullPolicy"] == "IfNotPresent"
     assert manifests.render_loader(SETTINGS, REFS["loader"])[0]["spec"]["containers"][0]["image"] == REFS["loader"]
 
@@ -344,7 +348,7 @@ def test_default_images_are_the_content_derived_references_of_build():
 
     objs = manifests.render_stage(SETTINGS, "full")
     planned = {i.seed_name: i.ref for i in images.plan(SETTINGS, "full")}
-    used = {c["image"] for o in workloads(objs) for c in manifests.pod_containers(o)}
+    used = {c["image"] for o in workloads(objs) for c in objects.containers(o)}
     assert used == {planned["sto-img"], planned["api-img"]}
 
 

@@ -152,86 +152,29 @@ def _last_lines(text: str, n: int = 25) -> str:
 # .dockerignore and content hashes
 # ---------------------------------------------------------------------------------------------
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    """Translate one .dockerignore pattern (Go filepath.Match plus ``**``) to a regex."""
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            if pattern[i + 1:i + 2] == "*":
-                i += 1
-                if pattern[i + 1:i + 2] == "/":
-                    i += 1
-                    out.append("(?:.*/)?")
-                else:
-                    out.append(".*")
-            else:
-                out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "\\" and i + 1 < len(pattern):
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:end]
-                if body.startswith("^"):
-                    body = "!" + body[1:]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("^" + "".join(out) + "$")
-
-
-def read_dockerignore(context: Path) -> list[tuple[bool, re.Pattern]]:
-    """Rules of CONTEXT/.dockerignore as (is_exception, regex), in file order."""
+def dockerignore_patterns(context: Path) -> list[str]:
+    """The patterns of CONTEXT/.dockerignore, as Docker reads them (comments and blanks dropped)."""
     path = context / ".dockerignore"
-    rules: list[tuple[bool, re.Pattern]] = []
-    if not path.exists():
-        return rules
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        exception = line.startswith("!")
-        if exception:
-            line = line[1:].strip()
-        line = os.path.normpath(line).lstrip("/")
-        if line in ("", "."):
-            continue
-        rules.append((exception, _pattern_regex(line)))
-    return rules
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-def is_ignored(relpath: str, rules: list[tuple[bool, re.Pattern]]) -> bool:
-    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
-    parts = relpath.split("/")
-    candidates = ["/".join(parts[:k]) for k in range(1, len(parts) + 1)]
-    ignored = False
-    for exception, regex in rules:
-        if any(regex.match(c) for c in candidates):
-            ignored = not exception
-    return ignored
+def is_ignored(relpath: str, patterns: list[str]) -> bool:
+    """Docker's rule (docker-py's PatternMatcher, after moby's fileutils): the last pattern matching
+    the path or one of its parent folders decides."""
+    from docker.utils.build import PatternMatcher
+
+    return PatternMatcher(patterns).matches(relpath)
 
 
 def context_files(context: Path) -> list[str]:
-    """Relative paths of the files Docker sends as build context (after .dockerignore), sorted."""
-    rules = read_dockerignore(context)
-    files = []
-    for dirpath, dirnames, filenames in os.walk(context):
-        dirnames.sort()
-        for name in filenames:
-            rel = os.path.relpath(os.path.join(dirpath, name), context).replace(os.sep, "/")
-            if not is_ignored(rel, rules):
-                files.append(rel)
-    return sorted(files)
+    """Relative paths of the files Docker sends as build context (after .dockerignore), sorted;
+    .dockerignore itself (which Docker always sends, for the daemon to read) is not counted."""
+    from docker.utils.build import PatternMatcher
+
+    walked = PatternMatcher(dockerignore_patterns(context)).walk(str(context))
+    return sorted(rel.replace(os.sep, "/") for rel in walked
+                  if rel != ".dockerignore" and (not (context / rel).is_dir() or (context / rel).is_symlink()))
 
 
 def source_files(context: Path, sources: tuple[str, ...] = ()) -> list[str]:

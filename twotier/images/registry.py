@@ -12,6 +12,8 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+from twotier.kube.objects import containers
+
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -21,22 +23,20 @@ MANIFEST_TYPES = ", ".join([
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 
 
+def parse_ref(ref: str) -> tuple[str, str, str]:
+    """(name with its registry host, tag, digest) of an image reference; "" for a part it lacks."""
+    name, _, digest = ref.partition("@")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    return (name[:colon], name[colon + 1:], digest) if colon > slash else (name, "", digest)
+
+
 def split_image(ref: str) -> tuple[str, str, str] | None:
     """(registry host, repository, tag or digest) for a ref with an explicit registry, else None."""
-    if "/" not in ref:
-        return None
-    host, rest = ref.split("/", 1)
-    if not ("." in host or ":" in host or host == "localhost"):
-        return None  # Docker Hub shorthand (user/name): not checked
-    if "@" in rest:
-        repo, ref_part = rest.split("@", 1)
-    else:
-        last = rest.rsplit("/", 1)[-1]
-        if ":" in last:
-            repo, ref_part = rest.rsplit(":", 1)
-        else:
-            repo, ref_part = rest, "latest"
-    return host, repo, ref_part
+    name, tag, digest = parse_ref(ref)
+    host, _, repo = name.partition("/")
+    if not repo or not ("." in host or ":" in host or host == "localhost"):
+        return None  # no registry, or Docker Hub shorthand (user/name): not checked
+    return host, repo, digest or tag or "latest"
 
 
 def manifest_url(host: str, repo: str, ref_part: str) -> str:
@@ -63,14 +63,7 @@ def image_present(ref: str, timeout: float = 3.0) -> bool | None:
 
 def images_of(objs: list[dict]) -> list[str]:
     """Every container image the objects run, in order, without repeats."""
-    seen = []
-    for obj in objs:
-        spec = obj.get("spec") or {}
-        pod_spec = (spec.get("template") or {}).get("spec") if obj.get("kind") != "Pod" else spec
-        for c in [*((pod_spec or {}).get("initContainers") or []), *((pod_spec or {}).get("containers") or [])]:
-            if c.get("image") and c["image"] not in seen:
-                seen.append(c["image"])
-    return seen
+    return list(dict.fromkeys(c["image"] for obj in objs for c in containers(obj) if c.get("image")))
 
 
 def missing_images(objs: list[dict], check=image_present) -> list[str]:

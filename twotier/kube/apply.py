@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from twotier.errors import UserError
 from twotier.kube.client import CLUSTER_SCOPED, ApiError, owned
+from twotier.kube.objects import dig
 
 # Server-managed fields that say nothing about what the user asked for.
 _VOLATILE_METADATA = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid",
@@ -107,7 +108,7 @@ class PortConflict:
 
 
 def node_ports(svc: dict) -> list[int]:
-    return [p["nodePort"] for p in (svc.get("spec") or {}).get("ports") or [] if p.get("nodePort")]
+    return [p["nodePort"] for p in dig(svc, "spec.ports", []) if p.get("nodePort")]
 
 
 def nodeport_conflicts(objs: list[dict], live_services: list[dict], namespace: str) -> list[PortConflict]:
@@ -119,7 +120,7 @@ def nodeport_conflicts(objs: list[dict], live_services: list[dict], namespace: s
         ns = obj["metadata"].get("namespace") or namespace
         for port in node_ports(obj):
             for live in live_services:
-                meta = live.get("metadata") or {}
+                meta = dig(live, "metadata", {})
                 if (meta.get("namespace"), meta.get("name")) == (ns, obj["metadata"]["name"]):
                     continue
                 if port in node_ports(live):

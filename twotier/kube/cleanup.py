@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from twotier.errors import UserError
 from twotier.kube.client import CLUSTER_SCOPED, PROJECT_LABEL, owned
-from twotier.kube.rollout import selector_string
+from twotier.kube.objects import dig, pod_selector
 from twotier.poll import Timeout
 from twotier.poll import poll as poll_until
 
@@ -58,9 +58,7 @@ def targets_from(objs: list[dict], namespace: str) -> list[Target]:
         if key in seen:
             continue
         seen.add(key)
-        selector = ""
-        if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
-            selector = selector_string(((obj.get("spec") or {}).get("selector") or {}).get("matchLabels"))
+        selector = pod_selector(obj) if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet") else ""
         out.append(Target(obj.get("apiVersion", "v1"), kind, meta.get("name"), ns, selector))
     return out
 
@@ -103,7 +101,7 @@ def clean(cluster, targets: list[Target], timeout: float, out=print, poll: float
                 out(f"skip {t.ref}: it exists but is not labelled {label} (not the project's)")
                 summary["foreign"].append(t.ref)
                 continue
-            if not (live.get("metadata") or {}).get("deletionTimestamp"):
+            if not dig(live, "metadata.deletionTimestamp"):
                 grace = 1 if t.kind == "Pod" else None
                 if cluster.delete(t.api_version, t.kind, t.name, t.namespace,
                                   propagation=_propagation(t.kind), grace_period=grace):
@@ -128,7 +126,7 @@ def _remaining(cluster, waiting: list[Target]) -> list[str]:
     for t in waiting:
         live = cluster.get(t.api_version, t.kind, t.name, t.namespace)
         if live is not None:
-            fins = (live.get("metadata") or {}).get("finalizers") or []
+            fins = dig(live, "metadata.finalizers", [])
             left.append(t.ref + (f" (finalizers: {', '.join(fins)})" if fins else ""))
         if t.selector:
             for pod in cluster.list("v1", "Pod", namespace=t.namespace, label_selector=t.selector):

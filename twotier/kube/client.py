@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from twotier.errors import UserError
+from twotier.kube import objects
 
 LOCAL_CONTEXT_PATTERNS = ("kind-*", "k3d-*", "minikube", "docker-desktop", "rancher-desktop")
 
@@ -36,8 +37,7 @@ def owned(obj: dict | None, label: tuple[str, str] = PROJECT_LABEL) -> bool:
     """True when a live object carries the project's label (the ownership test for clean)."""
     if not obj:
         return False
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return labels.get(label[0]) == label[1]
+    return objects.labels(obj).get(label[0]) == label[1]
 
 
 def context_is_local(name: str, allowed=(), extra=()) -> bool:
@@ -92,17 +92,13 @@ class Target:
     api_timeout: float = 5.0
 
 
-def _kubeconfig_files(path: str) -> list[str]:
-    return [p for p in path.split(os.pathsep) if p]
-
-
 def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
-    """Read the kubeconfig's contexts and pick the wanted one (or the current one)."""
+    """Read the kubeconfig's contexts (the client's own reading: a ':'-separated $KUBECONFIG is
+    merged) and pick the wanted one (or the current one)."""
+    from kubernetes.config import list_kube_config_contexts
     from kubernetes.config.config_exception import ConfigException
-    from kubernetes.config.kube_config import KubeConfigMerger
 
-    files = _kubeconfig_files(kubeconfig)
-    if not files or not any(os.path.isfile(f) for f in files):
+    if not any(os.path.isfile(f) for f in kubeconfig.split(os.pathsep) if f):
         raise UserError(
             f"no kubeconfig at {kubeconfig}",
             "start the local cluster with `invoke cluster.up`, or set twotier.kubeconfig "
@@ -111,27 +107,19 @@ def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
             "`eval \"$(invoke cluster.env)\"` or unset KUBECONFIG)",
         )
     try:
-        merged = KubeConfigMerger(kubeconfig).config  # the client's own merge of KUBECONFIG lists
-        raw = merged.value if merged is not None else None
-        if not isinstance(raw, dict):
-            raise ValueError("not a kubeconfig (no mapping at the top)")
-        items = [getattr(c, "value", c) for c in raw.get("contexts") or []]  # merged: ConfigNodes
-        contexts = [c for c in items if isinstance(c, dict) and c.get("name")]
-        current = {"name": raw.get("current-context") or ""}
-    except (ConfigException, OSError, ValueError, TypeError, KeyError) as err:
-        raise UserError(
-            f"cannot read kubeconfig {kubeconfig}: {err}",
-            "check the file is a valid kubeconfig (`kubectl config view`)",
-        ) from None
+        contexts, current = list_kube_config_contexts(config_file=kubeconfig)
+    except ConfigException as err:
+        if "current-context" not in str(err):
+            raise UserError(f"cannot read kubeconfig {kubeconfig}: {err}",
+                            "check the file is a valid kubeconfig (`kubectl config view`)") from None
+        if not wanted:
+            raise UserError(f"kubeconfig {kubeconfig} has no current context",
+                            "set twotier.context (or --context) to one of `kubectl config get-contexts`") from None
+        return wanted, {"name": wanted}  # load_kube_config checks it exists
     except Exception as err:  # yaml errors and the like
         raise UserError(f"cannot read kubeconfig {kubeconfig}: {err}", "check the file") from None
-    by_name = {c["name"]: c for c in contexts or []}
-    name = wanted or (current or {}).get("name", "")
-    if not name:
-        raise UserError(
-            f"kubeconfig {kubeconfig} has no current context",
-            "set twotier.context (or --context) to one of: " + (", ".join(sorted(by_name)) or "none"),
-        )
+    by_name = {c["name"]: c for c in contexts}
+    name = wanted or current["name"]
     if name not in by_name:
         raise UserError(
             f"context {name!r} is not in kubeconfig {kubeconfig}",
@@ -340,7 +328,7 @@ class Cluster:
         """InternalIP of every node (what the seed's `kubectl get nodes -o wide` shows)."""
         ips = []
         for node in self.list("v1", "Node"):
-            for addr in (node.get("status") or {}).get("addresses") or []:
+            for addr in objects.dig(node, "status.addresses", []):
                 if addr.get("type") == "InternalIP":
                     ips.append(addr["address"])
         return ips

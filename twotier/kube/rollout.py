@@ -3,7 +3,7 @@
 ``rollout_state(deployment)`` is kubectl's rule (pkg/polymorphichelpers/rollout_status.go,
 DeploymentStatusViewer.Status) as a pure function on the API's dict.
 
-``wait_for_rollouts(cluster, names, timeout)`` polls, prints a progress line whenever the state
+``wait_for_rollouts(cluster, names, timeout)`` is one ``poll()`` whose check prints a progress line whenever the state
 changes (and a heartbeat while it doesn't), and stops early with a clear error when the rollout
 cannot succeed: ProgressDeadlineExceeded, or a pod of the new ReplicaSet stuck in
 CrashLoopBackOff / ImagePullBackOff / ErrImagePull (its last log lines and events are shown).
@@ -13,6 +13,10 @@ from __future__ import annotations
 import time
 
 from twotier.errors import UserError
+from twotier.kube import objects
+from twotier.kube.objects import container_statuses, dig, pod_selector
+from twotier.poll import Timeout
+from twotier.poll import poll as poll_until
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 TIMED_OUT_REASON = "ProgressDeadlineExceeded"
@@ -35,22 +39,16 @@ class RolloutFailed(UserError):
 
 def rollout_state(dep: dict) -> tuple[bool, str]:
     """(done, message) for a Deployment, exactly kubectl's rule; raises RolloutFailed on deadline."""
-    meta = dep.get("metadata") or {}
-    spec = dep.get("spec") or {}
-    status = dep.get("status") or {}
-    name = meta.get("name", "?")
-    generation = meta.get("generation") or 0
-    observed = status.get("observedGeneration") or 0
-    if generation <= observed:
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "Progressing" and cond.get("reason") == TIMED_OUT_REASON:
-                raise RolloutFailed(
-                    f'deployment "{name}" exceeded its progress deadline',
-                    f"see why: `invoke status`, `invoke logs`; {cond.get('message', '')}".strip())
-        replicas = spec.get("replicas")  # kubectl: only when set; the API always defaults it to 1
-        updated = status.get("updatedReplicas") or 0
-        total = status.get("replicas") or 0
-        available = status.get("availableReplicas") or 0
+    name = objects.name(dep) or "?"
+    if dig(dep, "metadata.generation", 0) <= dig(dep, "status.observedGeneration", 0):
+        cond = objects.condition(dep, "Progressing")
+        if cond.get("reason") == TIMED_OUT_REASON:
+            raise RolloutFailed(f'deployment "{name}" exceeded its progress deadline',
+                                f"see why: `invoke status`, `invoke logs`; {cond.get('message', '')}".strip())
+        replicas = dig(dep, "spec.replicas")  # kubectl: only when set; the API always defaults it to 1
+        updated = dig(dep, "status.updatedReplicas", 0)
+        total = dig(dep, "status.replicas", 0)
+        available = dig(dep, "status.availableReplicas", 0)
         if replicas is not None and updated < replicas:
             return False, (f'Waiting for deployment "{name}" rollout to finish: {updated} out of '
                            f"{replicas} new replicas have been updated...")
@@ -67,47 +65,27 @@ def rollout_state(dep: dict) -> tuple[bool, str]:
 # --------------------------------------------------------------------------------------------
 # Pods: which belong to the rollout, which are stuck, and why
 # --------------------------------------------------------------------------------------------
-def selector_string(match_labels: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted((match_labels or {}).items()))
-
-
 def newest_replicaset(dep: dict, replicasets: list[dict]) -> dict | None:
     """The ReplicaSet of the Deployment's current revision (owned by it), if it exists yet."""
-    uid = (dep.get("metadata") or {}).get("uid")
-    revision = ((dep.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+    uid = dig(dep, "metadata.uid")
+    revision = objects.annotation(dep, REVISION_ANNOTATION)
     if not revision:
         return None
-    for rs in replicasets:
-        meta = rs.get("metadata") or {}
-        owners = meta.get("ownerReferences") or []
-        if uid and not any(o.get("uid") == uid for o in owners):
-            continue
-        if (meta.get("annotations") or {}).get(REVISION_ANNOTATION) == revision:
-            return rs
-    return None
+    return next((rs for rs in replicasets if (not uid or objects.owned_by(rs, uid))
+                 and objects.annotation(rs, REVISION_ANNOTATION) == revision), None)
 
 
 def pods_of_replicaset(rs: dict, pods: list[dict]) -> list[dict]:
-    hash_ = ((rs.get("metadata") or {}).get("labels") or {}).get("pod-template-hash")
-    uid = (rs.get("metadata") or {}).get("uid")
-    found = []
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        owned_by_rs = uid and any(o.get("uid") == uid for o in meta.get("ownerReferences") or [])
-        if owned_by_rs or (hash_ and (meta.get("labels") or {}).get("pod-template-hash") == hash_):
-            found.append(pod)
-    return found
-
-
-def _container_statuses(pod: dict) -> list[dict]:
-    status = pod.get("status") or {}
-    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    hash_ = objects.labels(rs).get("pod-template-hash")
+    uid = dig(rs, "metadata.uid")
+    return [pod for pod in pods if objects.owned_by(pod, uid)
+            or (hash_ and objects.labels(pod).get("pod-template-hash") == hash_)]
 
 
 def pod_problem(pod: dict) -> tuple[str, str, str] | None:
     """(container, reason, message) when a pod is stuck in a state that won't heal, else None."""
-    for cs in _container_statuses(pod):
-        waiting = (cs.get("state") or {}).get("waiting") or {}
+    for cs in container_statuses(pod):
+        waiting = dig(cs, "state.waiting", {})
         if waiting.get("reason") in FATAL_WAITING_REASONS:
             return cs.get("name", ""), waiting["reason"], waiting.get("message", "")
     return None
@@ -115,15 +93,13 @@ def pod_problem(pod: dict) -> tuple[str, str, str] | None:
 
 def pod_summary(pod: dict) -> str:
     """One line: name, phase, readiness, each container's state, restarts."""
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    parts = [f"pod/{meta.get('name')}", status.get("phase") or "Unknown"]
-    if meta.get("deletionTimestamp"):
+    parts = [f"pod/{objects.name(pod)}", dig(pod, "status.phase", "Unknown")]
+    if objects.terminating(pod):
         parts.append("Terminating")
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            parts.append(f"unschedulable: {cond.get('message') or cond.get('reason')}")
-    for cs in _container_statuses(pod):
+    scheduled = objects.condition(pod, "PodScheduled")
+    if scheduled.get("status") == "False":
+        parts.append(f"unschedulable: {scheduled.get('message') or scheduled.get('reason')}")
+    for cs in container_statuses(pod):
         state = cs.get("state") or {}
         if "waiting" in state:
             w = state["waiting"] or {}
@@ -136,7 +112,7 @@ def pod_summary(pod: dict) -> str:
         else:
             desc = "running" + (", ready" if cs.get("ready") else ", not ready")
         restarts = cs.get("restartCount") or 0
-        last = (cs.get("lastState") or {}).get("terminated")
+        last = dig(cs, "lastState.terminated")
         if restarts:
             desc += f", {restarts} restarts"
             if last:
@@ -159,7 +135,7 @@ def diagnose_pod(cluster, pod: dict, log_lines: int = 20) -> list[str]:
     name = pod["metadata"]["name"]
     lines = [pod_summary(pod)]
     lines += ["  event: " + e for e in event_lines(cluster.events_for("Pod", name))]
-    for cs in _container_statuses(pod):
+    for cs in container_statuses(pod):
         restarted = (cs.get("restartCount") or 0) > 0
         state = cs.get("state") or {}
         crashed = restarted or "terminated" in state
@@ -175,7 +151,7 @@ def diagnose_pod(cluster, pod: dict, log_lines: int = 20) -> list[str]:
 
 def current_pods(cluster, dep: dict) -> list[dict]:
     """Pods of the Deployment's newest ReplicaSet (old ones may crash: the rollout replaces them)."""
-    sel = selector_string(((dep.get("spec") or {}).get("selector") or {}).get("matchLabels"))
+    sel = pod_selector(dep)
     if not sel:
         return []
     rs = newest_replicaset(dep, cluster.list("apps/v1", "ReplicaSet", label_selector=sel))
@@ -185,7 +161,7 @@ def current_pods(cluster, dep: dict) -> list[dict]:
 
 
 def all_pods(cluster, dep: dict) -> list[dict]:
-    sel = selector_string(((dep.get("spec") or {}).get("selector") or {}).get("matchLabels"))
+    sel = pod_selector(dep)
     return cluster.list("v1", "Pod", label_selector=sel) if sel else []
 
 
@@ -196,7 +172,7 @@ def diagnose_deployment(cluster, dep: dict) -> list[str]:
     pods = current_pods(cluster, dep) or all_pods(cluster, dep)
     if not pods:
         lines.append("  no pods yet (check the ReplicaSet's events: `kubectl describe rs`)")
-        sel = selector_string(((dep.get("spec") or {}).get("selector") or {}).get("matchLabels"))
+        sel = pod_selector(dep)
         for rs in cluster.list("apps/v1", "ReplicaSet", label_selector=sel) if sel else []:
             lines += ["  event: " + e for e in
                       event_lines(cluster.events_for("ReplicaSet", rs["metadata"]["name"]), 3)]
@@ -230,7 +206,7 @@ def restart_stale_pulls(cluster, names: list[str], out=print) -> list[str]:
             continue
         for pod in current_pods(cluster, dep):
             problem = pod_problem(pod)
-            if problem and problem[1] in PULL_REASONS and not pod["metadata"].get("deletionTimestamp"):
+            if problem and problem[1] in PULL_REASONS and not objects.terminating(pod):
                 pod_name = pod["metadata"]["name"]
                 out(f"restarting pod/{pod_name}: it was stuck in {problem[1]} before this deploy")
                 cluster.delete("v1", "Pod", pod_name)
@@ -240,58 +216,60 @@ def restart_stale_pulls(cluster, names: list[str], out=print) -> list[str]:
 
 def wait_for_rollouts(cluster, names: list[str], timeout: float, out=print, poll: float = 1.0,
                       heartbeat: float = 10.0, clock=time.monotonic, sleep=time.sleep) -> float:
-    """Wait until every named Deployment has rolled out; returns the seconds it took."""
+    """Wait until every named Deployment has rolled out; returns the seconds it took. The check
+    fails fast with the reason when a rollout cannot succeed."""
     start = clock()
     restart_stale_pulls(cluster, names, out)
     pending = list(names)
     last_msg: dict[str, str] = {}
-    last_print = start
-    while pending:
+    last_print = [start]
+
+    def rolled_out() -> bool:
         now = clock()
-        elapsed = now - start
         for name in list(pending):
-            dep = cluster.get("apps/v1", "Deployment", name)
-            if dep is None:
-                raise UserError(f"deployment {name!r} does not exist (deleted while waiting?)",
-                                "run `invoke deploy` again")
-            try:
-                done, msg = rollout_state(dep)
-            except RolloutFailed as err:
-                raise RolloutFailed(err.message + "\n" + "\n".join(diagnose_deployment(cluster, dep)),
-                                    err.hint) from None
+            done, msg = _progress(cluster, name)
             if done:
-                out(f"[{elapsed:4.0f}s] {msg}")
+                out(f"[{now - start:4.0f}s] {msg}")
                 pending.remove(name)
-                continue
-            for pod in current_pods(cluster, dep):
-                problem = pod_problem(pod)
-                if problem:
-                    container, reason, message = problem
-                    raise RolloutFailed(
-                        f"deployment {name!r} cannot become ready: pod {pod['metadata']['name']} "
-                        f"container {container} is in {reason}"
-                        + (f" ({message})" if message else "") + "\n"
-                        + "\n".join(diagnose_pod(cluster, pod)),
-                        _hint_for(reason))
-            if msg != last_msg.get(name) or now - last_print >= heartbeat:
-                out(f"[{elapsed:4.0f}s] {msg if name in msg else f'{name}: {msg}'}")
+            elif msg != last_msg.get(name) or now - last_print[0] >= heartbeat:
+                out(f"[{now - start:4.0f}s] {msg if name in msg else f'{name}: {msg}'}")
                 last_msg[name] = msg
-                last_print = now
-        if not pending:
-            break
-        if elapsed >= timeout:
-            details = []
-            for name in pending:
-                dep = cluster.get("apps/v1", "Deployment", name)
-                if dep:
-                    details += diagnose_deployment(cluster, dep)
-            raise RolloutFailed(
-                f"timed out after {timeout:.0f}s waiting for {', '.join(pending)} to become ready\n"
-                + "\n".join(details),
-                "the pod status and events above say why; raise twotier.timeouts.rollout "
-                "(INVOKE_TWOTIER_TIMEOUTS_ROLLOUT or --timeout) if it is only slow")
-        sleep(poll)
+                last_print[0] = now
+        return not pending
+
+    try:
+        poll_until(rolled_out, timeout=timeout, interval=poll, what="rollout", clock=clock, sleep=sleep)
+    except Timeout:
+        deps = [cluster.get("apps/v1", "Deployment", name) for name in pending]
+        details = [line for dep in deps if dep for line in diagnose_deployment(cluster, dep)]
+        raise RolloutFailed(
+            f"timed out after {timeout:.0f}s waiting for {', '.join(pending)} to become ready\n"
+            + "\n".join(details),
+            "the pod status and events above say why; raise twotier.timeouts.rollout "
+            "(INVOKE_TWOTIER_TIMEOUTS_ROLLOUT or --timeout) if it is only slow") from None
     return clock() - start
+
+
+def _progress(cluster, name: str) -> tuple[bool, str]:
+    """(done, message) of one Deployment's rollout; raises RolloutFailed when it cannot succeed:
+    deadline exceeded, or a pod of the new ReplicaSet stuck in a state that won't heal."""
+    dep = cluster.get("apps/v1", "Deployment", name)
+    if dep is None:
+        raise UserError(f"deployment {name!r} does not exist (deleted while waiting?)", "run `invoke deploy` again")
+    try:
+        done, msg = rollout_state(dep)
+    except RolloutFailed as err:
+        raise RolloutFailed(err.message + "\n" + "\n".join(diagnose_deployment(cluster, dep)), err.hint) from None
+    for pod in [] if done else current_pods(cluster, dep):
+        problem = pod_problem(pod)
+        if problem:
+            container, reason, message = problem
+            raise RolloutFailed(
+                f"deployment {name!r} cannot become ready: pod {objects.name(pod)} "
+                f"container {container} is in {reason}" + (f" ({message})" if message else "") + "\n"
+                + "\n".join(diagnose_pod(cluster, pod)),
+                _hint_for(reason))
+    return done, msg
 
 
 def _hint_for(reason: str) -> str:

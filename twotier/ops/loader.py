@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 from twotier.errors import UserError
 from twotier.images import registry
 from twotier.kube.client import PROJECT_LABEL, owned
+from twotier.kube.objects import containers, dig, pod_ready, terminating
 from twotier.kube.rollout import event_lines, pod_problem, pod_summary
 from twotier.ops import render
+from twotier.poll import Timeout
 from twotier.poll import poll as wait
 
 if TYPE_CHECKING:  # annotations only: the settings are handed in
@@ -32,7 +34,7 @@ def start_loader(cluster, settings: Settings, ref: str | None = None, timeout: f
     timeout = settings.timeouts.rollout if timeout is None else timeout
     if ref is None:
         live = cluster.get("v1", "Pod", LOADER_NAME)
-        if live is not None and owned(live) and _is_ready(live):
+        if live is not None and owned(live) and pod_ready(live):
             print(f"pod/{LOADER_NAME} reused ({_image_of(live)})")
             return live
     manifest = render.loader_pod(settings, ref)
@@ -44,15 +46,7 @@ def start_loader(cluster, settings: Settings, ref: str | None = None, timeout: f
 
 
 def _image_of(pod: dict) -> str:
-    containers = (pod.get("spec") or {}).get("containers") or [{}]
-    return containers[0].get("image", "")
-
-
-def _is_ready(pod: dict) -> bool:
-    status = pod.get("status") or {}
-    if status.get("phase") != "Running" or (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return False
-    return all(cs.get("ready") for cs in status.get("containerStatuses") or [{}])
+    return (containers(pod) or [{}])[0].get("image", "")
 
 
 def ensure_loader(cluster, manifest: dict, timeout: float, out=print, poll: float = 1.0,
@@ -65,20 +59,19 @@ def ensure_loader(cluster, manifest: dict, timeout: float, out=print, poll: floa
     image = _image_of(manifest)
     live = cluster.get("v1", "Pod", LOADER_NAME)
     if live is not None:
-        reusable = (_image_of(live) == image and not (live.get("metadata") or {}).get("deletionTimestamp")
-                    and (live.get("status") or {}).get("phase") in ("Pending", "Running"))
-        labels = (live.get("metadata") or {}).get("labels") or {}
-        if labels.get(PROJECT_LABEL[0]) != PROJECT_LABEL[1]:
+        reusable = (_image_of(live) == image and not terminating(live)
+                    and dig(live, "status.phase") in ("Pending", "Running"))
+        if not owned(live):
             raise UserError(
                 f"a pod named {LOADER_NAME!r} exists but is not the project's (it lacks the label "
                 f"{PROJECT_LABEL[0]}={PROJECT_LABEL[1]})",
                 f"delete it yourself (`kubectl delete pod {LOADER_NAME}`) and run the task again")
         if reusable:
-            if _is_ready(live):
+            if pod_ready(live):
                 out(f"pod/{LOADER_NAME} reused ({image})")
                 return live
         else:
-            why = "a different image" if _image_of(live) != image else (live.get("status") or {}).get("phase")
+            why = "a different image" if _image_of(live) != image else dig(live, "status.phase")
             out(f"pod/{LOADER_NAME} replaced ({why})")
             cluster.delete("v1", "Pod", LOADER_NAME, grace_period=1)
             _wait_deleted(cluster, timeout, clock, sleep, poll, out)
@@ -86,31 +79,35 @@ def ensure_loader(cluster, manifest: dict, timeout: float, out=print, poll: floa
     if live is None:
         cluster.create(manifest)
         out(f"pod/{LOADER_NAME} created ({image})")
-    last = ""
-    while True:
-        pod = cluster.get("v1", "Pod", LOADER_NAME)
+    seen = {"line": "", "pod": None}
+
+    def running() -> dict | None:
+        pod = seen["pod"] = cluster.get("v1", "Pod", LOADER_NAME)
         elapsed = clock() - start
-        if pod is not None:
-            if _is_ready(pod):
-                out(f"[{elapsed:4.0f}s] pod/{LOADER_NAME} running")
-                return pod
-            problem = pod_problem(pod)
-            if problem:
-                raise UserError(
-                    f"the loader pod cannot start: {problem[1]} {problem[2]}".strip() + "\n"
-                    + _describe(cluster, pod),
-                    "build and push the loader image (`invoke build push`) and check "
-                    "twotier.registry is one the cluster pulls from")
-            line = pod_summary(pod)
-            if line != last:
-                out(f"[{elapsed:4.0f}s] {line}")
-                last = line
-        if elapsed >= timeout:
-            raise UserError(
-                f"the loader pod is not running after {timeout:.0f}s\n"
-                + (_describe(cluster, pod) if pod else "(pod not found)"),
-                "the pod status and events above say why")
-        sleep(poll)
+        if pod is None:
+            return None
+        if pod_ready(pod):
+            out(f"[{elapsed:4.0f}s] pod/{LOADER_NAME} running")
+            return pod
+        problem = pod_problem(pod)
+        if problem:
+            raise UserError(f"the loader pod cannot start: {problem[1]} {problem[2]}".strip() + "\n"
+                            + _describe(cluster, pod),
+                            "build and push the loader image (`invoke build push`) and check "
+                            "twotier.registry is one the cluster pulls from")
+        line = pod_summary(pod)
+        if line != seen["line"]:
+            out(f"[{elapsed:4.0f}s] {line}")
+            seen["line"] = line
+        return None
+
+    try:
+        return wait(running, timeout=max(0.0, timeout - (clock() - start)), interval=poll,
+                    what="the loader pod", clock=clock, sleep=sleep)
+    except Timeout:
+        raise UserError(f"the loader pod is not running after {timeout:.0f}s\n"
+                        + (_describe(cluster, seen["pod"]) if seen["pod"] else "(pod not found)"),
+                        "the pod status and events above say why") from None
 
 
 def _describe(cluster, pod) -> str:
@@ -149,25 +146,11 @@ def exec_in_loader(cluster, cmd: list[str], timeout: float = 30) -> tuple[int, s
 
 
 def _returncode(resp) -> int:
-    """The exit code from the exec's status channel (kubectl's way), robust to odd statuses."""
-    import yaml
-
-    raw = resp.read_channel(3)  # ERROR_CHANNEL
-    if not raw:
-        return 0
+    """The client's own reading of the exec's status channel; 1 for a failure without an exit code."""
     try:
-        status = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        return resp.returncode
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):  # e.g. "container not found"
         return 1
-    if not isinstance(status, dict) or status.get("status") == "Success":
-        return 0
-    for cause in (status.get("details") or {}).get("causes") or []:
-        if cause.get("reason") == "ExitCode":
-            try:
-                return int(cause.get("message"))
-            except (TypeError, ValueError):
-                break
-    return 1
 
 
 def require_tty(stdin=None, stdout=None) -> None:

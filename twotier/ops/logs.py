@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from twotier import shape
 from twotier.errors import UserError
-from twotier.kube.rollout import selector_string
+from twotier.kube.objects import pod_selector, selector_string
 
 
 def logs_argv(kubectl: str, cluster, selector: str, follow: bool, tail: int) -> list[str]:
@@ -29,4 +29,4 @@ def tier_selector(cluster, tier: str | None) -> str:
     if dep is None:
         raise UserError(f"deployment {name} (tier {tier}) is not deployed in namespace "
                         f"{cluster.namespace!r}", "deploy it first: `invoke deploy --stage ...`")
-    return selector_string(((dep.get("spec") or {}).get("selector") or {}).get("matchLabels"))
+    return pod_selector(dep)

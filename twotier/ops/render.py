@@ -27,6 +27,8 @@ import yaml
 from twotier import shape
 from twotier.errors import UserError
 from twotier.images import build as imagesmod
+from twotier.images import registry
+from twotier.kube.objects import containers
 from twotier.ops.cluster import kubectl
 from twotier.shape import K8S, ROOT
 
@@ -59,14 +61,8 @@ def parse_overlay(value: str | Iterable[str] | None) -> list[str]:
 
 def split_ref(ref: str) -> dict:
     """A kustomize ``images:`` entry's new* fields for REF (name[:tag] or name@digest)."""
-    if "@" in ref:
-        name, digest = ref.split("@", 1)
-        return {"newName": name, "digest": digest}
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        return {"newName": ref[:colon], "newTag": ref[colon + 1:]}
-    return {"newName": ref}
+    name, tag, digest = registry.parse_ref(ref)
+    return {"newName": name, **({"digest": digest} if digest else {"newTag": tag} if tag else {})}
 
 
 def kustomize(source: Path, *, components: list[str] = (), namespace: str | None = None,
@@ -103,23 +99,11 @@ def _retarget_cluster_dns(objs: list[dict], namespace: str) -> None:
     if namespace == SEED_NAMESPACE:
         return
     for obj in objs:
-        for container in pod_containers(obj):
+        for container in containers(obj):
             for env in container.get("env") or []:
                 value = env.get("value")
                 if isinstance(value, str):
                     env["value"] = value.replace(f".{SEED_NAMESPACE}.svc.", f".{namespace}.svc.")
-
-
-def pod_spec(obj: dict) -> dict | None:
-    """The pod spec inside a workload object (Deployment, StatefulSet, Pod, ...), if any."""
-    if obj.get("kind") == "Pod":
-        return obj.get("spec")
-    return ((obj.get("spec") or {}).get("template") or {}).get("spec")
-
-
-def pod_containers(obj: dict) -> list[dict]:
-    spec = pod_spec(obj) or {}
-    return [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
 
 
 def _images_for(settings: Settings, stage: str, images: Mapping[str, str] | None) -> dict[str, str]:
@@ -132,7 +116,7 @@ def _check_images(objs: list[dict], images: Mapping[str, str]) -> None:
     if not images:
         return
     for obj in objs:
-        for container in pod_containers(obj):
+        for container in containers(obj):
             if container.get("image") in shape.load().image_names.values():
                 raise UserError(f"no image reference given for {container['image']!r} "
                                 f"({obj['kind']} {obj['metadata']['name']})",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from twotier import shape
 from twotier.errors import UserError
-from twotier.kube.rollout import selector_string
+from twotier.kube.objects import dig, pod_ready, pod_selector
 
 CLUSTER_DOMAIN = "cluster.local"
 
@@ -124,19 +124,11 @@ def _resolve_target_port(svc_port: dict, pods: list[dict]) -> int:
     if isinstance(target, str) and target.isdigit():
         return int(target)
     for pod in pods:
-        for c in (pod.get("spec") or {}).get("containers") or []:
+        for c in dig(pod, "spec.containers", []):
             for p in c.get("ports") or []:
                 if p.get("name") == target:
                     return int(p["containerPort"])
     return int(svc_port.get("port"))
-
-
-def _ready(pod: dict) -> bool:
-    status = pod.get("status") or {}
-    if (pod.get("metadata") or {}).get("deletionTimestamp") or status.get("phase") != "Running":
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in status.get("conditions") or [])
 
 
 def endpoint(cluster, deployment: str, service: str) -> Endpoint:
@@ -146,13 +138,12 @@ def endpoint(cluster, deployment: str, service: str) -> Endpoint:
         missing = [f"service/{service}"] * (svc is None) + [f"deployment/{deployment}"] * (dep is None)
         raise UserError(f"{' and '.join(missing)} not found in namespace {cluster.namespace!r}",
                         "deploy the stage first: `invoke deploy --stage ...` (or `invoke up`)")
-    sel = selector_string(((dep.get("spec") or {}).get("selector") or {}).get("matchLabels"))
-    pods = sorted((p for p in cluster.list("v1", "Pod", label_selector=sel) if _ready(p)),
+    pods = sorted((p for p in cluster.list("v1", "Pod", label_selector=pod_selector(dep)) if pod_ready(p)),
                   key=lambda p: p["metadata"]["name"])
-    port = (svc.get("spec") or {}).get("ports", [{}])[0]
+    port = dig(svc, "spec.ports", [{}])[0]
     return Endpoint(service, svc["spec"].get("clusterIP", ""), int(port.get("port")),
                     port.get("nodePort"), _resolve_target_port(port, pods),
-                    [p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("podIP")])
+                    [p["status"]["podIP"] for p in pods if dig(p, "status.podIP")])
 
 
 # --------------------------------------------------------------------------------------------

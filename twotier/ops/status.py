@@ -11,7 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from twotier.kube.client import owned
-from twotier.kube.rollout import rollout_state_safe, selector_string
+from twotier.kube.objects import dig, pod_selector, terminating
+from twotier.kube.rollout import rollout_state_safe
+from twotier.ops.metrics import pod_usage
 from twotier.tables import table
 
 HEADERS = ("KIND", "NAME", "READY", "AGE", "DETAILS")
@@ -32,7 +34,7 @@ def human_age(seconds: float) -> str:
 
 
 def age_of(obj: dict, now: datetime) -> str:
-    ts = (obj.get("metadata") or {}).get("creationTimestamp")
+    ts = dig(obj, "metadata.creationTimestamp")
     if not ts:
         return "-"
     if isinstance(ts, datetime):
@@ -45,20 +47,17 @@ def age_of(obj: dict, now: datetime) -> str:
 
 
 def pod_ready(pod: dict) -> str:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    total = len(statuses) or len((pod.get("spec") or {}).get("containers") or [])
+    statuses = dig(pod, "status.containerStatuses", [])
+    total = len(statuses) or len(dig(pod, "spec.containers", []))
     return f"{sum(1 for c in statuses if c.get('ready'))}/{total}"
 
 
 def pod_details(pod: dict) -> str:
     status = pod.get("status") or {}
-    words = [status.get("phase") or "Unknown"]
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        words = ["Terminating"]
+    words = ["Terminating" if terminating(pod) else status.get("phase") or "Unknown"]
     for cs in status.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason"):
-            words = [waiting["reason"]]
+        if dig(cs, "state.waiting.reason"):
+            words = [cs["state"]["waiting"]["reason"]]
     restarts = sum(c.get("restartCount") or 0 for c in status.get("containerStatuses") or [])
     if restarts:
         words.append(f"restarts {restarts}")
@@ -69,7 +68,7 @@ def pod_details(pod: dict) -> str:
 
 def row_for(obj: dict, now: datetime, node_ip: str | None, reach=None) -> tuple[str, str, str, str, str]:
     kind = obj.get("kind", "")
-    name = (obj.get("metadata") or {}).get("name", "")
+    name = dig(obj, "metadata.name", "")
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     ready, details = "-", ""
     if kind == "Deployment":
@@ -91,9 +90,8 @@ def row_for(obj: dict, now: datetime, node_ip: str | None, reach=None) -> tuple[
     elif kind in ("PersistentVolume", "PersistentVolumeClaim"):
         phase = status.get("phase", "")
         ready = "yes" if phase == "Bound" else "no"
-        cap = (spec.get("capacity") or {}).get("storage") or \
-            ((status.get("capacity") or {}).get("storage")) or \
-            ((spec.get("resources") or {}).get("requests") or {}).get("storage", "")
+        cap = dig(spec, "capacity.storage") or dig(status, "capacity.storage") or \
+            dig(spec, "resources.requests.storage", "")
         details = f"{phase} {cap} {','.join(spec.get('accessModes') or [])}".strip()
         claim = spec.get("claimRef") or {}
         if claim.get("name"):
@@ -103,7 +101,7 @@ def row_for(obj: dict, now: datetime, node_ip: str | None, reach=None) -> tuple[
     elif kind == "PodDisruptionBudget":
         ready = f"{status.get('currentHealthy', 0)}/{status.get('desiredHealthy', 0)}"
         details = f"disruptions allowed {status.get('disruptionsAllowed', 0)}"
-    if (obj.get("metadata") or {}).get("deletionTimestamp") and kind != "Pod":
+    if terminating(obj) and kind != "Pod":
         details = ("Terminating " + details).strip()
     return (kind, name, ready, age_of(obj, now), details)
 
@@ -111,8 +109,7 @@ def row_for(obj: dict, now: datetime, node_ip: str | None, reach=None) -> tuple[
 def service_urls(svc: dict, node_ip: str | None) -> list[str]:
     if not node_ip:
         return []
-    return [f"http://{node_ip}:{p['nodePort']}" for p in (svc.get("spec") or {}).get("ports") or []
-            if p.get("nodePort")]
+    return [f"http://{node_ip}:{p['nodePort']}" for p in dig(svc, "spec.ports", []) if p.get("nodePort")]
 
 
 def format_table(rows: list[tuple], headers=HEADERS) -> str:
@@ -129,8 +126,7 @@ def collect(cluster, targets) -> list[dict]:
         live.setdefault("kind", t.kind)
         found.append(live)
         if t.kind == "Deployment":
-            sel = selector_string(((live.get("spec") or {}).get("selector") or {}).get("matchLabels"))
-            for pod in sorted(cluster.list("v1", "Pod", namespace=t.namespace, label_selector=sel),
+            for pod in sorted(cluster.list("v1", "Pod", namespace=t.namespace, label_selector=pod_selector(live)),
                               key=lambda p: p["metadata"]["name"]):
                 key = pod["metadata"]["name"]
                 if key not in seen:
@@ -148,7 +144,7 @@ def forwarded_reach(cluster):
 
     def reach(svc: dict) -> list[str]:
         name = svc["metadata"]["name"]
-        port = ((svc.get("spec") or {}).get("ports") or [{}])[0].get("port")
+        port = dig(svc, "spec.ports", [{}])[0].get("port")
         try:
             with PortForward(cluster, name, port, kubectl=kubectl()) as fwd:
                 code = wait_answering(fwd.url + "/healthz")
@@ -171,6 +167,8 @@ def status_report(cluster, targets, now: datetime | None = None, access: str = "
     order = {"PersistentVolume": 0, "PersistentVolumeClaim": 1, "Service": 2,
              "PodDisruptionBudget": 3, "Deployment": 4, "Pod": 5}
     rows = [row_for(o, now, node_ip, reach) for o in objs]
+    usage = pod_usage(cluster)  # each pod's CPU and memory from metrics-server; {} without it
+    rows = [(*r[:4], f"{r[4]}, {usage[r[1]]}") if r[0] == "Pod" and r[1] in usage else r for r in rows]
     rows.sort(key=lambda r: (order.get(r[0], 9), r[1]))
     return head + (f", node {node_ip}" if node_ip else "") + ("  (access: port-forward)" if reach else "") \
         + "\n" + format_table(rows)

@@ -10,13 +10,14 @@ cluster's first node), else the first Ready schedulable node by name, chosen at 
 from __future__ import annotations
 
 from twotier.errors import UserError
+from twotier.kube.objects import condition, dig
 
 PV_NAME = "local-pv"
 HOSTNAME = "kubernetes.io/hostname"
 
 
 def _hostname_expr(pv: dict) -> dict | None:
-    terms = (((pv.get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}).get("nodeSelectorTerms") or []
+    terms = dig(pv, "spec.nodeAffinity.required.nodeSelectorTerms", [])
     for term in terms:
         for expr in term.get("matchExpressions") or []:
             if expr.get("key") == HOSTNAME and expr.get("operator") == "In":
@@ -43,9 +44,7 @@ def pin(objs: list[dict], node: str) -> list[dict]:
 
 
 def _ready_schedulable(node: dict) -> bool:
-    if (node.get("spec") or {}).get("unschedulable"):
-        return False
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (node.get("status") or {}).get("conditions", []))
+    return not dig(node, "spec.unschedulable") and condition(node, "Ready").get("status") == "True"
 
 
 def choose(cluster, objs: list[dict], setting: str = "") -> str | None:
