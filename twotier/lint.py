@@ -1,7 +1,9 @@
 """`invoke lint`: the code (ruff) and every manifest the project can render.
 
 Manifests: every stage alone and with all components, and the loader pod, are validated strictly
-against the Kubernetes schemas of the version the local cluster runs, then checked by checkov
+against the Kubernetes schemas of the version the local cluster runs; every stage alone and with
+each component is held to Pod Security "restricted" (every container, init containers included;
+a component that cannot be restricted says why in ``NOT_RESTRICTED``); then checked by checkov
 (a manifest security linter). A checkov finding is either fixed or suppressed on the object with
 a ``checkov.io/skipN: CHECK_ID=reason`` annotation; a suppression without a reason, or one that
 suppresses nothing any more, is a finding too. checkov lives in its own virtualenv (its pinned
@@ -40,6 +42,85 @@ def renders(settings: Settings | None = None) -> dict[str, list[dict]]:
         out[f"{stage}-all-components.yaml"] = manifests.render_stage(settings, stage, images=REFS, overlay=every)
     out["loader.yaml"] = manifests.render_loader(settings, REFS[shape.load().loader.image])
     return out
+
+
+#: components that cannot meet Pod Security "restricted", and why (said again in their file)
+NOT_RESTRICTED = {
+    "volume-owner": "an init container runs as root to chown local-pv's directory, for clusters "
+                    "whose nodes the tooling cannot reach",
+}
+_RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                       "persistentVolumeClaim", "projected", "secret"}
+_POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+
+
+def restricted_renders(settings: Settings | None = None) -> dict[str, list[dict]]:
+    """{name: objects} for every stage alone and with each component that can be restricted."""
+    settings = settings or Settings()
+    out = {}
+    for stage in shape.load().stages:
+        out[stage] = manifests.render_stage(settings, stage, images=REFS, overlay="")
+        for component in manifests.available_components():
+            if component not in NOT_RESTRICTED:
+                out[f"{stage}+{component}"] = manifests.render_stage(settings, stage, images=REFS,
+                                                                     overlay=component)
+    out["loader"] = manifests.render_loader(settings, REFS[shape.load().loader.image])
+    return out
+
+
+def restricted_problems(objs: list[dict]) -> list[str]:
+    """What Pod Security "restricted" (Kubernetes' pod security standards, the "restricted"
+    profile, which includes "baseline") refuses in these objects' pods, one line each."""
+    problems = []
+    for obj in objs:
+        if obj.get("kind") == "Pod":
+            spec = obj.get("spec") or {}
+        elif obj.get("kind") in _POD_TEMPLATE_KINDS:
+            spec = (((obj.get("spec") or {}).get("template") or {}).get("spec")) or {}
+        else:
+            continue
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        problems += [f"{where}: {p}" for p in _pod_problems(spec)]
+    return problems
+
+
+def _pod_problems(spec: dict) -> list[str]:
+    problems = []
+    pod_sc = spec.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            problems.append(f"{flag} is set")
+    for volume in spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume.get('name')}: type {sorted(kinds)} is not allowed")
+    if pod_sc.get("runAsUser") == 0:
+        problems.append("the pod's runAsUser is 0")
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or []),
+                  *(spec.get("ephemeralContainers") or [])]
+    for c in containers:
+        sc = c.get("securityContext") or {}
+        name = f"container {c.get('name')}"
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            problems.append(f"{name}: runs as uid 0")
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile is {seccomp or 'unset'} (RuntimeDefault or Localhost)")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        extra = set(caps.get("add") or []) - {"NET_BIND_SERVICE"}
+        if extra:
+            problems.append(f"{name}: adds capabilities {sorted(extra)}")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            problems.append(f"{name}: uses a hostPort")
+    return problems
 
 
 def schema_problems(objs: list[dict], version: str = K8S_SCHEMA_VERSION) -> list[str]:
@@ -135,6 +216,9 @@ def run(fix: bool = False, progress=print) -> int:
     progress(f"== manifests: strict schema validation (Kubernetes {K8S_SCHEMA_VERSION})")
     objects = renders()
     problems = [f"{file}: {p}" for file, objs in objects.items() for p in schema_problems(objs)]
+    progress('== manifests: Pod Security "restricted" (every stage, alone and with each component)')
+    problems += [f"{name}: {p}" for name, objs in restricted_renders().items()
+                 for p in restricted_problems(objs)]
     progress("== manifests: checkov")
     problems += checkov_problems(checkov_report(objects, progress), objects)
     for line in problems:

@@ -212,3 +212,20 @@ def test_probes_answer_while_ten_clients_list_50k_items(storage):
         t.join(60)
     order = [label for label, _ in sorted(done, key=lambda d: d[1])]
     assert order[0] == "probe", order
+
+
+# -- the dev server's debugger ------------------------------------------------------------------------
+def test_the_debugger_listens_on_loopback_only():
+    """Whoever reaches debugpy's port can run code in the process: in a pod it must answer only
+    the pod's own 127.0.0.1, where a port-forward connects."""
+    from twotier.dev.servers import HELLO
+
+    outside = next(a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                   if a.family == socket.AF_INET and not a.address.startswith("127."))
+    debug_port = free_port()
+    with ServiceProcess(HELLO, free_port(), dev=True, env={"TWOTIER_DEBUG_PORT": str(debug_port)}) as hello:
+        poll(lambda: "debugpy listening" in hello.tail(50), timeout=60, interval=0.1,
+             what="the dev server's debugger listening")
+        socket.create_connection(("127.0.0.1", debug_port), timeout=5).close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((outside, debug_port), timeout=5)

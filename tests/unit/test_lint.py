@@ -36,3 +36,27 @@ def test_checkov_findings_unexplained_and_stale_suppressions_are_problems():
     assert any(p.startswith("stale suppression") and "CKV_K8S_2" in p for p in problems)
     assert not any("CKV_K8S_1 " in p for p in problems)
     assert len(problems) == 3
+
+
+def test_every_stage_and_component_meets_pod_security_restricted():
+    from twotier import lint
+
+    renders = lint.restricted_renders()
+    assert "storage" in renders and "full+internal-storage" in renders
+    assert not any("volume-owner" in name for name in renders)
+    problems = [f"{name}: {p}" for name, objs in renders.items() for p in lint.restricted_problems(objs)]
+    assert problems == []
+
+
+def test_the_restricted_check_finds_a_root_init_container():
+    from twotier import lint
+    from twotier.ops.render import render_stage
+    from twotier.settings import Settings
+
+    objs = render_stage(Settings(), "storage", images=lint.REFS, overlay="volume-owner")
+    problems = lint.restricted_problems(objs)
+    assert any("container storage-owner: runs as uid 0" in p for p in problems)
+    assert any("adds capabilities ['CHOWN', 'FOWNER']" in p for p in problems)
+    assert lint.restricted_problems([{"kind": "Pod", "metadata": {"name": "p"}, "spec": {
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "c", "securityContext": {}}]}}])

@@ -37,7 +37,7 @@ def test_local_pv_is_pinned_to_one_node_by_hostname(stage):
     terms = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In",
                                             "values": ["twotier-node"]}]}]
-    assert pv["spec"]["hostPath"] == {"path": "/tmp/data/kubetestpv", "type": "DirectoryOrCreate"}
+    assert pv["spec"]["hostPath"] == {"path": "/var/lib/twotier/kubetestpv", "type": "DirectoryOrCreate"}
 
 
 def test_pin_rewrites_only_local_pv():

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from localcluster import layout as localcluster
 from twotier.kube import cleanup
-from twotier.ops import loader, render, storagenode
+from twotier.ops import hostvolume, loader, render, storagenode
 from twotier.ops import smoke as checks
 from twotier.ops.deploy import deploy_objects
 
@@ -24,6 +25,8 @@ def deploy(cluster, settings: Settings, images: Mapping[str, str] | None = None,
     and wait for the rollout."""
     objs = render.render_stage(settings, settings.stage, images)
     objs = storagenode.pin_for_cluster(cluster, objs, settings)
+    if cluster.context == localcluster.CONTEXT and not dry_run:
+        hostvolume.prepare_all(objs, out=out)  # the node is this host (see hostvolume)
     return deploy_objects(cluster, objs, dry_run=dry_run, timeout=settings.timeouts.rollout, out=out)
 
 

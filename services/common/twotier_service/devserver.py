@@ -145,7 +145,9 @@ class _Debugger:
                     return
                 try:
                     _check_free(self.port)  # in-process, debugpy would hang on a taken port, not raise
-                    debugpy.listen(("0.0.0.0", self.port), in_process_debug_adapter=True)
+                    # loopback only: whoever reaches the port can run code in the process; a
+                    # port-forward (Tilt's, kubectl's) connects to the pod's own 127.0.0.1
+                    debugpy.listen((DEBUG_HOST, self.port), in_process_debug_adapter=True)
                     self.listening = True
                     log(f"debugpy listening on port {self.port} (pid {os.getpid()}); attach a DAP client")
                     return
@@ -167,11 +169,15 @@ class _Debugger:
             pydevd.stoptrace()
 
 
+#: where debugpy listens: never 0.0.0.0 (any pod could attach and run code)
+DEBUG_HOST = "127.0.0.1"
+
+
 def _check_free(port: int) -> None:
     """OSError when something listens on PORT (bound as pydevd binds it, then let go)."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("0.0.0.0", port))
+        probe.bind((DEBUG_HOST, port))
 
 
 # ------------------------------------------------------------------------------ the supervisor
