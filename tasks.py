@@ -6,10 +6,11 @@ machinery in twotier/ (the system's shape: system.yaml) or localcluster/.
 
   run locally      serve, dev
   images           build, push, base-image
-  deploy, inspect  render, deploy, up, status, logs, loader-shell, smoke, clean
+  deploy, inspect  render, deploy, up, status, logs, loader-shell, smoke, clean, load
   dev loop         tilt.ci, tilt.smoke
   local cluster    cluster.up, cluster.down, cluster.status, cluster.env, cluster.kubeconfig, cluster.build
   quality, speed   test, lint, bench (bench.api, ...)
+  dependencies     deps.upgrade, deps.compile
 """
 from invoke import Collection, task
 from invoke.exceptions import Exit
@@ -227,6 +228,21 @@ def smoke(c, stage=None, context=None, namespace=None, allow_context=None):
     ops.smoke(_connect(s, allow_context), s)
 
 
+@task(help={"seconds": "how long to drive load, 1-1800 (default 60)",
+            "concurrency": "parallel clients, 1-32 (default 8)",
+            "service": "the Service to drive: only the project's out-svc is accepted", **KUBE_HELP})
+@friendly
+def load(c, seconds=60, concurrency=8, service="out-svc", context=None, namespace=None, allow_context=None):
+    """Drive createlist/clear through out-svc; a row every 5 s: requests, failures, p50/p99, api-dep replicas."""
+    from twotier.ops import load as loadmod
+
+    s = _settings(c, context=context, namespace=namespace)
+    seconds, concurrency = loadmod.check_bounds(seconds, concurrency, service)  # bad input: before connecting
+    total = loadmod.run(_connect(s, allow_context), seconds, concurrency, service=service)
+    if total["failures"]:
+        raise Exit(code=1)
+
+
 @task(help={"timeout": "seconds to wait for each deletion phase (default: twotier.timeouts.delete)",
             **KUBE_HELP})
 @friendly
@@ -410,6 +426,33 @@ def bench_reload(c, rounds=6):
 
 bench = Collection("bench", bench_all, bench_api, bench_reload)
 
+# ---------------------------------------------------------------------------------------------
+# Python dependencies (deps.*): requirements*.in -> requirements*.txt with pip-tools
+# ---------------------------------------------------------------------------------------------
+
+
+@task(name="upgrade", help={"package": "upgrade only this package (repeatable); default: every package"},
+      iterable=["package"])
+@friendly
+def deps_upgrade(c, package=None):
+    """Re-compile every requirements*.in to the newest versions PyPI serves; then ./bootstrap.sh and the tests."""
+    from twotier import deps as pydeps
+
+    pydeps.compile_all(upgrade=not package, packages=tuple(package or ()))
+
+
+@task(name="compile")
+@friendly
+def deps_compile(c):
+    """Re-compile every requirements*.in after an edit, keeping the existing pins where they still fit."""
+    from twotier import deps as pydeps
+
+    pydeps.compile_all(upgrade=False)
+
+
+deps = Collection("deps", deps_upgrade, deps_compile)
+
 ns = Collection(serve, dev, build, push, base_image, render, deploy, up, status, logs, loader_shell,
-                smoke, clean, test, lint, tilt, cluster, bench)
+                smoke, clean, test, lint, tilt, cluster, bench, deps)
 ns.configure({"twotier": _defaults()})
+ns.add_task(load)
