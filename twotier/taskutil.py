@@ -6,7 +6,6 @@ import sys
 
 from invoke.exceptions import Exit
 
-from localcluster.errors import ClusterError
 from twotier.errors import UserError
 
 
@@ -17,7 +16,7 @@ def friendly(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (UserError, ClusterError) as err:
+        except UserError as err:
             msg = f"error: {err.message}"
             if err.hint:
                 msg += f"\nhint: {err.hint}"
