@@ -6,6 +6,7 @@ import time
 from twotier.errors import UserError
 from twotier.images import registry
 from twotier.kube import apply, rollout
+from twotier.ops import metrics
 
 
 def deploy_objects(cluster, objs: list[dict], dry_run: bool, timeout: float, out=print,
@@ -16,6 +17,7 @@ def deploy_objects(cluster, objs: list[dict], dry_run: bool, timeout: float, out
     missing one stops the deploy before anything changes (a dry run only notes it)."""
     start = time.monotonic()
     apply.check_nodeports(cluster, objs)  # the other stage holding 31000 is the first thing to say
+    metrics.check_autoscaling(cluster, objs)  # an HPA needs the resource metrics API (metrics-server)
     if check_images:
         missing = registry.missing_images(objs)
         if missing and dry_run:
