@@ -147,7 +147,15 @@ def argv(component: str, node_ip: str) -> list[str]:
                 "--service-account-signing-key-file", str(p / "sa.key"),
                 "--service-account-issuer", f"https://kubernetes.default.svc.{L.DNS_DOMAIN}",
                 "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
-                "--allow-privileged=true", "--profiling=false", "--v=1"]
+                "--allow-privileged=true", "--profiling=false", "--v=1",
+                # the aggregation layer (metrics-server's metrics.k8s.io): front-proxy CA and client
+                "--requestheader-client-ca-file", str(p / "front-proxy-ca.crt"),
+                "--requestheader-allowed-names", pki.FRONT_PROXY_CLIENT,
+                "--requestheader-username-headers", "X-Remote-User",
+                "--requestheader-group-headers", "X-Remote-Group",
+                "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+                "--proxy-client-cert-file", str(p / "front-proxy-client.crt"),
+                "--proxy-client-key-file", str(p / "front-proxy-client.key")]
     if component == "kube-controller-manager":
         kc = str(s / "controller-manager.kubeconfig")
         return [k8s("kube-controller-manager"), "--kubeconfig", kc, "--authentication-kubeconfig", kc,
@@ -237,13 +245,15 @@ def up(progress=print, nodes: int | None = None) -> float:
         raise UserError(f"--nodes must be between 1 and {L.MAX_NODES}, not {wanted}")
     if is_up() and node_count() == wanted:
         try:
-            if all(node_ready(Node(i).name) for i in range(1, wanted + 1)) and docker_ok() and registry_ok():
+            if (all(node_ready(Node(i).name) for i in range(1, wanted + 1)) and docker_ok() and registry_ok()
+                    and _apiserver_current() and all(_addon_current(a) for a in addons.BUILT_ADDONS)):
                 progress(f"the local cluster is already up (context {L.CONTEXT}, {wanted} node{'s' if wanted > 1 else ''})")
                 return time.monotonic() - t0
         except Exception:
             pass
     preflight()
     ensure_binaries(progress=progress)
+    addons.ensure_addon_binaries(progress=progress)
     node_ip = L.node_ip()
     _sysctl("net.ipv4.ip_forward", "1")
     _sysctl("net.bridge.bridge-nf-call-iptables", "1")
@@ -272,6 +282,9 @@ def up(progress=print, nodes: int | None = None) -> float:
     addons.ensure_images()
     if _start("etcd", node_ip, progress):
         procs.wait_for(lambda: _http_ok("http://127.0.0.1:2379/health"), "etcd", 30, progress, name="etcd")
+    if not _apiserver_current(node_ip):
+        progress("restarting kube-apiserver: its flags changed")
+        procs.stop("kube-apiserver")
     if _start("kube-apiserver", node_ip, progress):
         procs.wait_for(lambda: api_get("/readyz") == "ok", "kube-apiserver /readyz", 90, progress,
                        name="kube-apiserver")
@@ -282,11 +295,42 @@ def up(progress=print, nodes: int | None = None) -> float:
     _apply(addons.manifests())
     procs.wait_for(lambda: deployment_available("kube-system", "coredns"), "CoreDNS available", 120, progress)
     _ensure_nodes(wanted, progress)
+    _ensure_built_addons(progress)
     elapsed = time.monotonic() - t0
     progress(f"the local cluster is up in {elapsed:.0f}s with {wanted} node{'s' if wanted > 1 else ''}: "
              f"context {L.CONTEXT}, kubeconfig {L.KUBECONFIG}")
     progress(f"  export KUBECONFIG={L.KUBECONFIG}")
     return elapsed
+
+
+def _apiserver_current(node_ip: str | None = None) -> bool:
+    """The running kube-apiserver (if any) was started with today's flags."""
+    pid = procs.pid_of("kube-apiserver")
+    if pid is None:
+        return True
+    try:
+        import psutil
+        return psutil.Process(pid).cmdline() == argv("kube-apiserver", node_ip or L.node_ip())
+    except Exception:
+        return False
+
+
+def _addon_current(addon) -> bool:
+    """The addon's workload runs the pinned image and is available."""
+    kind, name = addon.workload
+    obj = api_get(f"/apis/apps/v1/namespaces/kube-system/{kind.lower()}s/{name}")
+    images = [c["image"] for c in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])]
+    return addon.image in images and deployment_available("kube-system", name)
+
+
+def _ensure_built_addons(progress) -> None:
+    """Addons built from source (localcluster/addons.py): image in the registry, applied, available."""
+    addons.ensure_addon_images(progress)
+    for a in addons.BUILT_ADDONS:
+        progress(f"applying addon {a.name} {a.version}")
+        _apply(a.manifest())
+    for a in addons.BUILT_ADDONS:
+        procs.wait_for(lambda a=a: _addon_current(a), f"addon {a.name} available", 120, progress)
 
 
 def _ensure_nodes(wanted: int, progress) -> None:

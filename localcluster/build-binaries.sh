@@ -181,6 +181,25 @@ build_tilt() {
   log "tilt $v: done"
 }
 
+# build_go_tool NAME VERSION MODULE PACKAGE [LDFLAGS] -- a cluster addon's binary (localcluster/addons.py
+# declares each addon and calls this with `go-tool ...`): a wrapper module that requires MODULE@VERSION
+# with its replace directives, builds PACKAGE statically into $CACHE/bin/NAME-VERSION/NAME.
+build_go_tool() {
+  local name=$1 v=$2 module=$3 pkg=$4 ld="-s -w ${5:-}"
+  local out=$CACHE/bin/$name-$v dir=$CACHE/src/$name-$v
+  [ -f "$out/.complete" ] && return 0
+  log "$name $v: resolving its Go modules"
+  wrapper "$dir" "$module" "$v"
+  copy_replaces "$dir" "$module" "$v"
+  echo "tool $pkg" >>"$dir/go.mod"
+  (cd "$dir" && go mod tidy >/dev/null)
+  log "$name $v: compiling"
+  mkdir -p "$out"
+  (cd "$dir" && go build -trimpath -ldflags "$ld" -o "$out/$name" "$pkg")
+  touch "$out/.complete"
+  log "$name $v: done"
+}
+
 what=${1:-all}
 # One build at a time per cache: a second caller waits, then finds the .complete markers (a second
 # build in the same directory would delete and rewrite the source tree the first compiles from).
@@ -204,5 +223,6 @@ case $what in
   cluster) build_etcd; build_containerd; build_critools; build_coredns; build_kubernetes ;;
   all) build_etcd; build_containerd; build_critools; build_coredns; build_kubernetes; build_tilt ;;
   kubernetes|etcd|containerd|critools|coredns|tilt) "build_$what" ;;
+  go-tool) shift; [ $# -ge 4 ] || { echo "usage: $0 go-tool NAME VERSION MODULE PACKAGE [LDFLAGS]" >&2; exit 2; }; build_go_tool "$@" ;;
   *) echo "usage: $0 [kubernetes|etcd|containerd|critools|coredns|tilt|cluster|all]" >&2; exit 2 ;;
 esac

@@ -6,6 +6,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+FRONT_PROXY_CLIENT = "front-proxy-client"  # the CN the API server's --requestheader-allowed-names admits
+
 
 @dataclass
 class Identity:
@@ -21,16 +23,16 @@ def _run(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
-def ensure_ca(pki: Path) -> None:
-    if (pki / "ca.crt").exists():
+def ensure_ca(pki: Path, name: str = "ca", cn: str = "twotier-local-ca") -> None:
+    if (pki / f"{name}.crt").exists():
         return
     pki.mkdir(parents=True, exist_ok=True)
     _run("openssl", "req", "-x509", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"), "-days", "3650", "-subj", "/CN=twotier-local-ca",
+         "-keyout", str(pki / f"{name}.key"), "-out", str(pki / f"{name}.crt"), "-days", "3650", "-subj", f"/CN={cn}",
          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature")
 
 
-def ensure_cert(pki: Path, ident: Identity) -> None:
+def ensure_cert(pki: Path, ident: Identity, ca: str = "ca") -> None:
     crt, key = pki / f"{ident.name}.crt", pki / f"{ident.name}.key"
     if crt.exists() and key.exists():
         return
@@ -45,7 +47,7 @@ def ensure_cert(pki: Path, ident: Identity) -> None:
         extfile.write_text("\n".join(ext) + "\n")
         _run("openssl", "req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
              "-keyout", str(key), "-out", str(csr), "-subj", subj)
-        _run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+        _run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(pki / f"{ca}.crt"), "-CAkey", str(pki / f"{ca}.key"),
              "-CAcreateserial", "-out", str(crt), "-days", "825", "-extfile", str(extfile))
     key.chmod(0o600)
 
@@ -92,3 +94,12 @@ def ensure_all(pki: Path, node: str, node_ip: str, svc_ip: str, domain: str) -> 
     ensure_service_account_keys(pki)
     for ident in identities(node, node_ip, svc_ip, domain):
         ensure_cert(pki, ident)
+    ensure_front_proxy(pki)
+
+
+def ensure_front_proxy(pki: Path) -> None:
+    """The API aggregation layer (metrics-server): the API server proxies requests to an extension
+    API server with this client certificate, signed by a CA of its own (as kubeadm does), which the
+    extension server trusts for the X-Remote-User/Group headers (--requestheader-client-ca-file)."""
+    ensure_ca(pki, "front-proxy-ca", "twotier-front-proxy-ca")
+    ensure_cert(pki, Identity("front-proxy-client", FRONT_PROXY_CLIENT), ca="front-proxy-ca")
