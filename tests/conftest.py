@@ -142,7 +142,8 @@ def hello_client(hello_app_):
 @pytest.fixture(scope="module")
 def live_storage(tmp_path_factory):
     """The storage API as a real process; ``.url``, ``.storage_dir`` (a fresh directory)."""
-    from twotier.dev.servers import STORAGE, ServiceProcess, free_port
+    from twotier.dev.servers import STORAGE, ServiceProcess
+    from twotier.ports import free_port
 
     directory = tmp_path_factory.mktemp("live-storage")
     with ServiceProcess(STORAGE, free_port(), {"STO_STORAGE": str(directory)}) as proc:
@@ -153,7 +154,8 @@ def live_storage(tmp_path_factory):
 @pytest.fixture(scope="module")
 def live_app(live_storage):
     """The application API as a real process, talking to ``live_storage``."""
-    from twotier.dev.servers import APP, ServiceProcess, free_port
+    from twotier.dev.servers import APP, ServiceProcess
+    from twotier.ports import free_port
 
     with ServiceProcess(APP, free_port(), {"STO_API": live_storage.url}) as proc:
         yield proc
@@ -165,3 +167,63 @@ def empty_live_storage(live_storage):
     for path in live_storage.storage_dir.iterdir():
         path.unlink()
     return live_storage
+
+
+# ------------------------------------------------------------------------------------------
+# The e2e tier in another module order: `--e2e-order=reverse` or `--e2e-order=random[:SEED]`
+# (or TWOTIER_E2E_ORDER=...), to show that no module depends on what another left behind.
+# Tests inside a module keep their order (a scenario module follows the tutorial step by step).
+# ------------------------------------------------------------------------------------------
+E2E_DIR = ROOT / "tests" / "e2e"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--e2e-order", default=None, metavar="file|reverse|random[:SEED]",
+                     help="order of the tests/e2e modules (default: file order, or TWOTIER_E2E_ORDER); "
+                          "tests inside a module keep their order")
+
+
+def e2e_module_order(modules: list[str], order: str) -> list[str]:
+    """MODULES (paths, in file order) in ORDER: file, reverse, random (a new seed) or random:SEED."""
+    import random
+
+    kind, _, seed = order.partition(":")
+    if kind == "file":
+        return list(modules)
+    if kind == "reverse":
+        return list(reversed(modules))
+    if kind == "random":
+        shuffled = list(modules)
+        random.Random(seed).shuffle(shuffled)
+        return shuffled
+    raise pytest.UsageError(f"--e2e-order={order}: use file, reverse, random or random:SEED")
+
+
+def pytest_configure(config):
+    import os
+    import secrets
+
+    order = config.getoption("--e2e-order") or os.environ.get("TWOTIER_E2E_ORDER") or "file"
+    if order == "random":  # a seed of its own, shown in the header so the order can be replayed
+        order = f"random:{secrets.randbelow(10**6)}"
+    config._e2e_order = order
+
+
+def pytest_report_header(config):
+    return f"e2e module order: {config._e2e_order}"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Reorder the e2e modules (within the places they hold in the run); everything else stays."""
+    def is_e2e(item) -> bool:
+        return E2E_DIR in Path(str(item.path)).parents
+
+    if config._e2e_order == "file" or not any(is_e2e(i) for i in items):
+        return
+    modules: dict[str, list] = {}
+    for item in items:
+        if is_e2e(item):
+            modules.setdefault(str(item.path), []).append(item)
+    ordered = [item for module in e2e_module_order(list(modules), config._e2e_order) for item in modules[module]]
+    it = iter(ordered)
+    items[:] = [next(it) if is_e2e(item) else item for item in items]

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from twotier.dev.servers import APP, HELLO, STORAGE, ServiceProcess
+from twotier.poll import poll
 from twotier.ports import free_port
 
 #: far more hostile connections than the app threads of a service (2 workers x 4 threads)
@@ -115,7 +116,7 @@ def test_slow_headers_do_not_stop_a_service(request, who, path):
     with _dribblers(service, SLOW_HEADERS, b"X-Slow: 1\r\n"):
         for _ in range(5):  # while they keep dribbling (about 2.5 s)
             _still_serving(service, path)
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing: the checks spread over the dribbling; nothing is awaited
 
 
 def test_slow_header_clients_are_cut_off_after_the_timeout(storage):
@@ -131,7 +132,7 @@ def test_slow_bodies_do_not_stop_the_storage_and_get_a_json_408(storage):
     with _dribblers(storage, head, b'"a",') as socks:
         for _ in range(4):
             _still_serving(storage, "/items")
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing: the checks spread over the dribbling; nothing is awaited
         answer = _read_answer(socks[0], timeout=SERVICE_TIMEOUT + 10)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b'"request_timeout"' in answer or b"application/json" in answer
@@ -143,7 +144,7 @@ def test_slow_bodies_do_not_stop_the_app(app):
     with _dribblers(app, head, b"x"):
         for _ in range(4):
             _still_serving(app, "/healthz")
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing: the checks spread over the dribbling; nothing is awaited
 
 
 @pytest.mark.parametrize("who, path", [("storage", "/items"), ("app", "/healthz")])
@@ -280,16 +281,17 @@ def _close_wait(pid: int) -> int:
     return sum(1 for line in lines if line.split()[3] == "08")
 
 
+def _count(directory: Path) -> int:
+    try:
+        return len(os.listdir(directory))
+    except FileNotFoundError:
+        return 0
+
+
 def _wait_for_items(directory: Path, at_least: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if len(os.listdir(directory)) >= at_least:
-                return
-        except FileNotFoundError:
-            pass
-        time.sleep(0.01)
-    pytest.fail(f"fewer than {at_least} items in {directory} after {timeout} s")
+    """Until DIRECTORY holds AT_LEAST entries (TIMEOUT only bounds a hang)."""
+    poll(lambda: _count(directory) >= at_least, timeout=timeout, interval=0.01,
+         what=f"{at_least} items in {directory}")
 
 
 N = 100_000
@@ -337,9 +339,8 @@ def test_a_storage_worker_killed_mid_clear_leaves_an_honest_report(storage, app)
     assert len(resp.json()["createds"]) == N
     answer = {}
     thread = _get_in_background(f"{app.url}/clear", answer)
-    deadline = time.monotonic() + 60
-    while len(os.listdir(storage.items)) > N - 1000 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll(lambda: _count(storage.items) <= N - 1000, timeout=60, interval=0.01,
+         what="clear's first 1000 items deleted")
     _kill_workers(storage)
     thread.join(120)
     resp = answer["resp"]
@@ -380,7 +381,7 @@ def test_temporary_files_of_a_crashed_process_are_swept_without_a_restart(storag
             "source = _LinkSource(sys.argv[1]).__enter__()\n"
             "source.link_to(os.path.join(sys.argv[1], 'made-before-the-kill'))\n"
             "print(os.path.basename(source.path), flush=True)\n"
-            "time.sleep(60)\n")
+            "import signal; signal.pause()\n")  # alive until the test kills it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STORAGE.directory), str(STORAGE.directory.parent / "common")])}
     requests.get(storage.url + "/items", timeout=10)  # the directory exists
     proc = subprocess.Popen([sys.executable, "-c", code, str(storage.items)], stdout=subprocess.PIPE,

@@ -100,11 +100,10 @@ def test_app_bad_input_table(live_app, path, status, error):
 
 def test_every_request_gets_a_log_line_on_stdout(live_storage):
     _raw(live_storage.url, "GET", "/items?log-line-marker")
-    import time
+    from twotier.poll import Timeout, poll
 
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if any('"GET /items?log-line-marker HTTP/1.1" 200' in line for line in live_storage.output):
-            return
-        time.sleep(0.1)
-    pytest.fail("no access-log line for the request; output:\n" + "".join(live_storage.output))
+    try:
+        poll(lambda: any('"GET /items?log-line-marker HTTP/1.1" 200' in line for line in live_storage.output),
+             timeout=60, interval=0.1, what="the request's access-log line")
+    except Timeout:
+        pytest.fail("no access-log line for the request; output:\n" + "".join(live_storage.output))
