@@ -17,10 +17,14 @@ import localcluster
 REPO = Path(__file__).resolve().parents[2]
 
 
+def kubectl_argv(*args: str) -> list[str]:
+    """The argv of the cluster's kubectl on the local cluster's kubeconfig and context."""
+    return [str(localcluster.kubectl_path()), "--kubeconfig", str(localcluster.kubeconfig_path()),
+            "--context", localcluster.L.CONTEXT, *args]
+
+
 def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
-    res = subprocess.run([str(localcluster.kubectl_path()), "--kubeconfig", str(localcluster.kubeconfig_path()),
-                          "--context", localcluster.L.CONTEXT, *args],
-                         input=input, capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(kubectl_argv(*args), input=input, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {res.stderr}")
     return res.stdout
@@ -124,12 +128,15 @@ def put_back() -> list[str]:
     return restored
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def tutorial_reset(cluster, request):
-    """Reset the tutorial's objects once per session, announced; keep the user's items safe."""
+    """Before any e2e test, whichever module runs first (and some stop the cluster): say what the
+    tests do, reset the tutorial's objects and set the user's stored items aside; at the end, clean
+    and put the items back. Autouse, so no module (a `cluster.down` included) acts before it."""
     say(request, f"e2e: these tests reset the tutorial's objects on context {localcluster.L.CONTEXT} "
-                 f"(`invoke clean`: Deployments, Services, PV, PVC, loader pod); items stored in "
-                 f"{PV_DIR} are set aside in {KEPT} and put back at the end")
+                 f"(`invoke clean`: Deployments, Services, PV, PVC, loader pod); some stop and restart "
+                 f"the local cluster (`invoke cluster.down`/`up`: every namespace's objects go) or "
+                 f"resize it; items stored in {PV_DIR} are set aside in {KEPT} and put back at the end")
     must("clean")
     moved = set_aside()
     if moved:
@@ -142,12 +149,108 @@ def tutorial_reset(cluster, request):
 
 
 @pytest.fixture(scope="module")
-def clean_slate(cluster, tutorial_reset):
-    """The module starts with none of the project's objects and an empty volume, ends clean."""
+def clean_slate(cluster, tutorial_reset, single_node):
+    """The module starts with none of the project's objects and an empty volume, and ends so
+    (what its tests stored is removed: the user's items stay set aside until the session ends)."""
     must("clean")
     empty_volume()
     yield
     run_invoke("clean")
+    empty_volume()
+
+
+# ------------------------------------------------------------------ what a test needs, as fixtures
+# Each test asks for what it needs; a fixture makes it so only when it is not so already, so tests
+# in file order cost nothing extra and a test picked alone (`-k`) or in another order still passes.
+
+PART_OF = "app.kubernetes.io/part-of=twotier"
+
+
+def project_deployments() -> list[dict]:
+    return kubectl_json("get", "deployments", "-l", PART_OF)["items"]
+
+
+def deployment_ready(dep: dict) -> bool:
+    spec, status = dep["spec"], dep.get("status") or {}
+    want = spec.get("replicas", 1)
+    return (status.get("observedGeneration", 0) >= dep["metadata"]["generation"]
+            and status.get("updatedReplicas") == want == status.get("replicas") == status.get("readyReplicas"))
+
+
+def stage_deployments(stage: str) -> set[str]:
+    from twotier import shape
+
+    return {t.deployment for t in shape.load().stage(stage).tiers}
+
+
+def ensure_stage(stage: str) -> None:
+    """STAGE deployed, rolled out, and nothing else of the project's: `invoke up --stage STAGE`
+    (after `invoke clean` when another stage runs) unless it is so already."""
+    deployments = project_deployments()
+    names = {d["metadata"]["name"] for d in deployments}
+    if names == stage_deployments(stage) and all(deployment_ready(d) for d in deployments):
+        return
+    if names:
+        must("clean")
+    must("up", "--stage", stage)
+
+
+def ensure_nothing_deployed() -> None:
+    if kubectl("get", "deploy,svc,pod,pvc,pv", "-l", PART_OF, "-o", "name").strip():
+        must("clean")
+
+
+@pytest.fixture
+def nothing_deployed(cluster, tutorial_reset):
+    """None of the project's objects (not even the loader pod)."""
+    ensure_nothing_deployed()
+
+
+@pytest.fixture
+def hello_stage(cluster, tutorial_reset, single_node):
+    """Stage hello deployed (f-webapp, s-f-webapp), and no other stage."""
+    ensure_stage("hello")
+
+
+@pytest.fixture
+def storage_stage(cluster, tutorial_reset, single_node):
+    ensure_stage("storage")
+
+
+@pytest.fixture
+def full_stage(cluster, tutorial_reset, single_node):
+    """Stage full deployed (storage + app), and no other stage."""
+    ensure_stage("full")
+
+
+@pytest.fixture(scope="session")
+def images_pushed(cluster):
+    """Every stage's images (and the loader's) in the registry, tagged from the current sources."""
+    from twotier import shape
+
+    for stage in shape.load().stages:
+        must("push", "--stage", stage)
+
+
+@pytest.fixture
+def loader_pod(cluster, tutorial_reset, images_pushed):
+    """The project's loader pod, running (reused when it runs; else created from the pushed image)."""
+    from twotier import settings as settingsmod
+    from twotier.ops.cluster import connect
+    from twotier.ops.loader import start_loader
+
+    settings = settingsmod.load()
+    return start_loader(connect(settings), settings)
+
+
+@pytest.fixture(scope="module")
+def single_node(cluster):
+    """The local cluster at its default size, one node (a multi-node test shrinks it back at its
+    end; an interrupted one may not have)."""
+    nodes = kubectl_json("get", "nodes")["items"]
+    if len(nodes) != 1:
+        must("cluster.up", "--nodes", "1")
+    assert len(kubectl_json("get", "nodes")["items"]) == 1
 
 
 def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:

@@ -7,13 +7,10 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import urllib.request
 from contextlib import ExitStack
 
 import pytest
-
-from tests.e2e.conftest import must
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
@@ -27,11 +24,6 @@ def _get(url: str) -> tuple[int, object]:
         return resp.status, json.loads(resp.read())
 
 
-@pytest.fixture(scope="module")
-def full_stage(cluster):
-    must("up", "--stage", "full")
-
-
 @pytest.mark.parametrize("port, path", [(STORAGE_PORT, "/items"), (APP_PORT, "/createlist/3")])
 def test_slow_clients_do_not_stop_a_deployed_tier(full_stage, node_ip, port, path):
     stop = threading.Event()
@@ -40,6 +32,8 @@ def test_slow_clients_do_not_stop_a_deployed_tier(full_stage, node_ip, port, pat
                  for _ in range(48)]
         for i, sock in enumerate(socks):
             sock.sendall(HEAD if i % 2 else BODY)
+
+        dribbling = threading.Event()
 
         def dribble():
             for _ in range(40):  # at most 20 s
@@ -50,15 +44,16 @@ def test_slow_clients_do_not_stop_a_deployed_tier(full_stage, node_ip, port, pat
                         sock.sendall(b"X-Slow: 1\r\n" if i % 2 else b'"s",')
                     except OSError:
                         pass  # the server cut it off: fine
+                dribbling.set()
 
         thread = threading.Thread(target=dribble, daemon=True)
         thread.start()
         try:
-            time.sleep(1.0)
+            assert dribbling.wait(60), "the hostile connections never sent their second part"
             for _ in range(6):  # while they dribble
                 status, _ = _get(f"http://{node_ip}:{port}{path}")
                 assert status == 200
-                time.sleep(0.5)
+                stop.wait(0.5)  # pacing: the checks spread over the dribbling; nothing is awaited
         finally:
             stop.set()
             thread.join(5)

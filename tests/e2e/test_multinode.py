@@ -33,6 +33,7 @@ from localcluster import nodes as node_ops
 from localcluster.node import Node
 from tests.e2e.conftest import REPO, http, kubectl, kubectl_json, must, run_invoke
 from twotier.images import build as images
+from twotier.poll import Timeout, poll
 
 pytestmark = pytest.mark.cluster
 
@@ -65,18 +66,21 @@ def running_pods(selector: str) -> list[dict]:
 
 
 def wait_until(check, what: str, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+    """CHECK's first truthy result (an exception counts as not yet); TIMEOUT only bounds a hang."""
+    last = [None]
+
+    def attempt():
         try:
-            last = check()
+            last[0] = check()
         except Exception as err:
-            last = err
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+            last[0] = err
+            return None
+        return last[0]
+
+    try:
+        return poll(attempt, timeout=timeout, interval=interval, what=what)
+    except Timeout:
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last[0]!r})") from None
 
 
 @pytest.fixture(scope="module")
@@ -294,15 +298,14 @@ def test_tutorial_step3_on_two_nodes_replicas_diverge(refs):
                                for ep in es.get("endpoints") or []) == 2, "both pods behind in-svc", 60)
         # Through in-svc's NodePort, a client sees the item or not, depending on the replica. The
         # node's kube-proxy may program the second endpoint a moment after the EndpointSlice says
-        # ready, so ask for up to 30 s (at most 600 requests) until both answers have been seen.
+        # ready, so ask until both answers have been seen (the deadline only bounds a hang).
         seen: set = set()
-        deadline = time.monotonic() + 30
-        for _ in range(600):
+
+        def both_seen() -> bool:
             seen.add("FromFirst" in http(f"http://{Node(1).ip}:31000/items")[1]["items"])
-            if seen == {True, False} or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert seen == {True, False}, seen
+            return seen == {True, False}
+
+        wait_until(both_seen, f"in-svc answering both with and without the item (seen: {seen})", 120, interval=0.05)
         print(f"tutorial Step 3 on 2 nodes: replicas on {[p['spec']['nodeName'] for p in pods]}; an item written "
               "through one is missing through the other; in-svc answers both ways")
         assert http(f"{first}/items/FromFirst", "DELETE")[0] == 200
@@ -349,6 +352,15 @@ def load(url_for, stop: threading.Event, results: list, limit: int = 20000, time
         i += 1
 
 
+def more_results(results: list, more: int, after: float | None = None) -> None:
+    """Until the load has made MORE further requests (started after AFTER, if given)."""
+    def counted() -> int:
+        return len(results) if after is None else sum(1 for r in results if r[0] >= after)
+
+    target = counted() + more if after is None else more
+    wait_until(lambda: counted() >= target, f"{more} more requests from the load", 180, interval=0.1)
+
+
 def test_zero_failed_requests_through_a_rolling_update_on_three_nodes(multinode):
     results: list = []
     stop = threading.Event()
@@ -357,11 +369,11 @@ def test_zero_failed_requests_through_a_rolling_update_on_three_nodes(multinode)
     worker = threading.Thread(target=load, args=(url, stop, results), daemon=True)
     worker.start()
     try:
-        time.sleep(3)
+        more_results(results, 20)  # the load runs before the rollout starts
         kubectl("rollout", "restart", "deployment/sto-dep", "deployment/api-dep")
         kubectl("rollout", "status", "deployment/sto-dep", "--timeout=180s", timeout=200)
         kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s", timeout=200)
-        time.sleep(3)
+        more_results(results, 20)  # and goes on once the old pods are gone
     finally:
         stop.set()
         worker.join(timeout=30)
@@ -417,13 +429,16 @@ def test_storage_node_lost_app_answers_fast_json_503_and_recovers_with_every_ite
     killed = time.monotonic()
     node_ops.kill(STORAGE_NODE)
     answers = []
-    while time.monotonic() - killed < 20:
+
+    def answer_503s() -> bool:
+        """One request (a request every 0.2 s); done when 50 have been answered 503."""
         t0 = time.monotonic()
         status, body = http(url, timeout=30)
         answers.append((t0 - killed, time.monotonic() - t0, status, body))
-        time.sleep(0.2)
+        return sum(1 for a in answers if a[2] == 503) >= 50
+
+    wait_until(answer_503s, "50 answers of the app without its storage node", 300, interval=0.2)
     unavailable = [a for a in answers if a[2] == 503]
-    assert unavailable, answers[:5]
     assert all(a[2] in (200, 503) for a in answers), [a for a in answers if a[2] not in (200, 503)][:5]
     assert all(isinstance(a[3], dict) and a[3].get("error") for a in unavailable), unavailable[:3]
     first_503 = unavailable[0][0]
@@ -436,7 +451,7 @@ def test_storage_node_lost_app_answers_fast_json_503_and_recovers_with_every_ite
     assert http(url) == (200, {"createds": [], "deleteds": [], "faileds": []})   # all 5 items still there
     assert list(pods_by_node("run=sto-app")) == [STORAGE_NODE.name]
     print(f"storage node {STORAGE_NODE.name} killed: first JSON 503 after {first_503:.2f}s, "
-          f"{len(unavailable)}/{len(answers)} requests in 20 s answered 503, slowest 503 took {slowest:.2f}s; "
+          f"{len(unavailable)}/{len(answers)} requests in {answers[-1][0]:.0f} s answered 503, slowest 503 took {slowest:.2f}s; "
           f"after its kubelet and containerd restarted, the app answered 200 with every item in {recovered:.1f}s")
 
 
@@ -448,19 +463,25 @@ def test_app_node_lost_requests_succeed_through_the_other_replica(storage_on_nod
     worker = threading.Thread(target=load, args=(url, stop, results), kwargs={"timeout": 5}, daemon=True)
     worker.start()
     try:
-        time.sleep(2)
+        more_results(results, 20)  # the load runs before the node dies
         killed = time.monotonic()
         node_ops.kill(victim)
         lost_pod = storage_on_node2[victim.name][0]
+        lost_ip = kubectl_json("get", "pod", lost_pod)["status"]["podIP"]
         wait_until(lambda: out_svc_endpoints().get(lost_pod) is not True, "the lost pod's endpoint to go", 180)
         endpoint_gone = time.monotonic() - killed
-        time.sleep(10)
+        # node 1's kube-proxy (this host's iptables) no longer sends new connections to the lost pod
+        wait_until(lambda: f"--to-destination {lost_ip}:" not in subprocess.run(
+            ["iptables-save", "-t", "nat"], capture_output=True, text=True, timeout=30).stdout,
+            f"node 1's kube-proxy rules without {lost_ip}", 120)
+        rules_gone = time.monotonic()
+        more_results(results, 50, after=rules_gone)
     finally:
         stop.set()
         worker.join(timeout=30)
     after_kill = [r for r in results if r[0] >= killed]
     failed = [r for r in after_kill if r[2] != 200]
-    settled = [r for r in after_kill if r[0] >= killed + endpoint_gone + 1]
+    settled = [r for r in after_kill if r[0] >= rules_gone]
     assert settled and all(r[2] == 200 for r in settled), [r for r in settled if r[2] != 200][:5]
     last_failure = max((r[0] - killed for r in failed), default=0.0)
     print(f"app node {victim.name} killed: out-svc dropped its endpoint after {endpoint_gone:.1f}s; "

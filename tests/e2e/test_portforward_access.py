@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,6 +19,9 @@ import pytest
 from tests.e2e.conftest import must, run_invoke
 from tests.support import tilt as live
 from twotier import settings as settingsmod
+from twotier.poll import Timeout, poll
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
 NODE_PORTS = (31000, 31001)
 ENV = {"INVOKE_TWOTIER_ACCESS": "port-forward"}
@@ -55,15 +57,21 @@ def node_port_refused(node_ip: str, port: int) -> bool:
 
 
 def answer_within(url: str, seconds: float):
-    """The JSON URL answers with; Tilt opens its forwards once the pods are ready, so retry."""
-    deadline = time.monotonic() + seconds
-    while True:
+    """The JSON URL answers with; Tilt opens its forwards once the pods are ready, so retry
+    (SECONDS only bounds a hang)."""
+    last = [None]
+
+    def answer():
         try:
-            return live.get_json(url, timeout=5)
+            return (live.get_json(url, timeout=5),)
         except OSError as err:
-            if time.monotonic() > deadline:
-                pytest.fail(f"{url} did not answer within {seconds:.0f}s: {err}")
-            time.sleep(1)
+            last[0] = err
+            return None
+
+    try:
+        return poll(answer, timeout=seconds, interval=1, what=f"{url} answering")[0]
+    except Timeout:
+        pytest.fail(f"{url} did not answer within {seconds:.0f}s: {last[0]}")
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +79,7 @@ def settings(cluster):
     return settingsmod.load()
 
 
-def test_invoke_up_smoke_and_status_work_through_port_forwards_without_nodeports(cluster, node_ip):
-    must("clean")
+def test_invoke_up_smoke_and_status_work_through_port_forwards_without_nodeports(cluster, node_ip, nothing_deployed):
     try:
         with node_ports_blocked():
             up = must("up", env=ENV)
@@ -93,7 +100,7 @@ def test_invoke_up_smoke_and_status_work_through_port_forwards_without_nodeports
         run_invoke("clean")
 
 
-def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settings, node_ip):
+def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settings, node_ip, nothing_deployed):
     ports = settings.forward_ports
     with node_ports_blocked(), live.TiltSession(settings, extra_args=["--access=port-forward"]) as session:
         session.wait_ready(resources=("storage", "app", "loader"))
@@ -106,12 +113,12 @@ def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settin
         assert {link["url"] for link in links} == {f"http://localhost:{ports['storage']}/items",
                                                    f"http://localhost:{ports['app']}/createlist/0"}, links
         session.trigger("smoke")  # the smoke resource gets access port-forward from the Tiltfile
-        deadline = time.monotonic() + 300
-        while True:
+
+        def finished() -> list | None:
             status = session.resource_status("smoke")
             history = status.get("buildHistory") or []
-            if history and history[0].get("finishTime") and not (status.get("currentBuild") or {}).get("startTime"):
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(1)
+            done = history and history[0].get("finishTime") and not (status.get("currentBuild") or {}).get("startTime")
+            return history if done else None
+
+        history = poll(finished, timeout=300, interval=1, what="the smoke resource's run finished")
         assert not history[0].get("error"), session.log_tail(60)

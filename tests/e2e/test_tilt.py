@@ -21,7 +21,7 @@ from tests.support import tilt as live
 from twotier.dev import tiltrun
 from twotier.errors import UserError
 
-pytestmark = pytest.mark.tilt
+pytestmark = [pytest.mark.tilt, pytest.mark.usefixtures("clean_slate")]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from tests.support.dap import DapError, attach_when_ready
 from twotier import settings as settingsmod
 from twotier.dev import tiltrun
 
-pytestmark = pytest.mark.tilt
+pytestmark = [pytest.mark.tilt, pytest.mark.usefixtures("clean_slate")]
 
 DEBUG_PORT = 5678
 ROUTES = tiltrun.ROOT / "services/app/app_api/routes.py"

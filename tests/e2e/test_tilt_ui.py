@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import urllib.request
 
 import pytest
@@ -17,8 +16,9 @@ import pytest
 from tests.support import tilt as live
 from twotier import settings as settingsmod
 from twotier.dev import tiltrun
+from twotier.poll import Timeout, poll
 
-pytestmark = pytest.mark.tilt
+pytestmark = [pytest.mark.tilt, pytest.mark.usefixtures("clean_slate")]
 
 CHROMIUM = os.environ.get("TWOTIER_CHROMIUM", "/usr/bin/chromium")
 # Debian's chromium as root in a container: no sandbox, no GPU, nothing fetched from outside.
@@ -55,22 +55,22 @@ def row(page, name: str):
 
 
 def wait_green(page, names, timeout_s: float = 300) -> None:
-    """Every NAME's row shows only healthy statuses (update and runtime) and none pending/error."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states = {}
+    """Every NAME's row shows only healthy statuses (update and runtime) and none pending/error;
+    TIMEOUT_S only bounds a hang."""
+    states = {}
+
+    def green() -> bool:
         for name in names:
             r = row(page, name)
-            healthy = r.locator(".is-healthy").count()
-            bad = r.locator(".is-error, .is-pending, .is-building").count()
-            states[name] = (healthy, bad)
-        if all(h >= 1 and b == 0 for h, b in states.values()):
-            return
-        if time.monotonic() > deadline:
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / "tilt-ui-not-green.png"), full_page=True)
-            pytest.fail(f"not green in the UI after {timeout_s:.0f}s (healthy, bad) = {states}")
-        time.sleep(1)
+            states[name] = (r.locator(".is-healthy").count(), r.locator(".is-error, .is-pending, .is-building").count())
+        return all(h >= 1 and b == 0 for h, b in states.values())
+
+    try:
+        poll(green, timeout=timeout_s, interval=1, what="the resources green in the UI")
+    except Timeout:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "tilt-ui-not-green.png"), full_page=True)
+        pytest.fail(f"not green in the UI after {timeout_s:.0f}s (healthy, bad) = {states}")
 
 
 def test_tilt_ui_shows_green_resources_runs_smoke_and_links_the_nodeports(cluster, settings, browser):
@@ -96,14 +96,15 @@ def test_tilt_ui_shows_green_resources_runs_smoke_and_links_the_nodeports(cluste
         trigger = smoke_row.locator("button[aria-label^='Trigger update']")
         trigger.wait_for(timeout=30_000)
         trigger.click()
-        deadline = time.monotonic() + 300
-        while True:
+
+        def finished() -> dict | None:
             status = session.resource_status("smoke")
             history = status.get("buildHistory") or []
-            if history and history[0].get("finishTime") and not status.get("currentBuild", {}).get("startTime"):
-                break
-            assert time.monotonic() < deadline, f"smoke did not finish: {status}"
-            time.sleep(1)
+            done = history and history[0].get("finishTime") and not status.get("currentBuild", {}).get("startTime")
+            return status if done else None
+
+        status = poll(finished, timeout=300, interval=1, what="the smoke resource's run finished")
+        history = status["buildHistory"]
         assert not history[0].get("error"), history[0]
         assert status.get("updateStatus") == "ok"
         wait_green(page, ["smoke"], timeout_s=60)
