@@ -285,13 +285,16 @@ tilt = Collection("tilt", tilt_ci, tilt_smoke)
 # ---------------------------------------------------------------------------------------------
 
 
-@task(name="up", help={"nodes": "number of nodes (default: setting cluster_nodes, 1); adds or removes nodes 2..N"})
+@task(name="up", help={"nodes": "number of nodes (default: setting cluster_nodes, 1); adds or removes nodes 2..N",
+                        "kubernetes": "Kubernetes release, e.g. v1.35.4 (default: setting cluster_kubernetes, "
+                                      "else localcluster/versions.env's); built once, the cluster is made anew"})
 @friendly
-def cluster_up(c, nodes=0):
+def cluster_up(c, nodes=0, kubernetes=""):
     """Start the local Kubernetes cluster (its binaries build once); idempotent."""
     import localcluster
 
-    localcluster.up(nodes=int(nodes) or _settings(c).cluster_nodes)
+    s = _settings(c)
+    localcluster.up(nodes=int(nodes) or s.cluster_nodes, kubernetes=kubernetes or s.cluster_kubernetes)
 
 
 @task(name="down", help={"purge": "also delete the local registry's images"})
@@ -387,16 +390,32 @@ def lint(c, fix=False):
 
 
 @task(name="all", default=True,
-      help={"only": "comma-separated sections to run: api, deploy, tilt, images (default: all)",
+      help={"only": "comma-separated sections to run: api, build, deploy, tilt, reload, images, cluster, "
+                    "nodeloss (default: all; cluster and nodeloss take the local cluster down and up)",
             "skip": "comma-separated sections to leave out",
             "sizes": "item counts for the api section (default 10,100,1000,10000)",
-            "edits": "live-update edits per tier for the tilt section (default 5)"})
+            "edits": "live-update edits per tier for the tilt section (default 5)",
+            "rounds": "rounds per tier for the reload section (default 6)"})
 @friendly
-def bench_all(c, only="", skip="", sizes="10,100,1000,10000", edits=5):
-    """Measure the README's benchmark numbers side by side in one run (report: build/bench.md)."""
+def bench_all(c, only="", skip="", sizes="10,100,1000,10000", edits=5, rounds=6):
+    """Measure every benchmark figure of the docs in one run into one report (build/bench.md)."""
     from bench import report
 
-    report.run(_settings(c), only=only, skip=skip, sizes=sizes, edits=int(edits))
+    report.run(_settings(c), only=only, skip=skip, sizes=sizes, edits=int(edits), rounds=int(rounds))
+
+
+@task(name="docs", help={"report": "the report to copy from (default build/bench.md)",
+                         "docs": "comma-separated files whose <!-- bench:NAME --> blocks are replaced "
+                                 "(default docs/benchmarks.md)"})
+@friendly
+def bench_docs(c, report="", docs=""):
+    """Regenerate the benchmark tables of docs/benchmarks.md from the last `invoke bench` report."""
+    from pathlib import Path
+
+    from bench import report as bench_report
+
+    bench_report.regenerate(Path(report) if report else bench_report.REPORT,
+                            tuple(Path(d) for d in docs.split(",")) if docs else (bench_report.DOCS,))
 
 
 @task(name="api", help={
@@ -424,7 +443,7 @@ def bench_reload(c, rounds=6):
     reloadbench.run(_settings(c), rounds=int(rounds))
 
 
-bench = Collection("bench", bench_all, bench_api, bench_reload)
+bench = Collection("bench", bench_all, bench_api, bench_reload, bench_docs)
 
 # ---------------------------------------------------------------------------------------------
 # Python dependencies (deps.*): requirements*.in -> requirements*.txt with pip-tools

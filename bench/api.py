@@ -136,11 +136,11 @@ def _x(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.1f}x"
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], markdown: bool = False) -> str:
     header = ("N", "createlist", "per-item PUTs", "speed-up", "clear", "per-item DELETEs", "speed-up")
-    lines = [header] + [(str(r.n), _ms(r.create), _ms(r.base_create), _x(r.create_ratio),
-                         _ms(r.clear), _ms(r.base_clear), _x(r.clear_ratio)) for r in rows]
-    return tables.table(lines[0], lines[1:], right=True)
+    cells = [(str(r.n), _ms(r.create), _ms(r.base_create), _x(r.create_ratio),
+              _ms(r.clear), _ms(r.base_clear), _x(r.clear_ratio)) for r in rows]
+    return tables.markdown(header, cells) if markdown else tables.table(header, cells, right=True)
 
 
 def goals(rows: list[Row]) -> list[tuple[str, bool | None]]:

@@ -1,71 +1,139 @@
-"""`invoke bench`: every speed number of the README, measured side by side in one run.
+"""`invoke bench`: every figure of docs/benchmarks.md, measured in one run, into one report.
 
-Sections (each can be skipped): api (createlist/clear vs the per-item baseline, loopback),
-deploy (clean -> all Ready for the full stage, against the seed's minReadySeconds: 120),
-tilt (save -> new code answering through the Service, vs a full rebuild), images (no-cache build
-time, size, and each service's memory at rest in its container). Writes the tables to stdout and to build/bench.md.
+Sections (``--only``/``--skip`` pick them): api (createlist/clear vs the per-item baseline, on
+loopback), build (`invoke build` with nothing changed), deploy (clean -> all Ready, against the
+seed's minReadySeconds: 120), tilt (save -> new code answering, vs a full rebuild), reload (the
+live-update stress run), images (no-cache build, size, memory at rest), cluster (`cluster.up` and
+`cluster.down` with 1 and 3 nodes), nodeloss (the app while the storage node is lost). The figures
+measured once, not by this command, are the `one-off` block, each with its command and date.
+
+The report, build/bench.md, holds one block per section between ``<!-- bench:NAME -->`` and
+``<!-- /bench:NAME -->``, each ending with the command, commit, date and machine that made it.
+``regenerate()`` (`invoke bench.docs`) copies every block of the report into the same markers of
+docs/benchmarks.md, so the tables there are always a run's output.
 """
 from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 from bench import api as apibench
+from bench import invoke_task
 from twotier import shape
 from twotier.errors import UserError
 from twotier.images import build as images
 from twotier.shape import BUILD, ROOT
-from twotier.tables import table
+from twotier.tables import markdown
 
 REPORT = BUILD / "bench.md"
-SECTIONS = ("api", "deploy", "tilt", "images")
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTIONS = ("api", "build", "deploy", "tilt", "reload", "images", "cluster", "nodeloss")
+BLOCK = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n?<!-- /bench:(?P=name) -->", re.S)
+
+#: figures the README states that `invoke bench` does not measure: (figure, command, when)
+ONE_OFF = (
+    ("the production server bake-off (six servers, hostile clients)", "see docs/decisions/server.md",
+     "2026-12-01, commit 21f1876"),
+    ("first build of the cluster's binaries: about 10 min (Tilt 5 min 42 s)",
+     "`invoke cluster.build` and `invoke cluster.build --component tilt` with an empty /var/cache/twotier",
+     "2026-11"),
+    ("CI: 1382 s in all, pytest 838 passed in 1275 s", "`CI=true bash .ci/run` on a clean clone, warm caches",
+     "2026-12-01 21:52 UTC, commit 7d4581b"),
+    ("`./bootstrap.sh up` with the binaries cached: 228 s the first time, 13-20 s after",
+     "`pytest tests/e2e/test_readme.py -s` (prints each command's time)", "2026-12-01"),
+    ("app node lost: out-svc drops the lost replica after 46.5-47.1 s (node-monitor-grace-period)",
+     "`pytest tests/e2e/test_multinode.py -s -k app_node_lost`", "2026-12-01"),
+    ("Werkzeug's reloader under the same stress: 8 restarts, 1976 of 7795 probes refused",
+     "`python -m bench.reload --rounds 3` at ee59133 with a3faa37's dev server", "2026-12-01 14:53 UTC"),
+)
 
 
-def _invoke(*args: str, env: dict | None = None) -> float:
-    """Run an invoke task as a user would; return its wall time in seconds."""
-    start = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, **(env or {})})
-    took = time.monotonic() - start
-    if res.returncode != 0:
-        raise UserError(f"`invoke {' '.join(args)}` failed during the benchmark:\n{(res.stdout + res.stderr)[-1500:]}")
-    return took
+def provenance(command: str) -> str:
+    """The line that ends every block: what made it, from which commit, when, on what."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "twotier", "services", "k8s", "bench"],
+                           cwd=ROOT).returncode != 0
+    return (f"_{command}; commit {commit}{' (with local changes)' if dirty else ''}, "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; {machine()}_")
 
 
-def api_section(sizes: str, repeat: int, progress) -> str:
+def machine() -> str:
+    cpus = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    return f"{platform.node()}, {cpus} CPUs, load average {load:.1f}, {platform.platform(terse=True)}"
+
+
+def api_section(settings, progress, sizes: str = "10,100,1000,10000", repeat: int = 3, **_) -> str:
     rows = apibench.measure(apibench.parse_sizes(sizes), repeat=repeat, progress=progress)
-    return apibench.table(rows)
+    goals = [f"- goal {text}: {({True: 'met', False: 'NOT MET', None: '-'})[met]}"
+             for text, met in apibench.goals(rows)]
+    return (apibench.table(rows, markdown=True) + f"\n\nBoth services under granian on loopback, medians of {repeat};"
+            " the baseline is the tutorial's design (one request per item, a new connection each).\n\n"
+            + "\n".join(goals))
 
 
-def deploy_section(progress) -> str:
-    """Deploy time of the full stage from clean to all Ready (images already pushed)."""
-    _invoke("push", "--stage", "full")
+def build_section(settings, progress, **_) -> str:
+    """`invoke build` of every stage when nothing changed (the content-derived tags match)."""
     rows = []
-    for label, overlay in (("twotier (readiness probes)", ""), ("seed timing (minReadySeconds: 120)", "seed-timing")):
-        _invoke("clean")
+    for stage in shape.load().stages:
+        invoke_task("build", "--stage", stage)  # whatever is missing is built first
+        rows.append((f"`invoke build --stage {stage}`, nothing changed", f"{invoke_task('build', '--stage', stage):.1f} s"))
+    return markdown(["command", "wall time"], rows)
+
+
+def deploy_section(settings, progress, **_) -> str:
+    """Deploy time of the full stage from clean to all Ready (images already pushed)."""
+    invoke_task("push", "--stage", "full")
+    rows = []
+    for label, overlay in (("twotier (readiness probes)", ""),
+                           ("the tutorial's `minReadySeconds: 120` (`seed-timing` component)", "seed-timing")):
+        invoke_task("clean")
         progress(f"deploy, {label} ...")
-        took = _invoke("deploy", "--stage", "full", env={"INVOKE_TWOTIER_OVERLAY": overlay,
-                                                          "INVOKE_TWOTIER_TIMEOUTS_ROLLOUT": "400"})
-        rows.append((label, f"{took:.1f} s"))
+        took = invoke_task("deploy", "--stage", "full", env={"INVOKE_TWOTIER_OVERLAY": overlay,
+                                                              "INVOKE_TWOTIER_TIMEOUTS_ROLLOUT": "400"})
+        rows.append((label, took))
         progress(f"  {took:.1f} s")
-    _invoke("clean")
-    ratio = float(rows[1][1].split()[0]) / float(rows[0][1].split()[0])
-    rows.append(("ratio", f"{ratio:.0f}x faster"))
-    return table(["`invoke deploy --stage full`, clean -> all Ready", "wall time"], rows)
+    invoke_task("clean")
+    return markdown(["`invoke deploy --stage full`, clean -> all Ready", "wall time"],
+                    [(label, f"{took:.1f} s") for label, took in rows])
 
 
-def tilt_section(edits: int, progress) -> str:
+def tilt_section(settings, progress, edits: int = 5, **_) -> str:
     from bench import tilt as tiltbench
 
-    _invoke("clean")  # tilt deploys the same objects
-    result = tiltbench.measure(edits=edits, progress=progress)
-    return tiltbench.format_table(result)
+    invoke_task("clean")  # tilt deploys the same objects
+    return tiltbench.format_table(tiltbench.measure(settings, edits=edits, progress=progress))
 
 
-def images_section(settings, progress) -> str:
+def reload_section(settings, progress, rounds: int = 6, **_) -> str:
+    from bench import reload as reloadbench
+
+    invoke_task("clean")
+    return reloadbench.format_report(reloadbench.run(settings, rounds=rounds, out=None, progress=progress))
+
+
+def cluster_section(settings, progress, **_) -> str:
+    from bench import cluster
+
+    return cluster.cluster_section(settings, progress)
+
+
+def nodeloss_section(settings, progress, **_) -> str:
+    from bench import cluster
+
+    return cluster.nodeloss_section(settings, progress)
+
+
+def one_off() -> str:
+    return markdown(["figure (measured once, not by `invoke bench`)", "command", "when"], ONE_OFF)
+
+
+def images_section(settings, progress, **_) -> str:
     base = images.resolve_base_image(settings)
     rows = []
     seen = set()
@@ -93,10 +161,10 @@ def images_section(settings, progress) -> str:
                 memory = "{:.0f} / {:.0f}".format(*container_memory(ref, AT_REST_ENV[img.role]))
             subprocess.run([images.docker_bin(), "rmi", "-f", ref], capture_output=True)
             rows.append((img.name, f"{took:.1f} s", f"{size / 1e6:.0f} MB", memory))
-    return (table(["image", "no-cache build", "size", "memory at rest MiB (container / summed RSS)"], rows)
-            + f"\n(base image: {base or 'Dockerfile default'}; container = what the container's cgroup is"
+    return (markdown(["image", "no-cache build", "size", "memory at rest MiB (container / summed RSS)"], rows)
+            + f"\n\nBase image: {base or 'Dockerfile default'}; container = what the container's cgroup is"
               " charged, as `docker stats` shows it and a memory limit counts it; summed RSS counts the"
-              " pages the server's master and 2 workers share once per process)")
+              " pages the server's master and 2 workers share once per process.")
 
 
 #: the environment each service image needs to start (the app never calls the storage at rest)
@@ -142,29 +210,61 @@ def _mib(text: str) -> float:
     raise UserError(f"unexpected `docker stats` memory figure: {text!r}")
 
 
-def run(settings, only: str = "", skip: str = "", sizes: str = "10,100,1000,10000", repeat: int = 3,
-        edits: int = 5, progress=print) -> str:
-    chosen = [s for s in SECTIONS if (not only or s in only.split(",")) and s not in skip.split(",")]
-    unknown = [s for s in (only.split(",") if only else []) + (skip.split(",") if skip else []) if s not in SECTIONS]
+def choose(only: str = "", skip: str = "") -> list[str]:
+    named = [s for s in f"{only},{skip}".split(",") if s]
+    unknown = [s for s in named if s not in SECTIONS]
     if unknown:
         raise UserError(f"unknown benchmark section(s): {', '.join(unknown)}", hint=f"choose from {', '.join(SECTIONS)}")
-    head = (f"# twotier benchmark, {time.strftime('%Y-%m-%d %H:%M')} UTC\n\n"
-            f"machine: {apibench.machine()}; {platform.platform()}\n")
-    parts = [head]
+    return [s for s in SECTIONS if (not only or s in only.split(",")) and s not in skip.split(",")]
+
+
+def block(name: str, body: str, stamp: str = "") -> str:
+    return f"<!-- bench:{name} -->\n{body.rstrip()}\n" + (f"\n{stamp}\n" if stamp else "") + f"<!-- /bench:{name} -->"
+
+
+def run(settings, only: str = "", skip: str = "", progress=print, report: Path = REPORT, **options) -> str:
+    """Measure the chosen sections (all by default) and write the report; returns its text.
+    OPTIONS reach the sections: sizes, repeat (api), edits (tilt), rounds (reload)."""
+    chosen = choose(only, skip)
+    command = "`invoke bench" + (f" --only {only}" if only else "") + (f" --skip {skip}" if skip else "") + "`"
+    stamp = provenance(command)  # one run: every block says the same command, commit, start and machine
+    parts = [f"# twotier benchmark, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC\n\n{stamp}\n"]
     for section in chosen:
         progress(f"== {section}")
         t0 = time.monotonic()
-        if section == "api":
-            body = api_section(sizes, repeat, progress)
-        elif section == "deploy":
-            body = deploy_section(progress)
-        elif section == "tilt":
-            body = tilt_section(edits, progress)
-        else:
-            body = images_section(settings, progress)
-        parts.append(f"## {section}  ({time.monotonic() - t0:.0f} s to measure)\n\n```\n{body}\n```\n")
+        body = globals()[f"{section}_section"](settings, progress, **options)
+        parts.append(f"## {section} ({time.monotonic() - t0:.0f} s to measure)\n\n{block(section, body, stamp)}\n")
         print(body, flush=True)
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text("\n".join(parts))
-    progress(f"report written to {REPORT.relative_to(ROOT)}")
+    parts.append(f"## one-off\n\n{block('one-off', one_off())}\n")
+    report.parent.mkdir(exist_ok=True)
+    report.write_text("\n".join(parts))
+    progress(f"report written to {report}")
     return "\n".join(parts)
+
+
+def blocks(text: str) -> dict[str, str]:
+    """{name: the block's whole text, markers included} of a report or a doc."""
+    return {m.group("name"): m.group(0) for m in BLOCK.finditer(text)}
+
+
+def regenerate(report: Path = REPORT, docs: tuple[Path, ...] = (DOCS,), out=print) -> dict[Path, list[str]]:
+    """Copy every block of REPORT into the same markers of each of DOCS; returns {doc: names replaced}.
+    A doc's block that the report lacks is left as it is (and said)."""
+    if not report.exists():
+        raise UserError(f"no benchmark report at {report}", "run `invoke bench` (or `invoke bench --only api`) first")
+    fresh = blocks(report.read_text())
+    done = {}
+    for doc in docs:
+        if not doc.exists():
+            raise UserError(f"{doc} does not exist", "pass --docs with the file that holds the bench markers")
+        text = doc.read_text()
+        names = list(blocks(text))
+        if not names:
+            raise UserError(f"{doc} has no <!-- bench:NAME --> markers", f"markers it can take: {', '.join(fresh)}")
+        replaced = [n for n in names if n in fresh]
+        doc.write_text(BLOCK.sub(lambda m: fresh.get(m.group("name"), m.group(0)), text))
+        done[doc] = replaced
+        kept = [n for n in names if n not in fresh]
+        left = f"; not in this report, left as they were: {', '.join(kept)}" if kept else ""
+        out(f"{doc}: {len(replaced)} tables regenerated ({', '.join(replaced) or 'none'}){left}")
+    return done
