@@ -11,7 +11,7 @@ fresh temporary storage directory, and a test client for each.
                   the seed's curl transcripts read from docs/first-steps.md ("Pre-containerization
                   sanity checks"), as (method, port, path, expected body text)
   live_storage / live_app / empty_live_storage
-                  the services as real processes (gunicorn) on free loopback ports
+                  the services as real processes (granian) on free loopback ports
 
 Add fixtures for other parts of the project below; keep them generic.
 """
@@ -137,7 +137,7 @@ def hello_client(hello_app_):
 
 
 # ------------------------------------------------------------------------------------------
-# The services as real processes (gunicorn, as in production) on free loopback ports
+# The services as real processes (granian, as in production) on free loopback ports
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def live_storage(tmp_path_factory):
