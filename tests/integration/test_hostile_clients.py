@@ -156,9 +156,11 @@ def test_two_thousand_idle_connections_neither_wedge_nor_outlive_a_service(reque
         _still_serving(service, path)
     for _ in range(3):  # recovered: and keeps answering
         _still_serving(service, path)
-    # no pile of CLOSE-WAIT sockets left in the server
+    # no pile of CLOSE-WAIT sockets left in the server, once it has read the clients' FINs (the
+    # deadline only bounds a hang: a loaded machine takes a moment to go through 2000 of them)
     pids = {service.pid, *_children(service.pid)}
-    assert sum(_close_wait(pid) for pid in pids) < 50
+    poll(lambda: sum(_close_wait(pid) for pid in pids) < 50, timeout=30, interval=0.1,
+         what="the server's side of 2000 closed connections closed too")
 
 
 def test_pipelined_requests_are_all_answered_in_order(storage):
