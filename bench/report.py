@@ -167,9 +167,16 @@ def images_section(settings, progress, **_) -> str:
               " pages the server's master and 2 workers share once per process.")
 
 
-#: the environment each service image needs to start (the app never calls the storage at rest)
-AT_REST_ENV = {"hello": {}, "storage": {"STO_STORAGE": "/tmp/items"},
-               "app": {"STO_API": "http://127.0.0.1:5000"}}
+def _at_rest_env(tier: shape.Tier) -> dict[str, str]:
+    """What a tier's image needs to start alone: the storage tier its items directory, a tier that
+    uses others their addresses (never called at rest)."""
+    env = {f"{tier.env_prefix}_STORAGE": "/tmp/items"} if tier.name == "storage" else {}
+    return env | {f"{shape.load().tier(used).env_prefix}_API": f"http://127.0.0.1:{shape.load().tier(used).port}"
+                  for used in tier.uses}
+
+
+#: the environment each service image needs to start
+AT_REST_ENV = {name: _at_rest_env(tier) for name, tier in shape.load().tiers.items()}
 
 
 def container_memory(ref: str, env: dict[str, str], settle: float = 8.0) -> tuple[float, float]:

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from twotier import shape
 from twotier.errors import UserError
 from twotier.images import registry
 from twotier.kube.client import PROJECT_LABEL, owned
@@ -26,7 +27,9 @@ from twotier.poll import poll as wait
 if TYPE_CHECKING:  # annotations only: the settings are handed in
     from twotier.settings import Settings
 
-LOADER_NAME = "loader"
+LOADER_NAME = shape.load().loader.pod
+
+
 def start_loader(cluster, settings: Settings, ref: str | None = None, timeout: float | None = None) -> dict:
     """The loader pod, ready: a running one of the project's is reused as it is when no image is
     asked for (REF None); otherwise it is created (or replaced) from REF, default `invoke build`'s
