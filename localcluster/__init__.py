@@ -320,6 +320,10 @@ def _addon_current(addon) -> bool:
     kind, name = addon.workload
     obj = api_get(f"/apis/apps/v1/namespaces/kube-system/{kind.lower()}s/{name}")
     images = [c["image"] for c in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])]
+    if kind == "DaemonSet":  # one pod per node, each on the current template and ready
+        st = obj.get("status", {})
+        want = st.get("desiredNumberScheduled", -1)
+        return addon.image in images and want == node_count() == st.get("numberReady") == st.get("updatedNumberScheduled")
     return addon.image in images and deployment_available("kube-system", name)
 
 

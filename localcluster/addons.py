@@ -102,6 +102,11 @@ class Addon:
     workload: tuple[str, str]  # (kind, name) in kube-system that must become available
     ldflags: str = ""          # "{version}" is replaced by the pinned version
     cold_seconds: int = 120    # measured cold build on 2 cores, only a guide for the person waiting
+    # Host programs the addon executes (iptables, ipset): copied into the image with the shared
+    # libraries ldd names, plus host directories (plugins they load) and symlinks (name, target).
+    host_tools: tuple[tuple[str, str], ...] = ()   # (host executable, apt package that has it)
+    host_dirs: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
 
     @property
     def version(self) -> str:
@@ -130,6 +135,22 @@ BUILT_ADDONS = (
           ldflags="-X k8s.io/client-go/pkg/version.gitVersion={version} "
                   "-X k8s.io/component-base/version.gitVersion={version}",
           cold_seconds=286),
+)
+
+# Not in BUILT_ADDONS (so not applied by cluster.up) until it is proven on this cluster (issue 20).
+POLICY_ADDONS = (
+    # NetworkPolicy enforcement: kube-router's firewall only (no routing, no service proxy), with
+    # iptables (nft backend, as kube-proxy here) and ipset. kube-network-policies, SIG Network's
+    # reference, cannot run on this kernel: its nftables `queue` rule needs CONFIG_NFT_QUEUE, which is
+    # not set (adding the rule fails with "netlink receive: no such file or directory").
+    Addon("kube-router", "KUBE_ROUTER_VERSION", "github.com/cloudnativelabs/kube-router/v2",
+          "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router", ("DaemonSet", "kube-router"),
+          ldflags="-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version}",
+          cold_seconds=240,
+          host_tools=(("/usr/sbin/xtables-nft-multi", "iptables"), ("/usr/sbin/ipset", "ipset")),
+          host_dirs=("/usr/lib/x86_64-linux-gnu/xtables",),
+          links=tuple((f"/usr/sbin/{n}", "xtables-nft-multi") for n in (
+              "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"))),
 )
 
 
@@ -180,15 +201,47 @@ def registry_has(image: str) -> bool:
         raise
 
 
+def _libraries(executable: str) -> list[str]:
+    """The shared libraries ldd says the executable loads (absolute paths), the loader included."""
+    out = subprocess.run(["ldd", executable], capture_output=True, text=True).stdout
+    return [w for line in out.splitlines() for w in line.split() if w.startswith("/")]
+
+
+def image_root(addon: Addon, root: Path) -> None:
+    """The image's file tree: /<name> (the static binary), the host tools and what they need."""
+    shutil.copy2(addon.binary, root / addon.name)
+    missing = [pkg for tool, pkg in addon.host_tools if not Path(tool).is_file()]
+    if missing:
+        raise UserError(f"addon {addon.name} runs host tools that are not installed",
+                        hint="install them: apt-get install -y " + " ".join(sorted(set(missing))))
+    files = {f for tool, _ in addon.host_tools for f in (tool, *_libraries(tool))}
+    for f in sorted(files):
+        dest = root / f.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest)  # follows links: the soname path gets the library itself
+    for d in addon.host_dirs:
+        shutil.copytree(d, root / d.lstrip("/"), dirs_exist_ok=True)
+    for name, target in addon.links:
+        (root / name.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / name.lstrip("/")).symlink_to(target)
+
+
+def dockerfile(addon: Addon) -> str:
+    # Without host tools nothing needs root inside: the image runs as nobody (the manifest may say more).
+    user = "" if addon.host_tools else "USER 65534:65534\n"
+    return (f"FROM scratch\nCOPY rootfs/ /\nENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            f"{user}ENTRYPOINT [\"/{addon.name}\"]\n")
+
+
 def ensure_addon_images(progress=print, addons=BUILT_ADDONS) -> None:
     """Each addon's image in the local registry: FROM scratch with the static binary, pushed once."""
     for a in addons:
         if registry_has(a.image):
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy2(a.binary, Path(tmp) / a.name)
-            (Path(tmp) / "Dockerfile").write_text(
-                f"FROM scratch\nCOPY {a.name} /{a.name}\nUSER 65534:65534\nENTRYPOINT [\"/{a.name}\"]\n")
+            (Path(tmp) / "rootfs").mkdir()
+            image_root(a, Path(tmp) / "rootfs")
+            (Path(tmp) / "Dockerfile").write_text(dockerfile(a))
             _run(["docker", "build", "-q", "-t", a.image, tmp], f"docker build of {a.image}",
                  env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"})
         _run(["docker", "push", "-q", a.image], f"docker push of {a.image}")

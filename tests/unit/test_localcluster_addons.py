@@ -13,7 +13,7 @@ from localcluster import addons, pki
 from localcluster import layout as L
 
 
-@pytest.mark.parametrize("addon", addons.BUILT_ADDONS, ids=lambda a: a.name)
+@pytest.mark.parametrize("addon", addons.BUILT_ADDONS + addons.POLICY_ADDONS, ids=lambda a: a.name)
 def test_each_addon_is_pinned_built_per_version_and_pulled_from_the_local_registry(addon):
     assert addon.version == L.versions()[addon.version_key] and addon.version.startswith("v")
     assert addon.bin_dir == L.CACHE / "bin" / f"{addon.name}-{addon.version}"
@@ -73,3 +73,35 @@ def test_an_addon_already_built_is_not_built_again(tmp_path, monkeypatch):
     lines = []
     addons.ensure_addon_binaries(progress=lines.append, script=tmp_path / "no-such-script.sh")
     assert lines == []
+
+
+def test_an_addon_image_carries_the_host_tools_it_runs_with_their_libraries(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "CACHE", tmp_path / "cache")
+    addon = addons.Addon("tool", "METRICS_SERVER_VERSION", "example.com/m", "example.com/m/cmd/tool",
+                         ("DaemonSet", "tool"), host_tools=(("/bin/ls", "coreutils"),),
+                         host_dirs=(str(tmp_path / "plugins"),), links=(("/usr/sbin/list", "/bin/ls"),))
+    addon.bin_dir.mkdir(parents=True)
+    addon.binary.write_text("binary")
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "libxt_set.so").write_text("plugin")
+    root = tmp_path / "root"
+    root.mkdir()
+    addons.image_root(addon, root)
+    assert (root / "tool").read_text() == "binary" and (root / "bin" / "ls").is_file()
+    libc = [p for p in root.rglob("libc.so.6")]
+    assert libc and libc[0].is_file() and not libc[0].is_symlink()
+    assert any(root.rglob("ld-linux-x86-64.so.2"))
+    assert (root / str(tmp_path / "plugins" / "libxt_set.so").lstrip("/")).read_text() == "plugin"
+    assert (root / "usr" / "sbin" / "list").readlink().as_posix() == "/bin/ls"
+    assert "USER" not in addons.dockerfile(addon) and 'ENTRYPOINT ["/tool"]' in addons.dockerfile(addon)
+
+
+def test_an_addon_whose_host_tool_is_missing_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "CACHE", tmp_path)
+    addon = addons.Addon("tool", "METRICS_SERVER_VERSION", "example.com/m", "example.com/m/cmd/tool",
+                         ("DaemonSet", "tool"), host_tools=(("/usr/sbin/no-such-tool", "some-package"),))
+    addon.bin_dir.mkdir(parents=True)
+    addon.binary.write_text("binary")
+    with pytest.raises(addons.UserError) as err:
+        addons.image_root(addon, tmp_path)
+    assert "apt-get install -y some-package" in err.value.hint
