@@ -8,8 +8,11 @@
 # .complete marker is not rebuilt, so a second run takes well under a second.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=versions.env
-source "$here/versions.env"
+# The versions: localcluster/versions.env, except those the caller sets in the environment
+# (localcluster/build.py passes the chosen Kubernetes release's set: localcluster/versions.py).
+while IFS='=' read -r key value; do
+  [[ $key =~ ^[A-Z0-9_]+$ ]] && [ -z "${!key:-}" ] && declare "$key=${value%%[[:space:]]*}"
+done <"$here/versions.env"
 CACHE=${TWOTIER_CACHE:-/var/cache/twotier}
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 mkdir -p "$CACHE/src" "$CACHE/bin"

@@ -84,7 +84,8 @@ def _build_one(comp: str, step: str, lock_fd: int, env: dict, progress, script: 
     progress(f"{step} building {comp} {version(comp)} from source, once (cold: about "
              f"{rough(COLD_SECONDS.get(comp, 60))} on 2 cores; full log: {log})")
     start = time.monotonic()
-    child_env = {**env, "TWOTIER_BUILD_LOCK_FD": str(lock_fd)}  # the script must not lock again
+    child_env = {**env, "TWOTIER_BUILD_LOCK_FD": str(lock_fd),  # the script must not lock again
+                 **L.versions()}  # the chosen release's versions (versions.py), over versions.env's
     with log.open("w") as out:
         proc = subprocess.Popen(["bash", str(script), SCRIPT_NAME.get(comp, comp)], stdout=out,
                                 stderr=subprocess.PIPE, text=True, env=child_env, pass_fds=(lock_fd,))
@@ -103,3 +104,21 @@ def _build_one(comp: str, step: str, lock_fd: int, env: dict, progress, script: 
             hint=f"read {log}; the Go module proxy (and for tilt the npm registry) must be reachable; "
                  "run the command again to retry")
     progress(f"{step} built {comp} {version(comp)} in {rough(took)}")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m localcluster.build COMPONENT...` (localcluster/bin/tilt): progress on stderr."""
+    import sys
+
+    try:
+        ensure(argv, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    except ClusterError as err:
+        print(f"error: {err.message}" + (f"\nhint: {err.hint}" if err.hint else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

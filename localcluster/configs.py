@@ -50,7 +50,7 @@ state = "{node.containerd_state}"
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = "{L.PAUSE_IMAGE}"
+    sandbox = "{L.pause_image()}"
   [plugins.'io.containerd.cri.v1.images'.registry]
     config_path = "{node.containerd_root / 'certs.d'}"
 
@@ -111,7 +111,10 @@ def kubelet_config(node: Node = HOST) -> str:
         "tlsCertFile": str(pki / f"{node.serving_identity}.crt"),
         "tlsPrivateKeyFile": str(pki / f"{node.serving_identity}.key"),
         "cgroupDriver": "cgroupfs",
-        "failCgroupV1": False,              # this host is cgroup v1 (hybrid)
+        # From 1.35 on the kubelet refuses to start on a cgroup v1 host unless this is false; this host
+        # is cgroup v1 (hybrid) and cannot be changed from inside. Still accepted by 1.37; upstream
+        # plans to remove cgroup v1 support: then the cluster needs a cgroup v2 host (docs/local-cluster.md).
+        "failCgroupV1": False,
         "failSwapOn": False,
         "containerRuntimeEndpoint": f"unix://{node.containerd_sock}",
         "clusterDNS": [L.DNS_IP],

@@ -41,7 +41,6 @@ KUBERNETES_SVC_IP = "10.96.0.1"
 DNS_IP = "10.96.0.10"
 DNS_DOMAIN = "cluster.local"
 REGISTRY_HOST = "localhost:5000"
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 APISERVER_PORT = 6443
 
 # Nodes 2..N (see nodes.py): each in its own network and mount namespace, on one host bridge like
@@ -64,13 +63,16 @@ PORTS = {
 
 @lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    """The pinned versions from localcluster/versions.env."""
-    out = {}
-    for line in VERSIONS_FILE.read_text().splitlines():
-        m = re.match(r"^([A-Z_]+)=(\S+)", line.strip())
-        if m:
-            out[m.group(1)] = m.group(2)
-    return out
+    """The versions of what the cluster runs: localcluster/versions.env, with the chosen Kubernetes
+    release's own etcd/containerd/CoreDNS/crictl/pause when it is not the default (versions.py)."""
+    from localcluster import versions as V
+
+    return V.effective()
+
+
+def pause_image() -> str:
+    """The sandbox image containerd runs every pod in (built from the release's build/pause)."""
+    return f"registry.k8s.io/pause:{versions()['PAUSE_VERSION']}"
 
 
 def bin_dir(component: str) -> Path:

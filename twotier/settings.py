@@ -69,6 +69,7 @@ class Settings:
     namespace: str = "default"
     storage_node: str = ""  # node holding local-pv's data ("" = kept, else chosen at first deploy)
     cluster_nodes: int = 1  # nodes of the local cluster (invoke cluster.up --nodes N)
+    cluster_kubernetes: str = ""  # the local cluster's Kubernetes release ("" = localcluster/versions.env's)
     stage: str = "full"
     overlay: str = ""
     field_manager: str = "twotier"

@@ -41,12 +41,17 @@ def test_an_unfinished_build_is_not_used(tmp_path, monkeypatch):
     assert tiltrun.tilt_binary() == "/usr/local/bin/tilt"
 
 
-def test_no_tilt_at_all_says_how_to_build_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(tiltrun, "pinned_tilt", lambda: tmp_path / "tilt-v0.37.5" / "tilt")
-    monkeypatch.setattr(tiltrun.shutil, "which", lambda name: None)
-    with pytest.raises(UserError) as err:
-        tiltrun.tilt_binary()
-    assert "invoke cluster.build --component tilt" in err.value.hint
+@pytest.mark.parametrize("on_path", [None, "first-use shim"])
+def test_no_tilt_yet_builds_the_pinned_one_on_first_use(on_path, tmp_path, monkeypatch):
+    from localcluster import build
+
+    pinned = tmp_path / "tilt-v0.37.5" / "tilt"
+    built = []
+    monkeypatch.setattr(tiltrun, "pinned_tilt", lambda: pinned)
+    shim = str(tiltrun.pinned_shim_dir() / "tilt")  # localcluster/bin/tilt, on cluster.env's PATH
+    monkeypatch.setattr(tiltrun.shutil, "which", lambda name: shim if on_path else None)
+    monkeypatch.setattr(build, "ensure", lambda comps: built.append(comps))
+    assert tiltrun.tilt_binary() == str(pinned) and built == [["tilt"]]
 
 
 @pytest.mark.parametrize("base, expected", [

@@ -37,8 +37,9 @@ def env_lines(environ=None) -> list[str]:
     tilt = L.binary("tilt")
     if (tilt.parent / ".complete").exists():
         front.append(str(tilt.parent))
-    else:
-        notes.append("# tilt is not built yet: `invoke cluster.build --component tilt`")
+    else:  # localcluster/bin/tilt builds the pinned Tilt on first use, then runs it
+        front.append(str(L.HERE / "bin"))
+        notes.append("# tilt builds from source on its first use (once, about 6 min on 2 cores)")
     rest = [p for p in environ.get("PATH", "").split(os.pathsep) if p and p not in front]
     return [f"export KUBECONFIG={shlex.quote(str(L.KUBECONFIG))}",
             f"export PATH={shlex.quote(os.pathsep.join(front + rest))}", *notes]

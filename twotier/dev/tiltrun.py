@@ -50,12 +50,19 @@ def tilt_binary() -> str:
     if (pinned.parent / ".complete").exists() and os.access(pinned, os.X_OK):
         return str(pinned)
     found = shutil.which("tilt")
-    if found:
+    if found and Path(found).parent != pinned_shim_dir():
         return found
-    raise UserError(
-        "Tilt is not installed: neither the project's build nor `tilt` on PATH was found",
-        f"`invoke cluster.build --component tilt` builds the pinned Tilt from source into {pinned.parent} "
-        "(cold: about 10 minutes on 2 cores; needs Go, gcc and Node.js), or install Tilt yourself")
+    from localcluster import build  # first use: build it, with the cluster builds' progress lines
+
+    build.ensure(["tilt"])
+    return str(pinned)
+
+
+def pinned_shim_dir() -> Path:
+    """localcluster/bin: its `tilt` builds the pinned Tilt on first use (cluster.env's PATH)."""
+    from localcluster import layout
+
+    return layout.HERE / "bin"
 
 
 def tilt_version(tilt: str) -> str:
