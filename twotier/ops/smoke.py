@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from twotier import shape
 from twotier.errors import UserError
 from twotier.kube.objects import dig, pod_ready, pod_selector
+from twotier.poll import Timeout, poll
 
 CLUSTER_DOMAIN = "cluster.local"
 
@@ -175,14 +176,20 @@ class Smoke:
     def call(self, via, method: str, url: str, retry: bool = True) -> Response:
         """One request; retries only while there is no answer at all (a fresh Service or DNS
         entry can take a moment) and only for reads, so a write is never sent twice."""
-        deadline = self.clock() + (self.retry_for if retry else 0)
-        while True:
+        failed: list[ProbeError] = []
+
+        def answer() -> Response | None:
             try:
                 return via(method, url)
-            except ProbeError:
-                if self.clock() >= deadline:
-                    raise
-                self.sleep(1)
+            except ProbeError as err:
+                failed[:] = [err]
+                return None
+
+        try:
+            return poll(answer, timeout=self.retry_for if retry else 0, what=f"{method} {url}",
+                        clock=self.clock, sleep=self.sleep)
+        except Timeout:
+            raise failed[0] from None
 
     def expect(self, name: str, via, method: str, url: str, check, retry: bool = True):
         """Run a request and a check on its JSON; record PASS/FAIL; return the JSON (or None)."""
@@ -212,21 +219,23 @@ class Smoke:
             return
         self._dns_checked.add(ep.service)
         deadline = self.clock() + self.dns_wait
-        said = False
+        said, ips = [], []
         for name in (ep.service, self.fqdn(ep.service)):
-            while True:
-                ips = self.resolve(name)
-                if ep.cluster_ip in ips:
-                    break
-                if self.clock() >= deadline:
-                    self.record(f"loader -> DNS {name} resolves to the Service IP {ep.cluster_ip}",
-                                False, f"it gives {', '.join(ips) or 'nothing'} after {self.dns_wait:.0f}s")
-                    return
-                if not said:
+            def resolves(name=name) -> bool:
+                ips[:] = self.resolve(name)
+                if ep.cluster_ip not in ips and not said and self.clock() < deadline:
                     self.out(f"note: DNS gives {name} -> {', '.join(ips) or 'nothing'}, the Service IP "
                              f"is {ep.cluster_ip}: waiting for the cluster DNS cache (up to 30 s)")
-                    said = True
-                self.sleep(2)
+                    said.append(name)
+                return ep.cluster_ip in ips
+
+            try:
+                poll(resolves, timeout=max(0.0, deadline - self.clock()), interval=2, what=f"DNS {name}",
+                     clock=self.clock, sleep=self.sleep)
+            except Timeout:
+                self.record(f"loader -> DNS {name} resolves to the Service IP {ep.cluster_ip}",
+                            False, f"it gives {', '.join(ips) or 'nothing'} after {self.dns_wait:.0f}s")
+                return
 
     def reach_all_ways(self, ep: Endpoint, path: str, check, what: str) -> None:
         """The seed's access paths: NodePort from the host, Service IP, pod IP, short and FQDN."""
