@@ -48,12 +48,6 @@ class Tier:
     def directory(self) -> Path:
         return SERVICES / self.folder
 
-    @property
-    def selector_string(self) -> str:
-        from twotier.kube.objects import selector_string
-
-        return selector_string(self.selector)
-
 
 @dataclass(frozen=True)
 class Loader:

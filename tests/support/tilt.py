@@ -22,6 +22,7 @@ from pathlib import Path
 from twotier import shape
 from twotier.dev.tiltrun import ROOT, prepare, tilt_argv, tilt_down, tilt_env, tiltfile_args
 from twotier.errors import UserError
+from twotier.kube.objects import selector_string
 from twotier.poll import Timeout, poll
 from twotier.ports import free_port
 from twotier.proc import Background
@@ -185,7 +186,7 @@ class Tier:
 
 def _edited_tier(t: shape.Tier) -> Tier:
     return Tier(t.name, t.directory / t.view.file, t.view.function, t.node_port, t.check_path,
-                t.port, t.selector_string, t.deployment)
+                t.port, selector_string(t.selector), t.deployment)
 
 
 #: the tiers whose view (system.yaml `view`) the tests and benchmarks edit
