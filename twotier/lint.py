@@ -25,7 +25,17 @@ from twotier.ops import render as manifests
 from twotier.settings import Settings
 from twotier.shape import ROOT
 
-K8S_SCHEMA_VERSION = "1.34"
+
+def schema_versions() -> list[str]:
+    """The minors the manifests must validate against: the local cluster's default release and the
+    oldest supported one (localcluster/versions.env), the two CI runs the system on."""
+    from localcluster import versions
+
+    d = versions.defaults()
+    return [f"1.{versions.minor(d['KUBERNETES_VERSION'])}", d["OLDEST_KUBERNETES_MINOR"]]
+
+
+K8S_SCHEMA_VERSION = schema_versions()[0]
 CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = Path(os.environ.get("TWOTIER_CHECKOV_VENV", "/var/cache/twotier/checkov-venv"))
 #: what the renders use for images: any full reference (the tags don't matter to the checks)
@@ -213,9 +223,10 @@ def run(fix: bool = False, progress=print) -> int:
     progress("== ruff")
     if ruff(fix):
         failures += 1
-    progress(f"== manifests: strict schema validation (Kubernetes {K8S_SCHEMA_VERSION})")
+    progress(f"== manifests: strict schema validation (Kubernetes {' and '.join(schema_versions())})")
     objects = renders()
-    problems = [f"{file}: {p}" for file, objs in objects.items() for p in schema_problems(objs)]
+    problems = [f"{file}: {v}: {p}" for v in schema_versions() for file, objs in objects.items()
+                for p in schema_problems(objs, v)]
     progress('== manifests: Pod Security "restricted" (every stage, alone and with each component)')
     problems += [f"{name}: {p}" for name, objs in restricted_renders().items()
                  for p in restricted_problems(objs)]

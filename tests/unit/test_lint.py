@@ -60,3 +60,16 @@ def test_the_restricted_check_finds_a_root_init_container():
     assert lint.restricted_problems([{"kind": "Pod", "metadata": {"name": "p"}, "spec": {
         "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
         "containers": [{"name": "c", "securityContext": {}}]}}])
+
+
+def test_manifests_are_validated_against_the_default_and_the_oldest_supported_release():
+    from localcluster import versions
+    from twotier.lint import schema_versions
+
+    d = versions.defaults()
+    assert schema_versions() == [f"1.{versions.minor(d['KUBERNETES_VERSION'])}", d["OLDEST_KUBERNETES_MINOR"]]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    for v in schema_versions():  # kubernetes-validate has both minors' schemas
+        assert schema_problems([pod], v) == []
+        assert schema_problems([{**pod, "spec": {**pod["spec"], "bogus": 1}}], v)
