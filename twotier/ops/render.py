@@ -74,6 +74,9 @@ def kustomize(source: Path, *, components: list[str] = (), namespace: str | None
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
             "resources": [rel(source)],
+            # every object the project creates carries its label (clean and status touch nothing
+            # else), a component's own objects too; selectors and pod templates are left as written
+            "labels": [{"pairs": dict([shape.load().label])}],
         }
         if components:
             kustomization["components"] = [rel(COMPONENTS / c) for c in components]
