@@ -7,7 +7,6 @@ and a free one nearby.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 
 from twotier.errors import UserError
@@ -63,27 +62,17 @@ def check_port_free(port: int, flag: str, avoid: set[int] = frozenset(), host: s
 
 
 def port_owner(port: int) -> str | None:
-    """'name (pid N)' of the process listening on TCP ``port``, best effort (Linux /proc)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as fh:
-                next(fh, None)
-                for line in fh:
-                    fields = line.split()
-                    if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(fields[9])
-        except OSError:
-            continue
-    if not inodes:
+    """'name (pid N)' of the process listening on TCP ``port``, best effort (psutil)."""
+    import psutil
+
+    try:
+        conns = psutil.net_connections("tcp")
+    except psutil.Error:
         return None
-    targets = {f"socket:[{inode}]" for inode in inodes}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
-                    with open(f"/proc/{pid}/comm") as fh:
-                        return f"{fh.read().strip()} (pid {pid})"
-        except OSError:
-            continue
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
+            except psutil.Error:
+                continue
     return None
