@@ -13,6 +13,7 @@ import yaml
 
 from twotier.errors import UserError
 from twotier.kube import client as kube
+from twotier.ports import free_port
 
 
 def write_kubeconfig(path, contexts, current=None):
@@ -31,12 +32,6 @@ def write_kubeconfig(path, contexts, current=None):
 
 def settings(kubeconfig, **kw):
     return kube.Target(kubeconfig=kubeconfig, allowed_contexts=("twotier-local",), api_timeout=1, **kw)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the safety rule -------------------------------------------------------------------------
