@@ -140,3 +140,58 @@ def test_version_lines_are_plain_key_value_for_bash_and_the_tiltfile():
     for line in text.splitlines():
         assert not line or line.startswith("#") or re.fullmatch(r"[A-Z0-9_]+=\S+", line), line
     assert text.split("KUBERNETES_VERSION=")[1].split()[0] == versions.defaults()["KUBERNETES_VERSION"]
+
+
+class Stop(Exception):
+    """Raised where up() would start touching the host (preflight): the choice is made by then."""
+
+
+@pytest.fixture
+def up_until_preflight(cluster_dirs, fake_module, monkeypatch):
+    import localcluster
+
+    calls = []
+    monkeypatch.setattr(localcluster, "is_up", lambda: False)
+    monkeypatch.setattr(localcluster, "node_count", lambda: 1)
+    monkeypatch.setattr(localcluster, "ensure_binaries", lambda progress=print: calls.append(
+        ("build", L.versions()["KUBERNETES_VERSION"])))
+    monkeypatch.setattr(localcluster, "_down", lambda progress=print, purge=False: calls.append(("down", purge)))
+    monkeypatch.setattr(localcluster, "preflight", lambda: (_ for _ in ()).throw(Stop()))
+    monkeypatch.setattr(build, "go_env", lambda environ=None: {})
+    return localcluster, calls
+
+
+def test_up_on_another_release_builds_it_first_then_remakes_the_cluster_keeping_the_registry(up_until_preflight):
+    localcluster, calls = up_until_preflight
+    default = versions.defaults()["KUBERNETES_VERSION"]
+    L.STATE.mkdir(parents=True)
+    versions.record_running()  # a cluster made with the default release
+    lines = []
+    with pytest.raises(Stop):
+        localcluster.up(progress=lines.append, kubernetes="v1.35.4")
+    assert calls == [("build", "v1.35.4"), ("down", False)]  # built while the old one ran; purge=False
+    assert f"switching the local cluster from Kubernetes {default} to v1.35.4: it is made anew " \
+           "(the registry's images stay)" in lines
+    calls.clear()
+    (L.STATE / "versions.env").write_text("KUBERNETES_VERSION=v1.35.4\n" + "".join(
+        f"{k}={v}\n" for k, v in versions.resolve("v1.35.4").items()))
+    with pytest.raises(Stop):
+        localcluster.up(progress=lines.append, kubernetes="v1.35.4")  # the same again: nothing remade
+    with pytest.raises(Stop):
+        localcluster.up(progress=lines.append)  # no choice (invoke test, e2e): keeps 1.35.4
+    assert calls == [("build", "v1.35.4")] and versions.selected() == "v1.35.4"
+    with pytest.raises(Stop):
+        localcluster.up(progress=lines.append, kubernetes="")  # cluster.up without --kubernetes
+    assert calls[-2:] == [("build", default), ("down", False)] and versions.selected() == default
+
+
+def test_a_failed_build_leaves_the_running_release_chosen(up_until_preflight, monkeypatch):
+    localcluster, calls = up_until_preflight
+
+    def fails(progress=print):
+        raise ClusterError("building kubernetes v1.35.4 failed")
+
+    monkeypatch.setattr(localcluster, "ensure_binaries", fails)
+    with pytest.raises(ClusterError):
+        localcluster.up(kubernetes="v1.35.4")
+    assert versions.selected() == versions.defaults()["KUBERNETES_VERSION"] and calls == []
