@@ -443,7 +443,17 @@ def bench_reload(c, rounds=6):
     reloadbench.run(_settings(c), rounds=int(rounds))
 
 
-bench = Collection("bench", bench_all, bench_api, bench_reload, bench_docs)
+@task(name="storage", help={"before": "the commit whose services to compare with (default: the one "
+                                     "before the storage tier's second round)"})
+@friendly
+def bench_storage(c, before=""):
+    """The storage tier's defenses side by side with an earlier commit: fsync, probes, memory."""
+    from bench import storage as storagebench
+
+    print(storagebench.run(before or storagebench.DEFAULT_BEFORE, markdown=False))
+
+
+bench = Collection("bench", bench_all, bench_api, bench_reload, bench_storage, bench_docs)
 
 # ---------------------------------------------------------------------------------------------
 # Python dependencies (deps.*): requirements*.in -> requirements*.txt with pip-tools

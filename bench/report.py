@@ -31,7 +31,7 @@ from twotier.tables import markdown
 
 REPORT = BUILD / "bench.md"
 DOCS = ROOT / "docs" / "benchmarks.md"
-SECTIONS = ("api", "build", "deploy", "tilt", "reload", "images", "cluster", "nodeloss")
+SECTIONS = ("api", "storage", "build", "deploy", "tilt", "reload", "images", "cluster", "nodeloss")
 BLOCK = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n?<!-- /bench:(?P=name) -->", re.S)
 
 #: figures the README states that `invoke bench` does not measure: (figure, command, when)
@@ -75,6 +75,14 @@ def api_section(settings, progress, sizes: str = "10,100,1000,10000", repeat: in
     return (apibench.table(rows, markdown=True) + f"\n\nBoth services under granian on loopback, medians of {repeat};"
             " the baseline is the tutorial's design (one request per item, a new connection each).\n\n"
             + "\n".join(goals))
+
+
+def storage_section(settings, progress, **_) -> str:
+    from bench import storage
+
+    return (storage.run(progress=progress) + "\n\nBoth trees under granian on loopback; \"before\" is "
+            f"the services at {storage.DEFAULT_BEFORE}, before the storage tier's second round "
+            "(fsync before answers, listings off the event loop, bodies checked before parsing).")
 
 
 def build_section(settings, progress, **_) -> str:
