@@ -9,6 +9,7 @@ stays "Terminating" for N reads, like one held by a finalizer), and can play scr
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 
 from twotier.kube.client import CLUSTER_SCOPED, ApiError
@@ -287,3 +288,14 @@ class Clock:
 
     def sleep(self, seconds):
         self.t += seconds
+
+
+class FakeTTY(io.StringIO):
+    """A stdin/stdout that is (or is not) a terminal, for the loader shell."""
+
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty

@@ -1,9 +1,8 @@
 """The loader pod: manifest, create/reuse/replace, fail fast, exit codes, TTY rule."""
 import copy
-import io
 
 import pytest
-from kubefake import Clock, FakeCluster
+from kubefake import Clock, FakeCluster, FakeTTY
 
 from twotier.errors import UserError
 from twotier.ops.loader import _returncode, ensure_loader, require_tty, shell_argv, start_loader
@@ -158,18 +157,9 @@ def test_exit_code_from_the_status_channel(raw, code):
     assert _returncode(Resp(raw)) == code
 
 
-class Stream(io.StringIO):
-    def __init__(self, tty):
-        super().__init__()
-        self._tty = tty
-
-    def isatty(self):
-        return self._tty
-
-
 def test_require_tty():
-    require_tty(Stream(True), Stream(True))
-    for stdin, stdout in ((Stream(False), Stream(True)), (Stream(True), Stream(False))):
+    require_tty(FakeTTY(True), FakeTTY(True))
+    for stdin, stdout in ((FakeTTY(False), FakeTTY(True)), (FakeTTY(True), FakeTTY(False))):
         with pytest.raises(UserError, match="needs an interactive terminal") as info:
             require_tty(stdin, stdout)
         assert "invoke smoke" in info.value.hint

@@ -3,12 +3,11 @@
 Rendering (real kustomize), settings, apply, cleanup and the error handling are the real ones;
 the e2e tier runs the same tasks against the real local cluster.
 """
-import io
 
 import pytest
 from invoke import Result
 from invoke.exceptions import Exit
-from kubefake import FakeCluster, deployment, project_context, service
+from kubefake import FakeCluster, FakeTTY, deployment, project_context, service
 
 import tasks
 from twotier.errors import UserError
@@ -154,15 +153,6 @@ def test_without_kubectl_the_tasks_that_need_it_say_so(monkeypatch):
 
 
 # --- loader-shell ----------------------------------------------------------------------------
-class FakeTTY(io.StringIO):
-    def __init__(self, tty):
-        super().__init__()
-        self.tty = tty
-
-    def isatty(self):
-        return self.tty
-
-
 def test_loader_shell_without_terminal_fails_clearly(cluster, monkeypatch):
     monkeypatch.setattr("sys.stdin", FakeTTY(False))
     with pytest.raises(Exit) as info:
