@@ -56,10 +56,6 @@ class Loader:
     pod: str
     selector: dict
 
-    @property
-    def directory(self) -> Path:
-        return SERVICES / self.folder
-
 
 @dataclass(frozen=True)
 class Stage:

@@ -68,10 +68,6 @@ class ServiceProcess(Background):
                          label=label or service.name, echo=echo, die_with_parent=True)
 
     @property
-    def directory(self) -> Path:
-        return self.cwd
-
-    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
