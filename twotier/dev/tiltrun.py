@@ -25,6 +25,7 @@ from pathlib import Path
 
 from twotier.errors import UserError
 from twotier.images import build as images
+from twotier.kube.objects import dig
 from twotier.ops import loader, render
 from twotier.ops import stage as ops
 from twotier.ops.cluster import connect, kubectl
@@ -177,7 +178,7 @@ def smoke_in_tilt_loader(settings, progress=print) -> None:
     """The seed's smoke checks (stage full) through the loader pod Tilt runs."""
     cluster = connect(settings)
     pod = cluster.get("v1", "Pod", loader.LOADER_NAME)
-    if pod is None or (pod.get("status") or {}).get("phase") != "Running":
+    if dig(pod, "status.phase") != "Running":
         raise UserError("the loader pod is not running",
                         "start the dev loop with `tilt up` (it runs the loader pod), or use `invoke smoke`")
     ops.smoke(cluster, settings, "full", start_loader=False, out=progress)

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from twotier.errors import UserError
+from twotier.kube.objects import dig
 
 ITEMS = 10                 # items per createlist: a small batch, so each request is short
 MAX_CONCURRENCY = 32
@@ -169,7 +170,7 @@ def target(cluster, service: str = TARGET_SERVICE) -> tuple[str, int]:
         raise UserError(f"no project Service {service} in namespace {cluster.namespace!r}"
                         + (" (a Service of that name exists but is not the project's)" if svc else ""),
                         "deploy the full stage first: `invoke up --stage full`")
-    ports = [p for p in (svc.get("spec") or {}).get("ports") or [] if p.get("nodePort")]
+    ports = [p for p in dig(svc, "spec.ports", []) if p.get("nodePort")]
     if not ports:
         raise UserError(f"Service {service} has no NodePort, so this host cannot reach it",
                         "deploy the stage as the tutorial has it (out-svc is a NodePort Service)")
@@ -187,7 +188,7 @@ def replicas(cluster, deployment: str = TARGET_DEPLOYMENT) -> tuple[int, int] | 
         return None
     if dep is None:
         return None
-    return (dep.get("status") or {}).get("readyReplicas") or 0, (dep.get("spec") or {}).get("replicas", 1)
+    return dig(dep, "status.readyReplicas", 0), dig(dep, "spec.replicas", 1)
 
 
 def run(cluster, seconds, concurrency, service: str = TARGET_SERVICE, every: float = 5.0, out=print) -> dict:

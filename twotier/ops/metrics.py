@@ -11,6 +11,7 @@ import json
 import re
 
 from twotier.errors import UserError
+from twotier.kube.objects import condition, dig, name
 
 METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
 HINT = ("the local cluster runs metrics-server as an addon: `invoke cluster.up` (re)applies it; on "
@@ -23,13 +24,13 @@ def apiservice_state(cluster) -> tuple[bool, str]:
     svc = cluster.get("apiregistration.k8s.io/v1", "APIService", METRICS_APISERVICE)
     if svc is None:
         return False, f"the cluster has no APIService {METRICS_APISERVICE} (no metrics-server)"
-    for cond in (svc.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Available":
-            if cond.get("status") == "True":
-                return True, ""
-            return False, (f"APIService {METRICS_APISERVICE} is not available: "
-                           f"{cond.get('reason', '')} {cond.get('message', '')}".strip())
-    return False, f"APIService {METRICS_APISERVICE} reports no Available condition yet"
+    cond = condition(svc, "Available")
+    if not cond:
+        return False, f"APIService {METRICS_APISERVICE} reports no Available condition yet"
+    if cond.get("status") == "True":
+        return True, ""
+    return False, (f"APIService {METRICS_APISERVICE} is not available: "
+                   f"{cond.get('reason', '')} {cond.get('message', '')}".strip())
 
 
 def check_autoscaling(cluster, objs: list[dict]) -> None:
@@ -37,9 +38,9 @@ def check_autoscaling(cluster, objs: list[dict]) -> None:
     hpas = [o for o in objs if o.get("kind") == "HorizontalPodAutoscaler"]
     if not hpas:
         return
-    names = {(o.get("kind"), (o.get("metadata") or {}).get("name")) for o in objs}
+    names = {(o.get("kind"), name(o)) for o in objs}
     for hpa in hpas:
-        ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+        ref = dig(hpa, "spec.scaleTargetRef", {})
         if (ref.get("kind"), ref.get("name")) not in names:
             raise UserError(
                 f"HorizontalPodAutoscaler {hpa['metadata']['name']} scales {ref.get('kind')} "
