@@ -159,17 +159,10 @@ def dockerignore_patterns(context: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-def is_ignored(relpath: str, patterns: list[str]) -> bool:
-    """Docker's rule (docker-py's PatternMatcher, after moby's fileutils): the last pattern matching
-    the path or one of its parent folders decides."""
-    from docker.utils.build import PatternMatcher
-
-    return PatternMatcher(patterns).matches(relpath)
-
-
 def context_files(context: Path) -> list[str]:
-    """Relative paths of the files Docker sends as build context (after .dockerignore), sorted;
-    .dockerignore itself (which Docker always sends, for the daemon to read) is not counted."""
+    """Relative paths of the files Docker sends as build context (after .dockerignore, with Docker's
+    rules: docker-py's PatternMatcher, after moby's fileutils), sorted; .dockerignore itself (which
+    Docker always sends, for the daemon to read) is not counted."""
     from docker.utils.build import PatternMatcher
 
     walked = PatternMatcher(dockerignore_patterns(context)).walk(str(context))
