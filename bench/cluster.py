@@ -7,6 +7,7 @@ as a user types them.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import time
@@ -61,7 +62,7 @@ def _get(url: str, timeout: float = 30) -> tuple[int, dict | None, float]:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as err:
         status, raw = err.code, err.read()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # refused, reset, cut short
         return 0, None, time.monotonic() - start
     try:
         body = json.loads(raw)
