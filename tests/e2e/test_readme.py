@@ -1,10 +1,16 @@
-"""The README is a test: its Quick start, Verification and Cleanup commands, run as written.
+"""The README is a test: every command block of README.md that can run here, run as written.
 
-The `console` blocks of those sections are read from README.md: a line `$ CMD` is a command typed
+Every ```console and ```sh block of README.md is read, in document order, except a block right
+after the comment `<!-- not run by the README test: REASON -->` (the reason is required; the test
+prints it). In a `console` block a line `$ CMD` is a command typed
 in a shell, the lines after it (up to the next command) its documented output; `loader $ CMD`
 is typed in the shell `invoke loader-shell` opens in the loader pod. A documented output must
 match line by line (runs of blanks count as one; `...` in a line is any text, a line that is only
-`...` any number of lines); a command without documented output must exit 0.
+`...` any number of lines); a command without documented output must exit 0. In a `sh` block every line that is not blank or a
+comment is a command that must exit 0.
+
+The VS Code launch.json that tests/e2e/test_tilt_debug.py attaches with is read from
+docs/dev-loop.md by ``launch_configuration`` below.
 
 Each command runs in a fresh login-like shell: bash without profile or rc files under `env -i`
 with only HOME, PATH (Debian's default for root) and TERM, as a new terminal has, on a real
@@ -18,6 +24,7 @@ Items a user had stored on the volume are set aside and put back (tests/e2e/conf
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -35,7 +42,11 @@ from tests.e2e.conftest import REPO, run_invoke
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
-SECTIONS = ("Quick start", "Verification", "Cleanup")
+RUN_LANGUAGES = ("console", "sh")
+NOT_RUN = re.compile(r"<!--\s*not run by the README test:(?P<reason>.*?)-->", re.S)
+FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```[ \t]*$", re.S | re.M)
+HEADING = re.compile(r"^#{1,6} (?P<title>.+)$", re.M)
+DEV_LOOP = REPO / "docs" / "dev-loop.md"
 FRESH_ENV = {"HOME": os.environ.get("HOME", "/root"),
              "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "TERM": "xterm"}
@@ -56,28 +67,78 @@ class Command:
 
 # --------------------------------------------------------------------------------- the README
 
+@dataclass
+class Block:
+    """A fenced block of a Markdown file: its language, the section it is in, its text, and the
+    reason it is not run (None: it is run, if its language is one the test runs)."""
+    lang: str
+    section: str
+    body: str
+    not_run: str | None = None
+
+
+def blocks(text: str) -> list[Block]:
+    """Every fenced block of TEXT in document order, with the `not run` reason written before it.
+    A `not run` comment must sit right before a block (only blank lines between) and give a reason."""
+    found: list[Block] = []
+    last_end, section = 0, ""
+    for m in FENCE.finditer(text):
+        before = text[last_end:m.start()]  # prose between two blocks: headings and comments
+        section = (HEADING.findall(before) or [section])[-1]
+        reason = None
+        comment = NOT_RUN.search(before)
+        if comment:
+            assert not before[comment.end():].strip(), \
+                f"a `not run by the README test` comment not right before a block: {comment.group(0)}"
+            reason = " ".join(comment.group("reason").split())
+            assert reason, f"a `not run by the README test` comment without its reason: {comment.group(0)}"
+        found.append(Block(m.group("lang"), section, m.group("body"), reason))
+        last_end = m.end()
+    assert not NOT_RUN.search(text[last_end:]), "a `not run by the README test` comment after the last block"
+    return found
+
+
+def skipped(text: str) -> list[Block]:
+    """The command blocks the README says cannot run here, each with its reason."""
+    return [b for b in blocks(text) if b.lang in RUN_LANGUAGES and b.not_run is not None]
+
+
 def readme_commands(text: str) -> list[Command]:
-    """The commands of the console blocks of SECTIONS, in document order."""
+    """The commands of every console and sh block that is run, in document order."""
     commands: list[Command] = []
-    for section in SECTIONS:
-        match = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-        assert match, f"README.md has no section '## {section}'"
-        blocks = re.findall(r"^```console\n(.*?)^```", match.group(1), re.S | re.M)
-        assert blocks, f"README section {section!r} has no console block"
-        for block in blocks:
-            current = None
-            for line in block.splitlines():
-                if line.startswith("$ "):
-                    current = Command(line[2:].strip(), section=section)
-                    commands.append(current)
-                elif line.startswith("loader $ "):
-                    assert current is not None and "loader-shell" in current.text, \
-                        f"a `loader $` line outside `invoke loader-shell`: {line}"
-                    current.inside.append(Command(line[len("loader $ "):].strip(), section=section))
-                elif line.strip():
-                    assert current is not None, f"output before any command in {section}: {line}"
-                    (current.inside[-1] if current.inside else current).expected.append(line)
+    for block in blocks(text):
+        if block.lang not in RUN_LANGUAGES or block.not_run is not None:
+            continue
+        section = block.section
+        if block.lang == "sh":
+            commands += [Command(line.strip(), section=section) for line in block.body.splitlines()
+                         if line.strip() and not line.strip().startswith("#")]
+            continue
+        current = None  # a console block: `$ ` commands, `loader $ ` lines, their output
+        for line in block.body.splitlines():
+            if line.startswith("$ "):
+                current = Command(line[2:].strip(), section=section)
+                commands.append(current)
+            elif line.startswith("loader $ "):
+                assert current is not None and "loader-shell" in current.text, \
+                    f"a `loader $` line outside `invoke loader-shell`: {line}"
+                current.inside.append(Command(line[len("loader $ "):].strip(), section=section))
+            elif line.strip():
+                assert current is not None, f"output before any command in {section}: {line}"
+                (current.inside[-1] if current.inside else current).expected.append(line)
     return commands
+
+
+def launch_configuration(tier: str, workspace: Path = REPO, doc: Path = DEV_LOOP) -> dict:
+    """The VS Code launch.json configuration of docs/dev-loop.md that attaches to TIER's pod (the one
+    mapping ``services/<tier>``), with ``${workspaceFolder}`` replaced by WORKSPACE."""
+    launches = [json.loads(b.body) for b in blocks(doc.read_text()) if b.lang == "json"]
+    launches = [data for data in launches if isinstance(data, dict) and "configurations" in data]
+    assert len(launches) == 1, f"{doc} should hold one launch.json block, found {len(launches)}"
+    chosen = [c for c in launches[0]["configurations"]
+              if any(m["localRoot"].endswith(f"/services/{tier}") for m in c.get("pathMappings", []))]
+    assert len(chosen) == 1, f"{doc}'s launch.json should have one configuration for {tier}"
+    return json.loads(json.dumps(chosen[0]).replace("${workspaceFolder}", str(workspace)))
 
 
 def normalize(line: str) -> str:
@@ -222,7 +283,10 @@ def cluster_back_up():
 
 
 def test_readme_commands_run_as_written_in_fresh_shells(cluster_back_up):
-    commands = readme_commands((REPO / "README.md").read_text())
+    text = (REPO / "README.md").read_text()
+    for block in skipped(text):
+        print(f"not run ({block.section}): {block.not_run}\n{block.body.strip()}")
+    commands = readme_commands(text)
     assert not [c.text for c in commands if c.text.rstrip().endswith("\\")], "no continuation lines"
     failures: list[str] = []
     term = None

@@ -1,12 +1,13 @@
 """`tilt up -- --debug=app` on the real local cluster: the app's dev server runs under debugpy in
 its pod, Tilt forwards the debug port to 127.0.0.1:5678, and a real Debug Adapter Protocol client
-(tests.support.dap, the JSON protocol VS Code speaks) attaches with the README's pathMappings, stops
+(tests.support.dap, the JSON protocol VS Code speaks) attaches with the VS Code launch.json of
+docs/dev-loop.md (its `connect` and `pathMappings`, read from the page), stops
 at a breakpoint in createlist hit over HTTP through the Service, reads the frame's locals and
 continues; the request then completes. Live update still works, and the debugger is back after
 the reload.
 
 Needs the local cluster and the pinned Tilt (`invoke test` provides both); 127.0.0.1:5678 must be
-free (it is the port VS Code's launch.json in the README uses)."""
+free (it is the port VS Code's launch.json in docs/dev-loop.md uses)."""
 from __future__ import annotations
 
 import socket
@@ -16,6 +17,7 @@ import uuid
 
 import pytest
 
+from tests.e2e.test_readme import launch_configuration
 from tests.support import tilt as live
 from tests.support.dap import DapError, attach_when_ready
 from twotier import settings as settingsmod
@@ -23,12 +25,11 @@ from twotier.dev import tiltrun
 
 pytestmark = [pytest.mark.tilt, pytest.mark.usefixtures("clean_slate")]
 
-DEBUG_PORT = 5678
+# docs/dev-loop.md's launch.json, as VS Code reads it, with ${workspaceFolder} = the checkout
+LAUNCH = launch_configuration("app", workspace=tiltrun.ROOT)
+DEBUG_HOST, DEBUG_PORT = LAUNCH["connect"]["host"], LAUNCH["connect"]["port"]
+PATH_MAPPINGS = LAUNCH["pathMappings"]
 ROUTES = tiltrun.ROOT / "services/app/app_api/routes.py"
-PATH_MAPPINGS = [  # the README's launch.json, with ${workspaceFolder} = the checkout
-    {"localRoot": str(tiltrun.ROOT / "services/common/twotier_service"), "remoteRoot": "/app/twotier_service"},
-    {"localRoot": str(tiltrun.ROOT / "services/app"), "remoteRoot": "/app"},
-]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def stop_at_createlist(session, n: int) -> None:
     url = live.node_url(session.cluster, 31001, f"/createlist/{n}")
     line = breakpoint_line()
     try:
-        dap, placed = attach_when_ready("127.0.0.1", DEBUG_PORT, {str(ROUTES): [line]},
+        dap, placed = attach_when_ready(DEBUG_HOST, DEBUG_PORT, {str(ROUTES): [line]},
                                         path_mappings=PATH_MAPPINGS)
     except DapError as err:
         pytest.fail(f"debugpy (Tilt forwards it to 127.0.0.1:{DEBUG_PORT}): {err}")
