@@ -18,6 +18,8 @@ import socket
 import threading
 import time
 
+from twotier.poll import Timeout, poll
+
 
 class DapError(Exception):
     """The adapter refused a request, went away, or did not answer in time."""
@@ -207,17 +209,22 @@ def attach_when_ready(host: str, port: int, breakpoints: dict[str, list[int]],
     until TIMEOUT, as a user re-attaches: a port-forward accepts a connection before anything
     listens behind it, and in the instant of a reload the connection may reach the retiring
     worker, so only a completed attach says the serving worker's debugger is there."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+    last: list[Exception] = []
+
+    def attached() -> tuple[DapClient, dict] | None:
         client = None
         try:
             client = DapClient(host, port, timeout=session_timeout)
             client.initialize(timeout=min(5.0, session_timeout))
             return client, client.attach(breakpoints, path_mappings=path_mappings)
         except (OSError, DapError) as err:
-            last = err
+            last[:] = [err]
             if client is not None:
                 client.drop()
-            time.sleep(retry_every)
-    raise DapError(f"no debugger took an attach on {host}:{port} within {timeout:.0f}s: {last}")
+            return None
+
+    try:
+        return poll(attached, timeout=timeout, interval=retry_every, what=f"a debugger on {host}:{port}")
+    except Timeout:
+        raise DapError(f"no debugger took an attach on {host}:{port} within {timeout:.0f}s: "
+                       f"{last[0] if last else None}") from None
