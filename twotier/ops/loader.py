@@ -18,7 +18,7 @@ from twotier import shape
 from twotier.errors import UserError
 from twotier.images import registry
 from twotier.kube.client import PROJECT_LABEL, owned
-from twotier.kube.objects import containers, dig, pod_ready, terminating
+from twotier.kube.objects import dig, pod_ready, terminating
 from twotier.kube.rollout import event_lines, pod_problem, pod_summary
 from twotier.ops import render
 from twotier.poll import Timeout
@@ -49,7 +49,7 @@ def start_loader(cluster, settings: Settings, ref: str | None = None, timeout: f
 
 
 def _image_of(pod: dict) -> str:
-    return (containers(pod) or [{}])[0].get("image", "")
+    return dig(pod, "spec.containers", [{}])[0].get("image", "")
 
 
 def ensure_loader(cluster, manifest: dict, timeout: float, out=print, poll: float = 1.0,
