@@ -29,7 +29,7 @@ def tier_problems(objs, tier: shape.Tier) -> list[str]:
         problems.append(f"{tier.deployment} selects {dig(dep, 'spec.selector.matchLabels')}, not {tier.selector}")
     if not tier.selector.items() <= dig(dep, "spec.template.metadata.labels", {}).items():
         problems.append(f"{tier.deployment}'s pods lack the labels {tier.selector}")
-    main = containers(dep)[-1]
+    main = dig(dep, "spec.template.spec.containers")[0]
     if main["image"] != tier.image:
         problems.append(f"{tier.deployment} runs {main['image']}, not {tier.image}")
     named = {p.get("name"): p["containerPort"] for p in main.get("ports") or []}
