@@ -19,6 +19,7 @@ from pathlib import Path
 from localcluster import addons, build, configs, netclean, pki, procs
 from localcluster import layout as L
 from localcluster import nodes as extra_nodes
+from localcluster import versions as kubeversions
 from localcluster.errors import ClusterError as UserError
 from localcluster.layout import kubectl_path  # noqa: F401  (public API)
 from localcluster.lock import exclusive
@@ -192,9 +193,22 @@ def _api_client():
 
 def api_get(path: str, timeout: float = 3):
     """GET an API path (JSON as a dict, anything else as text) through the Python client."""
-    resp = _api_client().call_api(path, "GET", auth_settings=["BearerToken"], _preload_content=False,
-                                  _request_timeout=timeout)[0]
-    body = resp.data.decode()
+    return raw_get(_api_client(), path, timeout)
+
+
+def raw_get(api, path: str, timeout: float | tuple = 3):
+    """GET a raw API path with the client's credentials; ApiException on an error status.
+
+    kubernetes 37's ApiClient (openapi-generator v7) splits the old call_api(path, "GET", ...) in
+    two: param_serialize (URL, auth headers) and call_api(method, url, ...) -> RESTResponse, which
+    no longer raises on an error status (response_deserialize does, for typed answers)."""
+    from kubernetes.client.exceptions import ApiException
+
+    method, url, headers, _, _ = api.param_serialize("GET", path, auth_settings=["BearerToken"])
+    resp = api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+    body = resp.read().decode()
+    if not 200 <= resp.status <= 299:
+        raise ApiException(status=resp.status, reason=resp.reason, body=body)
     return json.loads(body) if body.startswith("{") else body
 
 
@@ -233,21 +247,38 @@ def _start(name: str, node_ip: str, progress) -> bool:
 
 
 @exclusive("cluster.up/down")  # two terminals starting or stopping at once take turns
-def up(progress=print, nodes: int | None = None) -> float:
+def up(progress=print, nodes: int | None = None, kubernetes: str | None = None) -> float:
     """Bring the cluster up with `nodes` nodes (or repair it); returns the seconds it took.
 
     nodes=None keeps the number of nodes there is now (1 for a new cluster); a different number
-    adds or removes nodes 2..N without touching the others.
+    adds or removes nodes 2..N without touching the others. kubernetes chooses the release
+    ("" = versions.env's default, None = the one chosen last): a cluster made with another one
+    is taken down first (etcd's data cannot go back a minor), the registry's images stay.
     """
     t0 = time.monotonic()
     wanted = node_count() if nodes is None else int(nodes)
     if not 1 <= wanted <= L.MAX_NODES:
         raise UserError(f"--nodes must be between 1 and {L.MAX_NODES}, not {wanted}")
+    if kubernetes is not None:
+        before = kubeversions.selected()
+        chosen = kubeversions.select(kubernetes, env=build.go_env())
+        try:
+            ensure_binaries(progress=progress)  # while the cluster there is keeps running
+        except BaseException:
+            kubeversions.select(before)
+            raise
+        was = kubeversions.running()
+        if was and any(was.get(k) != v for k, v in chosen.items()):
+            progress(f"switching the local cluster from Kubernetes {was.get('KUBERNETES_VERSION')} to "
+                     f"{chosen['KUBERNETES_VERSION']}: it is made anew (the registry's images stay)")
+            _down(progress)
+            wanted = 1 if nodes is None else wanted
     if is_up() and node_count() == wanted:
         try:
             if (all(node_ready(Node(i).name) for i in range(1, wanted + 1)) and docker_ok() and registry_ok()
                     and _apiserver_current() and all(_addon_current(a) for a in addons.BUILT_ADDONS)):
-                progress(f"the local cluster is already up (context {L.CONTEXT}, {wanted} node{'s' if wanted > 1 else ''})")
+                progress(f"the local cluster is already up (context {L.CONTEXT}, {wanted} node{'s' if wanted > 1 else ''}, "
+                         f"Kubernetes {L.versions()['KUBERNETES_VERSION']})")
                 return time.monotonic() - t0
         except Exception:
             pass
@@ -296,9 +327,10 @@ def up(progress=print, nodes: int | None = None) -> float:
     procs.wait_for(lambda: deployment_available("kube-system", "coredns"), "CoreDNS available", 120, progress)
     _ensure_nodes(wanted, progress)
     _ensure_built_addons(progress)
+    kubeversions.record_running()
     elapsed = time.monotonic() - t0
-    progress(f"the local cluster is up in {elapsed:.0f}s with {wanted} node{'s' if wanted > 1 else ''}: "
-             f"context {L.CONTEXT}, kubeconfig {L.KUBECONFIG}")
+    progress(f"the local cluster is up in {elapsed:.0f}s with {wanted} node{'s' if wanted > 1 else ''}, "
+             f"Kubernetes {L.versions()['KUBERNETES_VERSION']}: context {L.CONTEXT}, kubeconfig {L.KUBECONFIG}")
     progress(f"  export KUBECONFIG={L.KUBECONFIG}")
     return elapsed
 
@@ -406,12 +438,16 @@ def crictl(*args: str) -> list[str]:
 @exclusive("cluster.up/down")
 def down(progress=print, purge: bool = False) -> None:
     """Stop everything up() started and remove the host state it created."""
+    _down(progress, purge)
+
+
+def _down(progress=print, purge: bool = False) -> None:
     for node in extra_nodes.existing():   # nodes 2..N first: they hang off the host's network
         extra_nodes.remove(node, progress)
     for name in ("kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
         if procs.stop(name):
             progress(f"stopped {name}")
-    if procs.running("containerd"):
+    if procs.running("containerd") and L.binary("cri-tools", "crictl").exists():
         progress("removing pod sandboxes (CNI teardown)")
         subprocess.run(crictl("rmp", "--all", "--force"), capture_output=True)
         procs.stop("containerd", timeout=20)
