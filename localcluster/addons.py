@@ -55,21 +55,22 @@ def import_scratch_image(ref: str, files: dict[str, Path], entrypoint: list[str]
 
 def pause_binary() -> Path:
     """Compile upstream's build/pause/linux/pause.c (from the kubernetes module) statically."""
-    out = L.CACHE / "bin" / "pause" / "pause"
+    out = L.CACHE / "bin" / f"pause-{L.versions()['PAUSE_VERSION']}" / "pause"
     if out.exists():
         return out
     src = Path(subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"], capture_output=True,
                               text=True, cwd=L.CACHE / "src" / f"kubernetes-{L.versions()['KUBERNETES_VERSION']}"
                               ).stdout.strip()) / "build" / "pause" / "linux" / "pause.c"
     out.parent.mkdir(parents=True, exist_ok=True)
-    _run(["gcc", "-Os", "-Wall", "-Werror", "-static", "-DVERSION=v3.10-twotier", "-o", str(out), str(src)],
+    _run(["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{L.versions()['PAUSE_VERSION']}-twotier",
+          "-o", str(out), str(src)],
          "compiling pause.c")
     _run(["strip", str(out)], "strip pause")
     return out
 
 
 def ensure_images(address: Path = L.CONTAINERD_SOCK) -> None:
-    import_scratch_image(L.PAUSE_IMAGE, {"/pause": pause_binary()}, ["/pause"], address)
+    import_scratch_image(L.pause_image(), {"/pause": pause_binary()}, ["/pause"], address)
     import_scratch_image(coredns_image(), {"/coredns": L.binary("coredns")}, ["/coredns"], address)
 
 
