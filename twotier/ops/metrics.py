@@ -93,11 +93,11 @@ def parse_pod_metrics(body: dict) -> dict[str, str]:
 
 def pod_usage(cluster, namespace: str | None = None) -> dict[str, str]:
     """Each pod's usage in the namespace; {} when the metrics API does not answer (or not yet)."""
+    from localcluster import raw_get  # a GET of any API path with the client's credentials
+
     ns = namespace or cluster.namespace
     try:
-        resp = cluster.api_client.call_api(
-            f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods", "GET", auth_settings=["BearerToken"],
-            _preload_content=False, _request_timeout=(2, 5))[0]
-        return parse_pod_metrics(json.loads(resp.data))
+        body = raw_get(cluster.api_client, f"/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods", (2, 5))
+        return parse_pod_metrics(body if isinstance(body, dict) else json.loads(body))
     except Exception:  # no metrics-server, not ready yet, no permission: status shows no usage
         return {}
