@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from twotier.images import build as images
+from twotier.poll import Timeout, poll
 from twotier.settings import Settings
 
 pytestmark = pytest.mark.docker
@@ -52,14 +53,16 @@ def container(storage_image):
     try:
         port = int(docker("port", name, "5000/tcp").stdout.split("\n")[0].rsplit(":", 1)[1])
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             try:
-                if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
+                return requests.get(url + "/readyz", timeout=2).status_code == 200
             except requests.RequestException:
-                time.sleep(0.2)
-        else:
+                return False
+
+        try:
+            poll(ready, timeout=60, interval=0.2, what="the storage container ready")
+        except Timeout:
             pytest.fail("the storage container did not get ready: " + docker("logs", name).stdout[-1500:])
         yield name, port, url
     finally:
@@ -82,12 +85,11 @@ def test_granian_is_pid_1_with_the_configured_workers(container):
 def test_every_request_is_logged_with_its_target(container):
     name, _, url = container
     requests.get(url + "/items?container-log-marker", timeout=5)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if '"GET /items?container-log-marker HTTP/1.1" 200' in docker("logs", name).stdout:
-            return
-        time.sleep(0.2)
-    pytest.fail("no access-log line: " + docker("logs", name).stdout[-1500:])
+    try:
+        poll(lambda: '"GET /items?container-log-marker HTTP/1.1" 200' in docker("logs", name).stdout,
+             timeout=60, interval=0.2, what="the request's access-log line")
+    except Timeout:
+        pytest.fail("no access-log line: " + docker("logs", name).stdout[-1500:])
 
 
 def test_slow_clients_do_not_stop_the_container(container):
@@ -112,9 +114,9 @@ def test_slow_clients_do_not_stop_the_container(container):
         thread = threading.Thread(target=dribble, daemon=True)
         thread.start()
         try:
-            for _ in range(5):
+            for _ in range(5):  # spread over the dribbling, paced, not waiting for anything
                 assert requests.get(url + "/items", timeout=5).status_code == 200
-                time.sleep(0.5)
+                stop.wait(0.5)
         finally:
             stop.set()
             thread.join(5)
@@ -147,9 +149,8 @@ def test_sigterm_stops_the_container_gracefully(storage_image):
     name = f"{PREFIX}-sto-stop"
     docker("run", "-d", "--name", name, "-e", "STO_STORAGE=/tmp/items", *HARDENED, storage_image)
     try:
-        deadline = time.monotonic() + 30
-        while "Started worker-2" not in docker("logs", name).stdout and time.monotonic() < deadline:
-            time.sleep(0.2)
+        poll(lambda: "Started worker-2" in docker("logs", name).stdout, timeout=60, interval=0.2,
+             what="the storage container's workers started")
         docker("kill", "--signal", "TERM", name)
         docker("wait", name, timeout=60)
         assert docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
