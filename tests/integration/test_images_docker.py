@@ -25,6 +25,7 @@ import pytest
 from twotier.errors import UserError
 from twotier.images import build as images
 from twotier.ops import render as manifests
+from twotier.poll import Timeout, poll
 from twotier.settings import Settings
 
 pytestmark = pytest.mark.docker
@@ -33,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings(base_image="local")
 PREFIX = f"tt-it-{os.getpid()}"
 HARDENED = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
-STOP_BUDGET = 5.0  # seconds a SIGTERM may take
 SIZE_LIMIT = 300e6  # bytes; the local base alone is ~175 MB
 
 STORAGE_TRANSCRIPT = [  # the seed's "pre-containerization sanity checks", storage API
@@ -117,19 +117,23 @@ def http(method, url, timeout=5.0):
         return err.code, json.loads(err.read() or b"null")
 
 
-def wait_ready(url, timeout=20.0, expect=200):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+def wait_ready(url, timeout=60.0, expect=200):
+    """URL's body once it answers EXPECT (TIMEOUT only bounds a hang)."""
+    last = [None]
+
+    def answered():
         try:
             status, body = http("GET", url, timeout=2)
-            if status == expect:
-                return body
-            last = (status, body)
         except (TimeoutError, urllib.error.URLError, ConnectionError) as err:
-            last = err
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
+            last[0] = err
+            return None
+        last[0] = (status, body)
+        return (body,) if status == expect else None
+
+    try:
+        return poll(answered, timeout=timeout, interval=0.2, what=f"{url} answering {expect}")[0]
+    except Timeout:
+        raise AssertionError(f"{url} not ready after {timeout}s: {last[0]}") from None
 
 
 def proc1_uids(container) -> set[int]:
@@ -139,6 +143,9 @@ def proc1_uids(container) -> set[int]:
 
 
 def stop_seconds(container) -> tuple[float, int]:
+    """SIGTERM to the container's PID 1, then its exit: (seconds, exit code). Exit code 0 is the
+    proof of a graceful stop (nothing else kills it: 60 s only bound a hang); the seconds are
+    printed, a figure, not a threshold."""
     start = time.monotonic()
     docker("kill", "--signal", "TERM", container)
     docker("wait", container, timeout=60)
@@ -189,12 +196,9 @@ def test_every_image_is_built_small_and_sizes_are_reported(built):
 
 def test_rebuilding_unchanged_sources_is_a_no_op(built):
     lines = []
-    start = time.monotonic()
     again = images.build(SETTINGS, "full", progress=lines.append)
-    elapsed = time.monotonic() - start
     assert [i.ref for i in again] == [built[r].ref for r in ("storage", "app", "loader")]
-    assert all("up to date" in line for line in lines), lines
-    assert elapsed < 10, f"no-op build took {elapsed:.1f}s"
+    assert lines and all("up to date" in line for line in lines), lines  # nothing was built
 
 
 def test_a_changed_source_file_gets_a_new_tag_and_image(built, tmp_path, monkeypatch):
@@ -228,15 +232,14 @@ def test_every_process_runs_as_uid_10001(tiers, built, resources):
         assert proc1_uids(tiers[name]) == {10001}, name
         assert docker("exec", tiers[name], "id", "-u").stdout.strip() == "10001"
     hello = run(resources, f"{PREFIX}-hello-uid", built["hello"].ref, *HARDENED)
-    time.sleep(0.5)
-    assert proc1_uids(hello) == {10001}
+    assert proc1_uids(hello) == {10001}  # PID 1 runs as its user from its start (docker run -d returned)
 
 
 def test_items_survive_a_replaced_storage_container(tiers, built, resources):
     status, _ = http("PUT", tiers["sto_url"] + "/items/kept")
     assert status < 300
     elapsed, code = stop_seconds(tiers["sto"])
-    assert code == 0 and elapsed < STOP_BUDGET, f"storage stopped in {elapsed:.1f}s with exit code {code}"
+    assert code == 0, f"storage stopped in {elapsed:.1f}s with exit code {code}"
     again = run(resources, f"{PREFIX}-sto2", built["storage"].ref, "-v", f"{tiers['vol']}:/var/lib/storage",
                 "-p", "127.0.0.1::5000", *HARDENED)
     url = f"http://127.0.0.1:{host_port(again, 5000)}"
@@ -246,19 +249,20 @@ def test_items_survive_a_replaced_storage_container(tiers, built, resources):
 
 
 @pytest.mark.parametrize("role", ["app", "loader", "hello"])
-def test_sigterm_stops_each_image_gracefully_and_quickly(role, built, resources):
+def test_sigterm_stops_each_image_gracefully(role, built, resources):
     name = run(resources, f"{PREFIX}-stop-{role}", built[role].ref, "-e", "STO_API=http://127.0.0.1:9",
                *HARDENED)
-    if role != "loader":
+    if role != "loader":  # the server listens: its signal handlers are in place
         port = 5001 if role == "app" else 5000
-        docker("exec", name, "python", "-c",  # wait until the server listens
-               f"import socket,time\nfor _ in range(100):\n try: socket.create_connection(('127.0.0.1',{port}),1); break\n"
-               f" except OSError: time.sleep(0.1)")
-    else:
-        time.sleep(0.5)
+        connect = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+        poll(lambda: docker("exec", name, "python", "-c", connect, check=False).returncode == 0,
+             timeout=60, interval=0.2, what=f"the {role} server listening on :{port}")
+    else:  # its shell set the trap before it started `sleep infinity`
+        poll(lambda: "sleep infinity" in docker("top", name, check=False).stdout, timeout=60, interval=0.2,
+             what="the loader's shell waiting on `sleep infinity`")
     elapsed, code = stop_seconds(name)
     print(f"\n{role}: stopped {elapsed:.2f}s after SIGTERM, exit code {code}")
-    assert code == 0 and elapsed < STOP_BUDGET, f"{role} stopped in {elapsed:.1f}s with exit code {code}"
+    assert code == 0, f"{role} stopped in {elapsed:.1f}s with exit code {code}"
 
 
 def test_hello_image_answers_like_the_seed_first_app(built, resources):
@@ -269,12 +273,12 @@ def test_hello_image_answers_like_the_seed_first_app(built, resources):
     assert http("GET", url + "/info") == (200, {"info": True})
 
 
-def test_storage_owner_init_container_makes_a_root_owned_host_directory_writable(built, resources, tmp_path):
-    """The k8s fix for the root-owned hostPath, run exactly as the manifest runs it."""
+def test_the_volume_owner_init_container_makes_a_root_owned_host_directory_writable(built, resources, tmp_path):
+    """The volume-owner component's fix for a root-owned hostPath, run exactly as the manifest runs it."""
     host_dir = tmp_path / "kubetestpv"
     host_dir.mkdir(mode=0o755)  # as the kubelet creates a DirectoryOrCreate hostPath: root, 0755
     os.chown(host_dir, 0, 0)
-    dep = next(o for o in manifests.render_stage(Settings(), "storage", images={"sto-img": built["storage"].ref})
+    dep = next(o for o in manifests.render_stage(Settings(), "storage", images={"sto-img": built["storage"].ref}, overlay="volume-owner")
                if o["kind"] == "Deployment")
     init = dep["spec"]["template"]["spec"]["initContainers"][0]
     sc = init["securityContext"]
@@ -309,9 +313,11 @@ def test_dev_target_reloads_code_synced_into_app(built, resources):
     # what Tilt's live_update does: write a file into /app as the container user
     docker("exec", name, "sh", "-c", "echo '# synced by tilt' >> /app/storage_api/names.py")
     reloaded = "reload: serving the new code"  # twotier_service.devserver's word for it
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and reloaded not in docker("logs", name).stderr + docker("logs", name).stdout:
-        time.sleep(0.3)
+    def logged() -> bool:
+        logs = docker("logs", name)
+        return reloaded in logs.stderr + logs.stdout
+
+    poll(logged, timeout=60, interval=0.3, what=f"{reloaded!r} in the dev container's log")
     logs = docker("logs", name)
     assert reloaded in logs.stderr + logs.stdout, logs.stderr[-1500:]
     wait_ready(url + "/readyz")
