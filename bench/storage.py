@@ -22,9 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import requests
 
+from tests.support.memory import junk_batch, peak_pss, tree_pss
 from twotier import tables
 from twotier.dev.servers import APP, STORAGE, ServiceProcess
 from twotier.errors import UserError
@@ -58,7 +58,7 @@ def measure_tree(services: Path, label: str, progress=print) -> dict:
         storage = _start(STORAGE, services, {"STO_STORAGE": f"{data}/items"})
         try:
             requests.get(storage.url + "/items", timeout=30)
-            figures = {"label": label, "at_rest": _summed_pss(storage.pid) / 2**20}
+            figures = {"label": label, "at_rest": tree_pss(storage.pid) / 2**20}
             app = _start(APP, services, {"STO_API": storage.url})
             try:
                 for n in (1000, 10000):
@@ -115,37 +115,11 @@ def _probes_under_listing(storage, rounds: int = 5) -> tuple[float, float]:
     return statistics.median(latencies), max(latencies)
 
 
-def _summed_pss(pid: int) -> int:
-    """The memory of a process and its children, shared pages counted once (proportional set
-    size): close to what the container's cgroup is charged for them."""
-    proc = psutil.Process(pid)
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_full_info().pss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def _memory_under_junk(storage) -> float:
-    at_rest = _summed_pss(storage.pid)
-    limit = _largest_body(storage)
-    junk = (b'{"create": [' + b'"ab",' * (limit // 5))[:limit - 6] + b'"ab"]}'
-    peak, stop = [at_rest], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _summed_pss(storage.pid))
-            stop.wait(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    with ThreadPoolExecutor(16) as pool:
+    junk = junk_batch(_largest_body(storage))
+    with peak_pss(storage.pid) as peak, ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda _: requests.post(storage.url + "/items:batch", data=junk, timeout=120,
                                               headers={"Content-Type": "application/json"}), range(32)))
-    stop.set()
-    sampler.join(5)
     return peak[0] / 2**20
 
 

@@ -13,12 +13,12 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
+from tests.support.memory import junk_batch, peak_pss
 from twotier.dev.servers import APP, STORAGE, ServiceProcess
 from twotier.poll import poll
 from twotier.ports import free_port
@@ -102,19 +102,6 @@ def test_headers_are_bounded(storage):
     assert requests.get(storage.url + "/items", timeout=10).status_code == 200
 
 
-def _summed_pss(pid: int) -> int:
-    """The memory of a process and its children, shared pages counted once (proportional set
-    size): close to what the container's cgroup is charged for them."""
-    proc = psutil.Process(pid)
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_full_info().pss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 #: the storage container's memory limit (k8s/storage/deployment.yaml)
 CONTAINER_LIMIT = 256 * 1024 * 1024
 
@@ -124,25 +111,11 @@ def test_concurrent_large_junk_bodies_stay_far_below_the_container_limit(storage
     parsed (a long list of short strings): the processes' summed PSS peaks well under the
     container's limit, and every answer is a JSON 4xx."""
     requests.get(storage.url + "/items", timeout=10)
-    limit = 2 * 1024 * 1024
-    junk = (b'{"create": [' + b'"ab",' * ((limit - 40) // 5) + b'"ab"]}')[:limit - 2] + b"]}"
-    peak, stop = [0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _summed_pss(storage.pid))
-            stop.wait(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        with ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(lambda _: requests.post(
-                storage.url + "/items:batch", data=junk, timeout=60,
-                headers={"Content-Type": "application/json"}).status_code, range(32)))
-    finally:
-        stop.set()
-        sampler.join(5)
+    junk = junk_batch(2 * 1024 * 1024)
+    with peak_pss(storage.pid) as peak, ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: requests.post(
+            storage.url + "/items:batch", data=junk, timeout=60,
+            headers={"Content-Type": "application/json"}).status_code, range(32)))
     assert set(statuses) <= {400, 413}, statuses
     print(f"peak summed PSS of the storage processes: {peak[0] / 2**20:.0f} MiB")
     assert peak[0] < CONTAINER_LIMIT * 0.75

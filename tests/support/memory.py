@@ -1,0 +1,44 @@
+"""A process tree's memory as its container would be charged, for tests and benchmarks."""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import psutil
+
+
+def tree_pss(pid: int) -> int:
+    """Bytes of a process and its children, shared pages counted once (proportional set size):
+    close to what the container's cgroup is charged for them."""
+    proc = psutil.Process(pid)
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+@contextmanager
+def peak_pss(pid: int, every: float = 0.01):
+    """Sample ``tree_pss(pid)`` while the block runs; yields a list whose one value is the peak."""
+    peak, stop = [tree_pss(pid)], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_pss(pid))
+            stop.wait(every)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join(5)
+
+
+def junk_batch(size: int) -> bytes:
+    """A batch body of SIZE bytes that costs the most once parsed: a long list of short strings."""
+    return (b'{"create": [' + b'"ab",' * (size // 5))[:size - 6] + b'"ab"]}'
