@@ -75,7 +75,8 @@ def line(recs: list[dict]) -> str:
         raise SystemExit("no validation records in build/validated: run the e2e tests on the local cluster first")
     parts = []
     for r in recs:
-        runtime = r["container_runtime"].replace("containerd://", "containerd ")
+        name, _, ver = r["container_runtime"].partition("://")
+        runtime = f"{name} v{ver.lstrip('v')}"
         parts.append(f"**Kubernetes {r['kubernetes']}** ({runtime}, etcd {r['etcd']}, CoreDNS {r['coredns']}; "
                      f"{r['date']})")
     os_ = recs[0]["os"].replace("Debian GNU/Linux", "Debian").split(" (")[0]

@@ -49,7 +49,11 @@ def selection_file() -> Path:
 
 
 def selected() -> str:
-    """The release chosen last (the default when none was)."""
+    """The release chosen last (the default when none was); TWOTIER_KUBERNETES overrides it for one
+    command without changing the choice, e.g. to build another release while the cluster runs:
+    TWOTIER_KUBERNETES=v1.35.4 invoke cluster.build."""
+    if os.environ.get("TWOTIER_KUBERNETES"):
+        return os.environ["TWOTIER_KUBERNETES"]
     try:
         v = selection_file().read_text().strip()
     except OSError:
@@ -67,6 +71,10 @@ def effective() -> dict[str, str]:
     version = selected()
     if version == base["KUBERNETES_VERSION"]:
         return base
+    if os.environ.get("TWOTIER_KUBERNETES") == version:  # checked and read now, once
+        from localcluster import build
+
+        return {**base, **resolve(version, env=build.go_env())}
     try:
         return {**base, **parse_env(set_file(version).read_text())}
     except OSError:  # chosen, but its set is gone (cache cleared): the default until cluster.up chooses again

@@ -38,7 +38,7 @@ def test_the_cluster_runs_the_chosen_release_and_it_is_recorded(release, tmp_pat
     nodes = kubectl_json("get", "nodes")["items"]
     info = nodes[0]["status"]["nodeInfo"]
     assert {n["status"]["nodeInfo"]["kubeletVersion"] for n in nodes} == {release["KUBERNETES_VERSION"]}
-    assert info["containerRuntimeVersion"] == f"containerd://{release['CONTAINERD_VERSION']}"
+    assert info["containerRuntimeVersion"] == f"containerd://{release['CONTAINERD_VERSION'].lstrip('v')}"
     path = validated.record(version["serverVersion"]["gitVersion"], info)
     rec = json.loads(path.read_text())
     assert rec["kubernetes"] == release["KUBERNETES_VERSION"] and rec["etcd"] == release["ETCD_VERSION"]

@@ -11,7 +11,7 @@ INFO = {"kubeletVersion": "v1.37.2", "containerRuntimeVersion": "containerd://v2
 
 def rec(tmp_path, version, runtime="v2.4.2"):
     return validated.record(version, {**INFO, "kubeletVersion": version,
-                                      "containerRuntimeVersion": f"containerd://{runtime}"}, records=tmp_path)
+                                      "containerRuntimeVersion": f"containerd://{runtime.lstrip('v')}"}, records=tmp_path)
 
 
 def test_the_line_names_the_default_and_the_oldest_supported_release(tmp_path):

@@ -195,3 +195,15 @@ def test_a_failed_build_leaves_the_running_release_chosen(up_until_preflight, mo
     with pytest.raises(ClusterError):
         localcluster.up(kubernetes="v1.35.4")
     assert versions.selected() == versions.defaults()["KUBERNETES_VERSION"] and calls == []
+
+
+def test_one_command_may_use_another_release_without_changing_the_choice(cluster_dirs, fake_module, monkeypatch):
+    """TWOTIER_KUBERNETES=v1.35.4 invoke cluster.build: builds it while the cluster runs the default."""
+    monkeypatch.setenv("TWOTIER_KUBERNETES", "v1.35.4")
+    monkeypatch.setattr(build, "go_env", lambda environ=None: {})
+    assert L.versions()["KUBERNETES_VERSION"] == "v1.35.4" and L.versions()["ETCD_VERSION"] == "v3.6.6"
+    assert not versions.selection_file().exists()
+    monkeypatch.setenv("TWOTIER_KUBERNETES", "v1.34.4")
+    L.versions.cache_clear()
+    with pytest.raises(ClusterError, match="older than 1.35"):
+        L.versions()
