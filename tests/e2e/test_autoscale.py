@@ -182,11 +182,15 @@ def test_api_dep_scales_out_and_in_under_load_without_a_failed_request(autoscale
     scale_in = load.summary(light.stats.window(0, after_from))
     after = load.summary(light.stats.window(after_from))
 
-    report = (f"autoscale: 1 -> {max_ready} -> 1 replicas; second replica serving {to_second_serving:.0f}s "
-              f"after the load started; back to one replica {to_one:.0f}s after it ended\n"
-              f"  before (1 worker):   {before}\n  heavy ({HEAVY} workers): {heavy_total}\n"
-              f"  during (scaled out): {during}\n  scale-in (1 worker): {scale_in}\n  after (1 worker):    {after}")
-    print(report)
+    def line(name: str, s: dict) -> str:
+        return (f"  {name:<22} {s['requests']:>6} requests, {s['failures']} failed, p50 {s['p50_ms'] or 0:.0f} ms, "
+                f"p99 {s['p99_ms'] or 0:.0f} ms")
+
+    report = "\n".join([
+        f"autoscale: 1 -> {max_ready} -> 1 replicas; second replica serving {to_second_serving:.0f}s after the load "
+        f"started; back to one replica {to_one:.0f}s after it ended",
+        line("before (1 worker)", before), line(f"heavy ({HEAVY} workers)", heavy_total),
+        line("  of which scaled out", during), line("scale-in (1 worker)", scale_in), line("after (1 worker)", after)])
     request.config.pluginmanager.get_plugin("terminalreporter").write_line(report)
 
     assert max_ready >= 2 and new_pods
