@@ -107,7 +107,7 @@ def _build_one(comp: str, step: str, lock_fd: int, env: dict, progress, script: 
 
 
 def main(argv: list[str]) -> int:
-    """`python -m localcluster.build COMPONENT...` (localcluster/bin/tilt): progress on stderr."""
+    """Build COMPONENT... with progress on stderr (localcluster/bin/tilt, on first use)."""
     import sys
 
     try:
@@ -116,9 +116,3 @@ def main(argv: list[str]) -> int:
         print(f"error: {err.message}" + (f"\nhint: {err.hint}" if err.hint else ""), file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main(sys.argv[1:]))
