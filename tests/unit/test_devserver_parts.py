@@ -1,22 +1,61 @@
-"""twotier_service.devserver's pure parts: which files count as code, the syntax check that keeps
-the old code serving, the settle wait that lets a whole Tilt sync land before a reload."""
+"""twotier_service.devserver's parts: which files count as code, the syntax check that keeps the
+old code serving, the settle wait that lets a whole Tilt sync land before a reload, the code a
+new worker imports afresh."""
 from __future__ import annotations
 
-import time
+import sys
+import threading
+import types
 
 from twotier_service import devserver
 
 
-def supervisor(tmp_path, exclude=()):
-    return devserver.Supervisor("127.0.0.1", 0, set(exclude), [str(tmp_path)])
+def watcher(tmp_path, exclude=()):
+    return devserver.Watcher([str(tmp_path)], set(exclude))
+
+
+class Event:
+    def __init__(self, event_type, src_path, dest_path="", is_directory=False):
+        self.event_type, self.src_path, self.dest_path, self.is_directory = (
+            event_type, src_path, dest_path, is_directory)
 
 
 def test_only_python_sources_outside_excluded_dirs_count(tmp_path):
-    sup = supervisor(tmp_path, exclude=[str(tmp_path / "data")])
-    assert sup._relevant(str(tmp_path / "app_api" / "routes.py"))
-    assert not sup._relevant(str(tmp_path / "app_api" / "__pycache__" / "routes.cpython-311.py"))
-    assert not sup._relevant(str(tmp_path / "data" / "item.py"))  # items are data, not code
-    assert not sup._relevant(str(tmp_path / "README.md"))
+    w = watcher(tmp_path, exclude=[str(tmp_path / "data")])
+    assert w.relevant(str(tmp_path / "app_api" / "routes.py"))
+    assert not w.relevant(str(tmp_path / "app_api" / "__pycache__" / "routes.cpython-311.py"))
+    assert not w.relevant(str(tmp_path / "data" / "item.py"))  # items are data, not code
+    assert not w.relevant(str(tmp_path / "README.md"))
+
+
+def test_events_collect_changed_code_and_a_move_counts_by_its_destination(tmp_path):
+    w = watcher(tmp_path)
+    w.on_event(Event("opened", str(tmp_path / "a.py")))  # reading a file is no change
+    w.on_event(Event("modified", str(tmp_path / "pkg"), is_directory=True))
+    assert not w.pending.is_set()
+    w.on_event(Event("moved", str(tmp_path / ".a.py.swp"), str(tmp_path / "a.py")))  # an editor's save
+    w.on_event(Event("closed", str(tmp_path / "b.py")))
+    assert w.pending.is_set()
+    assert w.settle() == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
+    assert not w.changed
+
+
+def test_settle_waits_for_events_to_stop_and_takes_those_that_came_meanwhile(tmp_path):
+    w = watcher(tmp_path)
+    first, later = str(tmp_path / "a.py"), str(tmp_path / "b.py")
+    w.on_event(Event("modified", first))
+    calls = []
+    wait = w.pending.wait
+
+    def wait_and_deliver(timeout):  # the burst's next event arrives during the first quiet wait
+        if not calls:
+            w.on_event(Event("modified", later))
+        calls.append(timeout)
+        return wait(timeout)
+
+    w.pending.wait = wait_and_deliver
+    assert w.settle() == [first, later]
+    assert calls[0] == calls[-1] == devserver.SETTLE_S and len(calls) == 2
 
 
 def test_syntax_errors_name_the_file_and_line_and_deleted_files_pass(tmp_path):
@@ -28,19 +67,22 @@ def test_syntax_errors_name_the_file_and_line_and_deleted_files_pass(tmp_path):
     assert errors[0].startswith(f"SyntaxError in {bad}:2")
 
 
-def test_settle_returns_only_after_a_quiet_time_since_the_last_event(tmp_path):
-    sup = supervisor(tmp_path)
-    path = str(tmp_path / "a.py")
-    with sup.lock:
-        last = sup.changed[path] = time.monotonic()
-    assert sup._settle() == [path]
-    assert time.monotonic() - last >= devserver.SETTLE_S  # the whole sync had time to land
-    assert not sup.changed
-
-
 def test_watch_roots_collapse_nested_dirs_and_skip_excluded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     roots = devserver._watch_roots({"/usr", "/opt/venv", str(tmp_path / "data")})
     assert str(tmp_path) in roots
     assert not any(r.startswith(str(tmp_path) + "/") for r in roots)
     assert not any(r == "/usr" or r.startswith("/usr/") for r in roots)
+
+
+def test_a_new_worker_forgets_the_code_modules_but_keeps_main_and_libraries(tmp_path, monkeypatch):
+    code = types.ModuleType("app_code")
+    code.__file__ = str(tmp_path / "app_code" / "__init__.py")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(tmp_path / "app_code" / "__main__.py")
+    monkeypatch.setitem(sys.modules, "app_code", code)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    devserver._forget_modules([str(tmp_path)])
+    assert "app_code" not in sys.modules  # imported again from disk by the new worker
+    assert sys.modules["__main__"] is main
+    assert "threading" in sys.modules and sys.modules["threading"] is threading

@@ -1,57 +1,62 @@
-"""The reloading dev server (``python -m <package> --dev``): a supervisor that never stops answering.
+"""The reloading dev server (``python -m <package> --dev``): production's server, new workers on a save.
 
-Why not Werkzeug's reloader: on a change it ends the serving process and re-executes it, so
-nothing answers until the new process has imported everything again (seconds on a CPU-limited,
-busy pod; in-flight requests are cut), it restarts once per file event (a Tilt sync, which is
-`tar -x` in the container, produces several: unlink, create, write, close, utime), and when the
-new code does not import (a syntax error saved, or a file seen half-synced) the whole server
-exits, so the container dies and the kubelet restarts it.
+It is granian with the RSGI bridge (``twotier_service.rsgi``), exactly as in production, run by a
+small subclass of granian's server that changes three things:
 
-Here (blue/green in one container):
+- the master process holds the one listening socket and every worker accepts from it (granian
+  on Linux gives each worker its own ``SO_REUSEPORT`` socket, so connections queued on a
+  retiring worker's socket are reset). With no worker accepting, a connection waits in the
+  backlog: it is never refused;
+- a reload is blue/green: granian's graceful respawn (SIGHUP) starts a new worker beside the
+  old one, and here the old one is retired only once the new one serves. A new worker imports
+  the service's code from disk and builds the app; if that fails (an import error, a bad
+  setting) its error is logged and the old worker goes on serving. A retiring worker first
+  stops accepting, then finishes what it accepted: granian's own shutdown would close a
+  connection accepted an instant before, whose request had not arrived yet;
+- a watcher thread in the master (watchdog, inotify) sends that SIGHUP when a ``.py`` file
+  under the code's directories changes (``SETTLE_S`` after the last event, so that a whole
+  Tilt sync, which is ``tar -x`` in the container, has landed), unless a changed file does not
+  compile: then it logs ``not reloading: SyntaxError in <file>:<line>`` and the old code
+  serves on. Python's installation, the virtualenv and the app's ``RELOAD_EXCLUDE`` (the
+  storage tier's items) are not watched.
 
-- the supervisor (the process started, PID 1 in a container) binds the listening socket once and
-  keeps it for its whole life, so a connection is never refused;
-- a worker (a fresh interpreter, the same command line) imports the code, builds the app and
-  serves on that inherited socket; it tells the supervisor when it is ready;
-- on a change to a ``.py`` file the supervisor waits until the files have been quiet for
-  ``SETTLE_S`` (the whole sync has landed), compiles the changed files (a syntax error is
-  reported and the running code keeps serving), then starts a new worker *while the old one
-  keeps serving*; only when the new one is ready does the old one stop accepting, finish its
-  in-flight requests and exit. A new worker that fails (an import error, an exception while the
-  app is built) is reported and the old one goes on serving; the next save tries again.
-
-Debugging (``TWOTIER_DEBUG_PORT``): each worker, once it is the serving one, starts debugpy's
-adapter on that port (all addresses in the container; Tilt forwards it to 127.0.0.1). A reload
-ends the debug session with the old worker (its adapter is stopped when it retires); attach
-again (the breakpoints come with the client).
+Debugging (``TWOTIER_DEBUG_PORT``): the dev server runs one worker, and that worker runs
+debugpy's adapter in-process on 127.0.0.1 (a port-forward reaches it). A retiring worker ends
+its debug session at once, and the new worker's debugger takes the port as soon as it is free.
+A change to this file itself takes effect when the dev server restarts.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import importlib
+import importlib.util
+import linecache
+import multiprocessing
 import os
-import selectors
+import select
 import signal
 import socket
-import socketserver
-import subprocess
 import sys
 import threading
 import time
+from functools import partial
+from multiprocessing.connection import wait as wait_ended
+
+from granian._granian import SocketHolder
+from granian.server.mp import MPServer
 
 #: quiet time after the last file event before a reload (a sync is a burst of events)
-SETTLE_S = 0.3
+SETTLE_S = 0.1
 #: longest wait for the burst to end (a steady stream of writes still reloads eventually)
 SETTLE_MAX_S = 5.0
-#: how long a new worker may take to import and build the app
+#: how long a new worker may take to import the code and build the app
 START_TIMEOUT_S = 120.0
-#: how long a retiring worker may take to finish its in-flight requests
-DRAIN_TIMEOUT_S = 10.0
-
-ENV_FD = "TWOTIER_DEV_LISTEN_FD"  # set for workers: the inherited listening socket
-ENV_READY_FD = "TWOTIER_DEV_READY_FD"  # set for workers: write b"ready" there when serving
+#: between a retiring worker's last accept and its shutdown: a connection accepted an instant
+#: before has sent its request by then (granian's shutdown closes one that has not)
+HANDOVER_S = 0.1
 ENV_DEBUG_PORT = "TWOTIER_DEBUG_PORT"  # debugpy's port in the container (empty: no debugger)
-ENV_SUPERVISOR = "TWOTIER_DEV_SUPERVISOR_PID"  # set for workers: their supervisor
+#: where debugpy listens: never 0.0.0.0 (any pod could attach and run code)
+DEBUG_HOST = "127.0.0.1"
 
 
 def log(message: str) -> None:
@@ -59,71 +64,174 @@ def log(message: str) -> None:
 
 
 def run(app, host: str, port: int, exclude: set[str]) -> int:
-    """Entry point from serving._run_dev: worker or supervisor, by environment."""
-    if os.environ.get(ENV_FD):
-        return _worker(app, host, port)
-    return Supervisor(host, port, exclude, _watch_roots(exclude)).run()
+    """Entry point from serving._run_dev (APP: built once, for its RELOAD_EXCLUDE)."""
+    from twotier_service.serving import PACKAGE_ENV, PREFIX_ENV, server_options
+
+    options = server_options(host, port, os.environ[PREFIX_ENV], os.environ[PACKAGE_ENV], os.environ)
+    options["workers"] = 1  # one process to debug, one to reload
+    roots = _watch_roots(exclude)
+    # the workers are forks of this process (its imports warm), whatever Python's default is
+    multiprocessing.set_start_method("fork", force=True)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # a worker's "retire" until it listens for it
+    server = DevServer(roots, **options)
+    Watcher(roots, exclude).start()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    log(f"dev server on http://{shown}:{port} (granian; reloads on a change to a .py file under "
+        f"{', '.join(roots)})")
+    server.serve(target_loader=server.worker_app, wrap_loader=False)
+    return 0
 
 
-# ---------------------------------------------------------------------------------- the worker
+# -------------------------------------------------------------------------- the granian master
 
-def _die_with_supervisor() -> None:
-    """A worker must not outlive a supervisor killed with SIGKILL (it would hold the port)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if str(os.getppid()) != os.environ.get(ENV_SUPERVISOR, ""):
-        sys.exit(0)  # the supervisor died before the line above took effect
+class DevServer(MPServer):
+    """granian's multi-process server with a master-held socket and blue/green respawns."""
+
+    def __init__(self, roots: list[str], **options):
+        super().__init__(**options)
+        self.roots = roots
+
+    def _init_shared_socket(self) -> None:
+        family = socket.AF_INET6 if ":" in self.bind_addr else socket.AF_INET
+        self._sso = socket.create_server((self.bind_addr, self.bind_port), family=family,
+                                         backlog=self.backlog)
+        self._sfd = self._sso.fileno()
+        self._ssp, self._shd = None, SocketHolder(self._sfd, False, self.backlog)
+
+    def worker_app(self, ready_fd: int | None = None):
+        """In a new worker: the service's code as it is on disk now, behind the RSGI bridge."""
+        _forget_modules(self.roots)
+        from twotier_service import rsgi  # the fresh copy
+
+        return _DevApp(rsgi.app_from_env(), self._sfd, ready_fd)
+
+    def _respawn_workers(self, workers, spawn_target, target_loader, delay: float = 0) -> None:
+        """granian's respawn (a reload, or a worker that died), blue/green: new workers first."""
+        started = time.monotonic()
+        reload = any(_alive(self.wrks[idx]) for idx in workers)
+        new = [self._start(idx, spawn_target, target_loader) for idx in workers]
+        if not all([self._serving(wrk, ready) for wrk, ready in new]):
+            for wrk, _ in new:
+                wrk.kill()
+                wrk.join()
+            if not self.interrupt_signal:
+                keep = "the previous code keeps serving" if reload else "nothing serves"
+                log(f"the new code did not start (its error is above); {keep}; fix it and save again")
+            return
+        old = []
+        for wrk, _ in new:
+            old.append(self.wrks[wrk.idx])
+            self.wrks[wrk.idx] = wrk
+            wrk.interrupt_by_parent = False  # from now on, its exit is a crash
+        why = "reload" if reload else "restart"
+        pids = ", ".join(str(wrk.inner.pid) for wrk, _ in new)
+        log(f"{why}: serving the new code (worker pid {pids}) after {time.monotonic() - started:.2f}s")
+        self._retire([wrk for wrk in old if _alive(wrk)])
+
+    def _start(self, idx: int, spawn_target, target_loader):
+        ready_r, ready_w = os.pipe()
+        wrk = self._spawn_worker(idx=idx, target=spawn_target,
+                                 callback_loader=partial(target_loader, ready_fd=ready_w))
+        wrk.interrupt_by_parent = True  # an exit before it serves is a failed start, not a crash
+        wrk.start()
+        os.close(ready_w)
+        return wrk, ready_r
+
+    def _serving(self, wrk, ready_r: int) -> bool:
+        """True once WRK says it serves; False if it exits first (or hangs, or we stop)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline and not self.interrupt_signal:
+                if select.select([ready_r], [], [], 0.1)[0]:
+                    return os.read(ready_r, 1) == b"1"  # b"": it exited without saying so
+            return False
+        finally:
+            os.close(ready_r)
+
+    def _retire(self, old: list) -> None:
+        for wrk in old:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(wrk.inner.pid, signal.SIGUSR2)  # stop accepting, end the debug session
+        time.sleep(HANDOVER_S)
+        for wrk in old:
+            wrk.terminate()  # granian's graceful stop: in-flight requests finish
+        timeout = self.workers_kill_timeout
+        deadline = time.monotonic() + (timeout or 0)
+        for wrk in old:
+            if not wait_ended([wrk.inner.sentinel], max(0.0, deadline - time.monotonic()) if timeout else None):
+                log(f"worker pid {wrk.inner.pid} did not stop within {timeout}s: killed")
+                wrk.kill()
 
 
-def _worker(app, host: str, port: int) -> int:
-    from werkzeug.serving import make_server
+def _alive(wrk) -> bool:
+    # not is_alive(): granian's own thread may have reaped the process, and then it says True
+    return not wait_ended([wrk.inner.sentinel], 0)
 
-    _die_with_supervisor()
-    srv = make_server(host, port, app, threaded=True, fd=int(os.environ[ENV_FD]))
-    srv.daemon_threads = False  # socketserver then keeps the handler threads, so retiring can wait for them
-    stopping = threading.Event()
-    debugger = _Debugger(os.environ.get(ENV_DEBUG_PORT, "").strip(), stopping)
 
-    def retire(*_):
-        if not stopping.is_set():
-            stopping.set()
-            threading.Thread(target=srv.shutdown, daemon=True).start()  # ends serve_forever
-            threading.Thread(target=debugger.stop, daemon=True).start()
+def _forget_modules(roots: list[str]) -> None:
+    """Drop the modules loaded from ROOTS, so that the next import reads the files again."""
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name != "__main__" and path and _under(os.path.abspath(path), roots):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+    linecache.clearcache()
 
-    signal.signal(signal.SIGTERM, retire)
-    signal.signal(signal.SIGINT, retire)
-    if debugger.port:
-        signal.signal(signal.SIGUSR1, lambda *_: debugger.start())
-    with os.fdopen(int(os.environ[ENV_READY_FD]), "wb") as ready:
-        ready.write(b"ready")
-    # socketserver's loop, not Werkzeug's override, which would then wait for every connection
-    # thread without a limit (an idle keep-alive connection never ends)
-    socketserver.BaseServer.serve_forever(srv, poll_interval=0.1)
-    # Every connection this worker accepted gets its answer, including one accepted just before
-    # the retirement whose request has not reached the app yet: wait for the handler threads
-    # (socketserver keeps them), but not forever, since an idle keep-alive connection never ends.
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    for thread in list(vars(srv).get("_threads") or ()):  # made on the first connection
-        thread.join(max(0.0, deadline - time.monotonic()))
-    sys.stderr.flush()
-    os._exit(0)  # idle keep-alive connection threads must not keep a retired worker alive
+
+def _under(path: str, dirs) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+# ---------------------------------------------------------------------------------- a worker
+
+class _DevApp:
+    """The bridge as a dev worker serves it, with the dev server's signals: it says when it
+    serves (READY_FD), and SIGUSR2 (a newer worker serves) makes it stop accepting: the
+    listening descriptor is swapped for an idle socket, while the master's socket stays."""
+
+    def __init__(self, bridge, listen_fd: int, ready_fd: int | None):
+        self.bridge = bridge
+        self.__rsgi__ = bridge.__rsgi__
+        self.listen_fd, self.ready_fd = listen_fd, ready_fd
+        self.debugger = _Debugger(os.environ.get(ENV_DEBUG_PORT, "").strip())
+
+    def __rsgi_init__(self, loop) -> None:
+        loop.add_signal_handler(signal.SIGUSR2, self._retire)
+        if self.debugger.port:
+            self.debugger.start()
+        if self.ready_fd is not None:
+            loop.call_soon(self._ready)  # runs once the worker's loop runs, granian accepting
+
+    def __rsgi_del__(self, loop) -> None:
+        self.bridge.__rsgi_del__(loop)
+
+    def _ready(self) -> None:
+        os.write(self.ready_fd, b"1")
+        os.close(self.ready_fd)
+
+    def _retire(self) -> None:
+        with socket.socket(socket.AF_UNIX) as idle:
+            idle.bind("")  # an abstract name the kernel picks: nobody connects to it
+            idle.listen(1)
+            idle.setblocking(False)  # as the listening socket: granian's accept() must not block
+            os.dup2(idle.fileno(), self.listen_fd)
+        threading.Thread(target=self.debugger.stop, daemon=True).start()
 
 
 class _Debugger:
-    """debugpy for one worker: listening when the supervisor says this worker serves, ended as
-    soon as it retires.
+    """debugpy for one worker: listening as soon as the port is free, ended when it retires.
 
     The adapter runs inside the worker (``in_process_debug_adapter``), so the port and every
     debug session end with the worker's process. debugpy's default, a separate adapter process,
     outlives the worker while any client is still connected to it (one that connected in the
-    instant of a reload, or never detached): it answers ``initialize`` but never ``attach``, keeps
-    the port from the serving worker's debugger, and is left as a zombie of the supervisor."""
+    instant of a reload, or never detached): it answers ``initialize`` but never ``attach``, and
+    keeps the port from the serving worker's debugger."""
 
     LISTEN_TIMEOUT_S = 60.0  # the retiring worker holds the port until it has stopped its debugger
 
-    def __init__(self, port: str, retiring: threading.Event):
+    def __init__(self, port: str):
         self.port = int(port) if port else 0
-        self.retiring = retiring
+        self.retiring = threading.Event()
         self.lock = threading.Lock()
         self.listening = False
 
@@ -160,6 +268,7 @@ class _Debugger:
 
     def stop(self) -> None:
         """End the debug session and stop listening (threads paused at a breakpoint go on)."""
+        self.retiring.set()
         with self.lock:
             if not self.listening:
                 return
@@ -169,10 +278,6 @@ class _Debugger:
             pydevd.stoptrace()
 
 
-#: where debugpy listens: never 0.0.0.0 (any pod could attach and run code)
-DEBUG_HOST = "127.0.0.1"
-
-
 def _check_free(port: int) -> None:
     """OSError when something listens on PORT (bound as pydevd binds it, then let go)."""
     with socket.socket() as probe:
@@ -180,206 +285,87 @@ def _check_free(port: int) -> None:
         probe.bind((DEBUG_HOST, port))
 
 
-# ------------------------------------------------------------------------------ the supervisor
+# ---------------------------------------------------------------------------- the watcher
 
 def _watch_roots(exclude: set[str]) -> list[str]:
     """The code's directories: the working directory and those of the loaded modules, minus
     Python's own installation, the virtualenv and data directories; nested ones collapse."""
-    def excluded(path: str) -> bool:
-        return any(path == e or path.startswith(e.rstrip("/") + "/") for e in exclude)
-
     dirs = {os.path.abspath(os.getcwd())}
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if path and path.endswith(".py"):
             dirs.add(os.path.dirname(os.path.abspath(path)))
-    dirs = {d for d in dirs if not excluded(d) and os.path.isdir(d)}
-    return sorted(d for d in dirs if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in dirs))
+    dirs = {d for d in dirs if not _under(d, exclude) and os.path.isdir(d)}
+    return sorted(d for d in dirs if not _under(d, dirs - {d}))
 
 
-class Supervisor:
-    def __init__(self, host: str, port: int, exclude: set[str], roots: list[str]):
-        self.host, self.port = host, port
-        self.exclude = {e.rstrip("/") for e in exclude}
+class Watcher:
+    """watchdog's observer on the code's directories; a thread that asks granian for new workers
+    (SIGHUP to this process, granian's master) once the changed files have settled and compile."""
+
+    def __init__(self, roots: list[str], exclude: set[str]):
         self.roots = roots
-        self.changed: dict[str, float] = {}
+        self.exclude = {e.rstrip("/") for e in exclude}
+        self.changed: set[str] = set()
         self.lock = threading.Lock()
-        self.wake_r, self.wake_w = os.pipe()
-        self.current: subprocess.Popen | None = None
-        self.generation = 0
-        self.stop_signal: int | None = None
+        self.pending = threading.Event()
 
-    # -- file events (watchdog thread)
-    def _relevant(self, path: str) -> bool:
-        if not path.endswith(".py") or "/__pycache__/" in path:
-            return False
-        return not any(path == e or path.startswith(e + "/") for e in self.exclude)
-
-    def _on_event(self, event) -> None:
-        if event.event_type in ("opened", "closed_no_write") or event.is_directory:
-            return
-        paths = [p for p in (event.src_path, getattr(event, "dest_path", "")) if p]
-        paths = [os.fsdecode(p) for p in paths]
-        hits = [p for p in paths if self._relevant(p)]
-        if not hits:
-            return
-        with self.lock:
-            for p in hits:
-                self.changed[p] = time.monotonic()
-        with contextlib.suppress(OSError):
-            os.write(self.wake_w, b"x")
-
-    def _start_watching(self):
+    def start(self) -> None:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
-        sup = self
+        watcher = self
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
-                sup._on_event(event)
+                watcher.on_event(event)
 
         observer = Observer()
         for root in self.roots:
             observer.schedule(Handler(), root, recursive=True)
         observer.daemon = True
         observer.start()
-        return observer
+        threading.Thread(target=self._loop, daemon=True, name="reloader").start()
 
-    # -- workers
-    def _spawn(self) -> tuple[subprocess.Popen, int]:
-        ready_r, ready_w = os.pipe()
-        env = dict(os.environ, **{ENV_FD: str(self.sock.fileno()), ENV_READY_FD: str(ready_w),
-                                  ENV_SUPERVISOR: str(os.getpid())})
-        proc = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env,
-                                pass_fds=(self.sock.fileno(), ready_w))
-        os.close(ready_w)
-        return proc, ready_r
+    def relevant(self, path: str) -> bool:
+        return path.endswith(".py") and "/__pycache__/" not in path and not _under(path, self.exclude)
 
-    def _wait_ready(self, proc: subprocess.Popen, ready_r: int) -> bool:
-        """True when the worker said it serves; False when it exited (or hung) before that."""
-        sel = selectors.DefaultSelector()
-        sel.register(ready_r, selectors.EVENT_READ)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        try:
-            while time.monotonic() < deadline and self.stop_signal is None:
-                if sel.select(timeout=0.2):
-                    data = os.read(ready_r, 16)
-                    return data == b"ready"  # b"" = it exited without saying so
-                if proc.poll() is not None:
-                    return False
-            return False
-        finally:
-            sel.close()
-            os.close(ready_r)
-
-    def _retire(self, proc: subprocess.Popen | None) -> None:
-        if proc is None or proc.poll() is not None:
+    def on_event(self, event) -> None:
+        if event.event_type in ("opened", "closed_no_write") or event.is_directory:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(DRAIN_TIMEOUT_S + 5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def _promote(self, proc: subprocess.Popen) -> None:
-        old, self.current = self.current, proc
-        self.generation += 1
-        # It stops accepting now (the new one already does) and may take a while to answer what
-        # it accepted: retire it beside the main loop, which goes on watching files.
-        threading.Thread(target=self._retire, args=(old,), daemon=True, name="retire").start()
-        if os.environ.get(ENV_DEBUG_PORT):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGUSR1)
-
-    def _try_new_worker(self, why: str) -> bool:
-        started = time.monotonic()
-        proc, ready_r = self._spawn()
-        if self._wait_ready(proc, ready_r):
-            self._promote(proc)
-            log(f"{why}: serving the new code (worker pid {proc.pid}, generation {self.generation}) "
-                f"after {time.monotonic() - started:.2f}s")
-            return True
-        if proc.poll() is None:
-            proc.kill()
-        code = proc.wait()
-        if self.stop_signal is None:
-            keep = "the previous code keeps serving" if self.current else "nothing serves yet"
-            log(f"{why}: the new code did not start (exit code {code}, its error is above); {keep}; "
-                "fix it and save again")
-        return False
-
-    # -- main loop
-    def run(self) -> int:
-        self.sock = socket.create_server((self.host, self.port), reuse_port=False, backlog=128)
-        self.sock.set_inheritable(True)
-        shown = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        log(f"dev server on http://{shown}:{self.port} (reloads on a change to a .py file under "
-            f"{', '.join(self.roots)})")
-
-        def stop(signum, _frame):
-            self.stop_signal = signum
-            with contextlib.suppress(OSError):
-                os.write(self.wake_w, b"x")
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        observer = self._start_watching()
-        try:
-            self._loop()
-        finally:
-            observer.stop()
-            self._retire(self.current)
-            self.sock.close()
-        return 0
-
-    def _loop(self) -> None:
-        self._try_new_worker("start")
-        sel = selectors.DefaultSelector()
-        sel.register(self.wake_r, selectors.EVENT_READ)
-        while self.stop_signal is None:
-            sel.select(timeout=0.5)
-            with contextlib.suppress(BlockingIOError):
-                os.set_blocking(self.wake_r, False)
-                os.read(self.wake_r, 4096)
-            if self.stop_signal is not None:
-                return
-            if self.current is not None and self.current.poll() is not None:
-                log(f"the worker exited (code {self.current.returncode}); starting a new one")
-                self.current = None
-                self._try_new_worker("restart")
-                continue
-            if not self.changed:
-                continue
-            paths = self._settle()
-            if self.stop_signal is not None:
-                return
-            for path in paths:
-                log(f"Detected change in {path!r}, reloading")
-            broken = _syntax_errors(paths)
-            if broken:
-                keep = "the previous code keeps serving" if self.current else "nothing serves yet"
-                for message in broken:
-                    log(f"not reloading: {message}; {keep}; fix it and save again")
-                continue
-            self._try_new_worker("reload")
-
-    def _settle(self) -> list[str]:
-        """Wait until no file event came for SETTLE_S (at most SETTLE_MAX_S); take the changes."""
-        first = time.monotonic()
-        while self.stop_signal is None:
+        paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        hits = [p for p in paths if self.relevant(p)]
+        if hits:
             with self.lock:
-                last = max(self.changed.values(), default=0.0)
-            now = time.monotonic()
-            if now - last >= SETTLE_S or now - first >= SETTLE_MAX_S:
+                self.changed.update(hits)
+            self.pending.set()
+
+    def settle(self) -> list[str]:
+        """Wait until no event came for SETTLE_S (at most SETTLE_MAX_S); take the changes."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        while time.monotonic() < deadline:
+            self.pending.clear()
+            if not self.pending.wait(SETTLE_S):
                 break
-            time.sleep(min(SETTLE_S - (now - last), 0.1) if now - last < SETTLE_S else 0.05)
         with self.lock:
             paths = sorted(self.changed)
             self.changed.clear()
         return paths
+
+    def _loop(self) -> None:
+        while True:
+            self.pending.wait()
+            paths = self.settle()
+            for path in paths:
+                log(f"Detected change in {path!r}, reloading")
+            broken = _syntax_errors(paths)
+            for message in broken:
+                log(f"not reloading: {message}; the previous code keeps serving; fix it and save again")
+            if paths and not broken:
+                for path in paths:  # bytecode of a same-size save within the same second is stale
+                    with contextlib.suppress(OSError, ValueError):
+                        os.remove(importlib.util.cache_from_source(path))
+                os.kill(os.getpid(), signal.SIGHUP)
 
 
 def _syntax_errors(paths: list[str]) -> list[str]:

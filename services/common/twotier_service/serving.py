@@ -10,12 +10,11 @@ request bodies are handled on the event loop and only complete requests reach th
 threads. SIGTERM is graceful (in-flight requests finish within the graceful timeout), one
 access-log line per request on stdout, a crashed worker is replaced.
 
-Dev (``--dev`` or ``TWOTIER_DEV=1``): Werkzeug's server run by ``devserver``'s supervisor, which
-watches the code (inotify, watchdog): a change to a ``.py`` file under the working directory
-(the service folder; in the image the code directory, where Tilt's live_update syncs files)
-starts a new worker with the new code while the old one keeps answering, then switches over; a
-syntax or import error keeps the old code serving. Python's own installation and site-packages
-are not watched.
+Dev (``--dev`` or ``TWOTIER_DEV=1``): the same granian and bridge, one worker, run by
+``devserver``: on a change to a ``.py`` file under the working directory (the service folder;
+in the image the code directory, where Tilt's live_update syncs files) a new worker starts with
+the new code beside the old one, which retires once the new one serves; a syntax or import error
+keeps the old code serving. Python's own installation and site-packages are not watched.
 
 Environment (PREFIX is STO for the storage API, API for the application API, HELLO for hello):
   PREFIX_HOST             listen address (default 0.0.0.0)
@@ -100,7 +99,7 @@ def main(*, package: str, title: str, prefix: str, default_port: int,
         if not 1 <= port <= 65535:
             raise ConfigError(f"port must be 1..65535, got {port}")
         if args.dev or truthy(env.get("TWOTIER_DEV")):
-            return _run_dev(factory(), host, port)
+            return _run_dev(factory(), host, port, prefix, package)
         code = _check_in_child(factory, title)
         if code:
             return code
@@ -179,12 +178,14 @@ def _run_granian(host: str, port: int, prefix: str, package: str, env: Mapping) 
     return 0
 
 
-def _run_dev(app, host: str, port: int) -> int:
+def _run_dev(app, host: str, port: int, prefix: str, package: str) -> int:
     from twotier_service import devserver
 
+    env_int(os.environ, f"{prefix}_THREADS", 4, 0)  # fail here, not in every worker
+    os.environ[PACKAGE_ENV] = package  # for the workers' app factory, as in production
+    os.environ[PREFIX_ENV] = prefix
     # Never watch Python's own installation or the virtualenv, nor data directories the app
-    # writes to (an item named "x.py" must not trigger a reload). devserver says why it does not
-    # use Werkzeug's reloader (a reload there stops serving, and a syntax error ends the server).
+    # writes to (an item named "x.py" must not trigger a reload).
     excluded = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     excluded.update(app.config.get("RELOAD_EXCLUDE", ()))
     return devserver.run(app, host, port, {os.path.abspath(p) for p in excluded if p})
