@@ -443,6 +443,17 @@ def bench_reload(c, rounds=6):
     reloadbench.run(_settings(c), rounds=int(rounds))
 
 
+@task(name="devreload", help={"saves": "counted saves per dev server (default 20)",
+                              "before": "the commit whose dev server is compared (default 50adff7, "
+                                        "the Werkzeug supervisor)"})
+@friendly
+def bench_devreload(c, saves=20, before=""):
+    """Save -> new code answering: the dev server beside the supervisor it replaced, on loopback."""
+    from bench import devreload
+
+    print(devreload.format_report(devreload.run(int(saves), before or devreload.DEFAULT_BEFORE)))
+
+
 @task(name="storage", help={"before": "the commit whose services to compare with (default: the one "
                                      "before the storage tier's second round)"})
 @friendly
@@ -453,7 +464,7 @@ def bench_storage(c, before=""):
     print(storagebench.run(before or storagebench.DEFAULT_BEFORE, markdown=False))
 
 
-bench = Collection("bench", bench_all, bench_api, bench_reload, bench_storage, bench_docs)
+bench = Collection("bench", bench_all, bench_api, bench_reload, bench_devreload, bench_storage, bench_docs)
 
 # ---------------------------------------------------------------------------------------------
 # Python dependencies (deps.*): requirements*.in -> requirements*.txt with pip-tools
