@@ -55,15 +55,22 @@ run() {
 }
 need() { [ -f "$1/.complete" ] || { echo "error: $1 is missing: run localcluster/build-binaries.sh cluster first" >&2; exit 1; }; }
 
-KIND=$KC/kind-$KIND_VERSION/kind
+KIND_BIN=$KC/kind-$KIND_VERSION/kind
+# kind runs `docker run --privileged`, which this host's dockerd cannot honour: kind gets docker-shim first on its PATH
+KIND=$KC/kind-$KIND_VERSION/kind-with-shim
 KUBEADM=$KC/kubeadm-$KV/kubeadm
 KUBECTL=$BIN/kubernetes-$KV/kubectl
 
 # ------------------------------------------------------------------------------------------ kind CLI
 build_kind() {
-  [ -x "$KIND" ] && return 0
-  step "kind $KIND_VERSION: go install sigs.k8s.io/kind@$KIND_VERSION"
-  run env GOBIN="$(dirname "$KIND")" nice -n 10 go install "sigs.k8s.io/kind@$KIND_VERSION"
+  if [ ! -x "$KIND_BIN" ]; then
+    step "kind $KIND_VERSION: go install sigs.k8s.io/kind@$KIND_VERSION"
+    run env GOBIN="$(dirname "$KIND_BIN")" nice -n 10 go install "sigs.k8s.io/kind@$KIND_VERSION"
+  fi
+  mkdir -p "$KC/shim"
+  cp "$here/docker-shim" "$KC/shim/docker"
+  printf '#!/bin/sh\nPATH=%s:$PATH exec %s "$@"\n' "$KC/shim" "$KIND_BIN" >"$KIND"
+  chmod +x "$KIND" "$KC/shim/docker"
 }
 kind_module() { (cd "$KC/src" && go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); }
@@ -119,10 +126,14 @@ rootfs() {
 # The exact refs kubeadm's static pods and addons use (and kind's sandbox image: we set it to kubeadm's pause).
 image_list() { "$KUBEADM" config images list --kubernetes-version "$KV" 2>>"$LOG"; }
 image_ref() { image_list | grep -E "/$1:" | head -1; }
+# Docker keeps our images under twotier-kind.local/...: the registry.k8s.io/... tags in this dockerd may
+# belong to the local cluster (its pause image); the node's containerd gets the registry.k8s.io names.
+LOCAL_PREFIX=twotier-kind.local
+local_ref() { echo "$LOCAL_PREFIX/${1#registry.k8s.io/}"; }
 
 # scratch_image REF FILE:DEST... -- ENTRYPOINT is the first file
 scratch_image() {
-  local ref=$1; shift
+  local ref; ref=$(local_ref "$1"); shift
   docker image inspect "$ref" >/dev/null 2>&1 && [ "$(docker image inspect -f '{{index .Config.Labels "twotier.kind"}}' "$ref")" = "$KV" ] && return 0
   local ctx; ctx=$(mktemp -d)
   { echo "FROM scratch"; echo 'ENV PATH=/usr/local/bin:/bin'; echo "LABEL twotier.kind=$KV"; } >"$ctx/Dockerfile"
@@ -162,7 +173,7 @@ build_images() {
   scratch_image "$(image_ref pause)" "$(pause_binary):/pause"
   # kube-proxy runs iptables (nft backend, as the host and the node pick): a minbase with it
   local base; base=$(rootfs kube-proxy-base iptables,conntrack,ipset,kmod)
-  local ref; ref=$(image_ref kube-proxy)
+  local ref; ref=$(local_ref "$(image_ref kube-proxy)")
   local ctx; ctx=$(mktemp -d)
   cp "$BIN/kubernetes-$KV/kube-proxy" "$ctx/"
   printf 'FROM %s\nLABEL twotier.kind=%s\nCOPY kube-proxy /usr/local/bin/kube-proxy\nENTRYPOINT ["/usr/local/bin/kube-proxy"]\n' "$base" "$KV" >"$ctx/Dockerfile"
@@ -170,7 +181,7 @@ build_images() {
   rm -rf "$ctx"
   step "saving the images to $dir"
   for ref in $(image_list); do
-    run sh -c "docker save '$ref' >'$dir/$(basename "${ref%%:*}").tar'"
+    run sh -c "docker save '$(local_ref "$ref")' >'$dir/$(basename "${ref%%:*}").tar'"
   done
   image_list >"$dir/images.txt"
   touch "$dir/.complete"
@@ -208,6 +219,7 @@ FROM $base
 COPY files/ /
 COPY bin/containerd bin/containerd-shim-runc-v2 bin/ctr bin/crictl /usr/local/bin/
 COPY bin/kubelet bin/kubeadm bin/kubectl /usr/bin/
+COPY twotier-entrypoint /usr/local/bin/twotier-entrypoint
 RUN set -e; \
     chmod 0755 /usr/local/bin/* /kind/bin/*; \
     mkdir -p /opt/cni/bin /etc/kubernetes/manifests /etc/cni/net.d; \
@@ -226,7 +238,7 @@ RUN set -e; \
     echo "$KV" >/kind/version
 ENV container=docker
 STOPSIGNAL SIGRTMIN+3
-ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]
+ENTRYPOINT ["/usr/local/bin/twotier-entrypoint", "/sbin/init"]
 EOF
   run docker build -t "$tag-base" "$ctx"
   rm -rf "$ctx"
@@ -242,10 +254,15 @@ EOF
   for f in "$KC/images-$KV"/*.tar; do
     run sh -c "docker exec -i $cid ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - <'$f'"
   done
-  run docker exec "$cid" ctr --namespace=k8s.io images ls -q
+  local ref
+  for ref in $(cat "$KC/images-$KV/images.txt"); do
+    run docker exec "$cid" ctr --namespace=k8s.io images tag --force "$(local_ref "$ref")" "$ref"
+    run docker exec "$cid" ctr --namespace=k8s.io images rm "$(local_ref "$ref")"
+  done
+  run docker exec "$cid" ctr --namespace=k8s.io images ls
   run docker exec "$cid" pkill containerd
   sleep 2
-  run docker commit --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' "$cid" "$tag"
+  run docker commit --change 'ENTRYPOINT [ "/usr/local/bin/twotier-entrypoint", "/sbin/init" ]' "$cid" "$tag"
   step "node image $tag built in $(($(date +%s) - t0))s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))"
 }
 
@@ -282,6 +299,9 @@ create_cluster() {
   local tag; tag=$(node_image_tag)
   cluster_config >"$KC/$CLUSTER.yaml"
   "$KIND" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" >>"$LOG" 2>&1 || true
+  # kind mounts /lib/modules read-only into each node; dockerd makes the host directory when it is
+  # missing (this VM has none): note that, so that delete removes the empty directory again
+  [ -e /lib/modules ] || touch "$KC/.made-lib-modules"
   step "kind create cluster --name $CLUSTER --image $tag --config $KC/$CLUSTER.yaml"
   local t0; t0=$(date +%s)
   run "$KIND" create cluster --name "$CLUSTER" --image "$tag" --config "$KC/$CLUSTER.yaml" \
@@ -289,7 +309,14 @@ create_cluster() {
   step "cluster created in $(($(date +%s) - t0))s; writing the CNI conflist into each node"
   local node cidr
   for node in $("$KIND" get nodes --name "$CLUSTER"); do
-    cidr=$("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get node "$node" -o jsonpath='{.spec.podCIDR}')
+    # the node controller gives each node its pod subnet a few seconds after it registers
+    cidr=""
+    for _ in $(seq 1 120); do
+      cidr=$("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get node "$node" -o jsonpath='{.spec.podCIDR}' 2>>"$LOG" || true)
+      [ -n "$cidr" ] && break
+      sleep 1
+    done
+    [ -n "$cidr" ] || { step "FAILED: node $node got no pod subnet (spec.podCIDR) within 120s"; exit 1; }
     run docker exec -i "$node" sh -c 'cat >/etc/cni/net.d/10-bridge.conflist' <<<"${CNI_CONFLIST/SUBNET/$cidr}"
   done
   step "waiting for the node to be Ready"
@@ -308,6 +335,10 @@ delete_cluster() {
   # kind leaves its `kind` docker network behind; it is ours unless another kind cluster uses it
   if docker network inspect kind >/dev/null 2>&1 && [ -z "$(docker ps -aq --filter network=kind)" ]; then
     docker network rm kind >>"$LOG" 2>&1 || true
+  fi
+  if [ -f "$KC/.made-lib-modules" ] && [ -z "$(docker ps -aq --filter label=io.x-k8s.kind.cluster)" ]; then
+    rmdir /lib/modules 2>/dev/null || true
+    rm -f "$KC/.made-lib-modules"
   fi
 }
 
