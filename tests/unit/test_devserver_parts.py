@@ -1,11 +1,15 @@
 """twotier_service.devserver's parts: which files count as code, the syntax check that keeps the
 old code serving, the settle wait that lets a whole Tilt sync land before a reload, the code a
-new worker imports afresh."""
+new worker imports afresh, a retiring worker's last accept."""
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import threading
 import types
+
+import pytest
 
 from twotier_service import devserver
 
@@ -86,3 +90,18 @@ def test_a_new_worker_forgets_the_code_modules_but_keeps_main_and_libraries(tmp_
     assert "app_code" not in sys.modules  # imported again from disk by the new worker
     assert sys.modules["__main__"] is main
     assert "threading" in sys.modules and sys.modules["threading"] is threading
+
+
+def test_a_retiring_worker_accepts_no_more_while_the_masters_socket_queues(monkeypatch):
+    monkeypatch.delenv(devserver.ENV_DEBUG_PORT, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as master:
+        worker_fd = os.dup(master.fileno())  # the worker's copy of the one listening socket
+        app = devserver._DevApp(types.SimpleNamespace(__rsgi__=None), worker_fd, None)
+        app._retire()
+        with socket.socket(fileno=worker_fd) as worker, \
+                socket.create_connection(master.getsockname(), timeout=5):
+            with pytest.raises(BlockingIOError):
+                worker.accept()  # the worker's descriptor is an idle socket now
+            master.settimeout(5)
+            accepted, _ = master.accept()  # the connection waited for the next worker
+            accepted.close()
