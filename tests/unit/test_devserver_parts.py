@@ -34,11 +34,11 @@ def test_only_python_sources_outside_excluded_dirs_count(tmp_path):
 
 def test_events_collect_changed_code_and_a_move_counts_by_its_destination(tmp_path):
     w = watcher(tmp_path)
-    w.on_event(Event("opened", str(tmp_path / "a.py")))  # reading a file is no change
-    w.on_event(Event("modified", str(tmp_path / "pkg"), is_directory=True))
+    w.on_any_event(Event("opened", str(tmp_path / "a.py")))  # reading a file is no change
+    w.on_any_event(Event("modified", str(tmp_path / "pkg"), is_directory=True))
     assert not w.pending.is_set()
-    w.on_event(Event("moved", str(tmp_path / ".a.py.swp"), str(tmp_path / "a.py")))  # an editor's save
-    w.on_event(Event("closed", str(tmp_path / "b.py")))
+    w.on_any_event(Event("moved", str(tmp_path / ".a.py.swp"), str(tmp_path / "a.py")))  # an editor's save
+    w.on_any_event(Event("closed", str(tmp_path / "b.py")))
     assert w.pending.is_set()
     assert w.settle() == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
     assert not w.changed
@@ -47,13 +47,13 @@ def test_events_collect_changed_code_and_a_move_counts_by_its_destination(tmp_pa
 def test_settle_waits_for_events_to_stop_and_takes_those_that_came_meanwhile(tmp_path):
     w = watcher(tmp_path)
     first, later = str(tmp_path / "a.py"), str(tmp_path / "b.py")
-    w.on_event(Event("modified", first))
+    w.on_any_event(Event("modified", first))
     calls = []
     wait = w.pending.wait
 
     def wait_and_deliver(timeout):  # the burst's next event arrives during the first quiet wait
         if not calls:
-            w.on_event(Event("modified", later))
+            w.on_any_event(Event("modified", later))
         calls.append(timeout)
         return wait(timeout)
 

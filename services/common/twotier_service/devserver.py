@@ -1,29 +1,24 @@
 """The reloading dev server (``python -m <package> --dev``): production's server, new workers on a save.
 
-It is granian with the RSGI bridge (``twotier_service.rsgi``), exactly as in production, run by a
-small subclass of granian's server that changes three things:
+granian with the RSGI bridge (``twotier_service.rsgi``) as in production, one worker, run by a
+subclass of granian's server (docs/dev-loop.md says why each change):
 
-- the master process holds the one listening socket and every worker accepts from it (granian
-  on Linux gives each worker its own ``SO_REUSEPORT`` socket, so connections queued on a
-  retiring worker's socket are reset). With no worker accepting, a connection waits in the
-  backlog: it is never refused;
-- a reload is blue/green: granian's graceful respawn (SIGHUP) starts a new worker beside the
-  old one, and here the old one is retired only once the new one serves. A new worker imports
-  the service's code from disk and builds the app; if that fails (an import error, a bad
-  setting) its error is logged and the old worker goes on serving. A retiring worker first
-  stops accepting, then finishes what it accepted: granian's own shutdown would close a
-  connection accepted an instant before, whose request had not arrived yet;
-- a watcher thread in the master (watchdog, inotify) sends that SIGHUP when a ``.py`` file
-  under the code's directories changes (``SETTLE_S`` after the last event, so that a whole
-  Tilt sync, which is ``tar -x`` in the container, has landed), unless a changed file does not
-  compile: then it logs ``not reloading: SyntaxError in <file>:<line>`` and the old code
-  serves on. Python's installation, the virtualenv and the app's ``RELOAD_EXCLUDE`` (the
-  storage tier's items) are not watched.
+- the master holds the one listening socket, so with no worker accepting a connection waits in
+  the backlog, never refused (granian on Linux gives each worker a ``SO_REUSEPORT`` socket);
+- granian's graceful respawn (SIGHUP) is blue/green: the new worker, a fork that imports the
+  service's code from disk and builds the app, replaces the old one only once it serves; if it
+  fails its error is logged and the old one serves on. A retiring worker stops accepting before
+  granian's shutdown, which would close a connection accepted an instant before its request;
+- a watcher thread (watchdog) sends that SIGHUP ``SETTLE_S`` after the last change to a ``.py``
+  file under the code's directories (a Tilt sync is a burst of events), unless a changed file
+  does not compile (``not reloading: SyntaxError in <file>:<line>``). Python's installation, the
+  virtualenv and the app's ``RELOAD_EXCLUDE`` (the storage tier's items) are not watched.
 
-Debugging (``TWOTIER_DEBUG_PORT``): the dev server runs one worker, and that worker runs
-debugpy's adapter in-process on 127.0.0.1 (a port-forward reaches it). A retiring worker ends
-its debug session at once, and the new worker's debugger takes the port as soon as it is free.
-A change to this file itself takes effect when the dev server restarts.
+``TWOTIER_DEBUG_PORT``: the worker runs debugpy's adapter in-process on 127.0.0.1; a retiring
+worker ends its session at once and the new worker's debugger takes the port when it is free.
+A change to this file takes effect when the dev server restarts. The granian internals
+overridden here are the pinned release's; tests/integration/test_dev_reload_process.py catches
+a change in them.
 """
 from __future__ import annotations
 
@@ -44,6 +39,8 @@ from multiprocessing.connection import wait as wait_ended
 
 from granian._granian import SocketHolder
 from granian.server.mp import MPServer
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
 
 #: quiet time after the last file event before a reload (a sync is a burst of events)
 SETTLE_S = 0.1
@@ -221,11 +218,9 @@ class _DevApp:
 class _Debugger:
     """debugpy for one worker: listening as soon as the port is free, ended when it retires.
 
-    The adapter runs inside the worker (``in_process_debug_adapter``), so the port and every
-    debug session end with the worker's process. debugpy's default, a separate adapter process,
-    outlives the worker while any client is still connected to it (one that connected in the
-    instant of a reload, or never detached): it answers ``initialize`` but never ``attach``, and
-    keeps the port from the serving worker's debugger."""
+    The adapter runs inside the worker (``in_process_debug_adapter``): debugpy's default, a
+    separate adapter process, outlives the worker while a client is still connected to it, and
+    keeps the port from the new worker's debugger."""
 
     LISTEN_TIMEOUT_S = 60.0  # the retiring worker holds the port until it has stopped its debugger
 
@@ -299,11 +294,12 @@ def _watch_roots(exclude: set[str]) -> list[str]:
     return sorted(d for d in dirs if not _under(d, dirs - {d}))
 
 
-class Watcher:
+class Watcher(FileSystemEventHandler):
     """watchdog's observer on the code's directories; a thread that asks granian for new workers
     (SIGHUP to this process, granian's master) once the changed files have settled and compile."""
 
     def __init__(self, roots: list[str], exclude: set[str]):
+        super().__init__()
         self.roots = roots
         self.exclude = {e.rstrip("/") for e in exclude}
         self.changed: set[str] = set()
@@ -311,18 +307,9 @@ class Watcher:
         self.pending = threading.Event()
 
     def start(self) -> None:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        watcher = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):
-                watcher.on_event(event)
-
         observer = Observer()
         for root in self.roots:
-            observer.schedule(Handler(), root, recursive=True)
+            observer.schedule(self, root, recursive=True)
         observer.daemon = True
         observer.start()
         threading.Thread(target=self._loop, daemon=True, name="reloader").start()
@@ -330,7 +317,7 @@ class Watcher:
     def relevant(self, path: str) -> bool:
         return path.endswith(".py") and "/__pycache__/" not in path and not _under(path, self.exclude)
 
-    def on_event(self, event) -> None:
+    def on_any_event(self, event) -> None:
         if event.event_type in ("opened", "closed_no_write") or event.is_directory:
             return
         paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
