@@ -324,6 +324,13 @@ create_cluster() {
   step "node Ready $(($(date +%s) - t0))s after create began"
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" -n kube-system wait --for=condition=Available deployment/coredns --timeout=180s
   step "CoreDNS available $(($(date +%s) - t0))s after create began"
+  # a pod on the CNI network resolves a Service name through CoreDNS (a ClusterIP kube-proxy routes);
+  # the kube-proxy image is the one at hand with a libc resolver (getent)
+  run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" run dns-check --restart=Never --image "$(image_ref kube-proxy)" \
+      --command -- getent hosts kubernetes.default.svc.cluster.local
+  run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" wait --for=jsonpath='{.status.phase}'=Succeeded pod/dns-check --timeout=120s
+  step "a pod resolved kubernetes.default.svc.cluster.local: $("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" logs dns-check | tr -s ' ')"
+  run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" delete pod dns-check --wait=false
   "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get nodes -o wide | tee -a "$LOG"
   "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get pods -A -o wide | tee -a "$LOG"
 }
