@@ -55,7 +55,10 @@ export PATH="$PWD/.venv/bin:$PATH"
 # records base_image: '' (python:3.12-slim). A value already in the file stays unless one is given.
 say "$(python -m twotier.settings record)"
 
-next_steps() { say "in any new shell, one line sets it up: eval \"\$(.venv/bin/invoke cluster.env)\""; }
+next_steps() {
+  say "in any new shell, one line sets it up: eval \"\$(.venv/bin/invoke cluster.env)\""
+  say "(kubectl, invoke and tilt on PATH; tilt builds from source on its first use, once)"
+}
 case "${1:-}" in
   "") say "installed; next: ./bootstrap.sh up   or   ./bootstrap.sh test" ;;
   up) shift; invoke cluster.up && invoke up "$@" && next_steps ;;

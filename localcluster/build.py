@@ -22,9 +22,10 @@ from localcluster.errors import ClusterError
 SCRIPT_NAME = {"cri-tools": "critools"}
 KNOWN = ("etcd", "containerd", "cri-tools", "coredns", "kubernetes", "tilt")
 
-# Cold build times measured on the reference machine (2 cores, empty Go build cache): see the
-# README's "The local cluster" section. Only a rough guide for the person waiting.
-COLD_SECONDS = {"kubernetes": 287, "containerd": 142, "etcd": 96, "coredns": 85, "cri-tools": 60,
+# Cold build times of v1.37.2's set measured on the reference machine (2 cores shared with other
+# work, empty binary cache): docs/local-cluster.md, "Cold build times". Only a rough guide for the
+# person waiting.
+COLD_SECONDS = {"kubernetes": 475, "containerd": 122, "etcd": 33, "coredns": 213, "cri-tools": 63,
                 "tilt": 342}
 
 GO_FALLBACK = Path("/usr/local/go/bin")  # where go.dev's tarball installs it; often not on PATH
