@@ -287,41 +287,59 @@ tilt = Collection("tilt", tilt_ci, tilt_smoke)
 
 @task(name="up", help={"nodes": "number of nodes (default: setting cluster_nodes, 1); adds or removes nodes 2..N",
                         "kubernetes": "Kubernetes release, e.g. v1.35.4 (default: setting cluster_kubernetes, "
-                                      "else localcluster/versions.env's); built once, the cluster is made anew"})
+                                      "else localcluster/versions.env's); built once, the cluster is made anew",
+                        "provider": "'kind': a kind cluster with a node image built here (docs/kind.md); "
+                                    "default: the local cluster"})
 @friendly
-def cluster_up(c, nodes=0, kubernetes=""):
+def cluster_up(c, nodes=0, kubernetes="", provider=""):
     """Start the local Kubernetes cluster (its binaries build once); idempotent."""
     import localcluster
 
     s = _settings(c)
+    if provider == "kind":
+        from localcluster.kind import provider as kind
+        kind.up(nodes=int(nodes) or 1)
+        return
     localcluster.up(nodes=int(nodes) or s.cluster_nodes, kubernetes=kubernetes or s.cluster_kubernetes)
 
 
-@task(name="down", help={"purge": "also delete the local registry's images"})
+@task(name="down", help={"purge": "also delete the local registry's images",
+                          "provider": "'kind': remove the kind cluster's node containers and network"})
 @friendly
-def cluster_down(c, purge=False):
+def cluster_down(c, purge=False, provider=""):
     """Stop the local cluster; remove every process, rule and mount it made."""
     import localcluster
 
+    if provider == "kind":
+        from localcluster.kind import provider as kind
+        return kind.down()
     localcluster.down(purge=purge)
 
 
-@task(name="status")
+@task(name="status", help={"provider": "'kind': the kind cluster's node containers and nodes"})
 @friendly
-def cluster_status(c):
+def cluster_status(c, provider=""):
     """Show the local cluster's processes and node readiness."""
     import localcluster
     from twotier.tables import table
 
+    if provider == "kind":
+        from localcluster.kind import provider as kind
+        print(table(["COMPONENT", "PID", "STATE"], kind.status_rows()))
+        return
     print(table(["COMPONENT", "PID", "STATE"], localcluster.status_rows()))
 
 
-@task(name="kubeconfig")
+@task(name="kubeconfig", help={"provider": "'kind': the kind cluster's kubeconfig"})
 @friendly
-def cluster_kubeconfig(c):
+def cluster_kubeconfig(c, provider=""):
     """Print the local cluster's kubeconfig path: export KUBECONFIG=$(...)."""
     import localcluster
 
+    if provider == "kind":
+        from localcluster.kind import provider as kind
+        print(kind.kubeconfig_path())
+        return
     print(localcluster.kubeconfig_path())
 
 

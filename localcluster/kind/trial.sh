@@ -31,6 +31,7 @@ while IFS='=' read -r key value; do
 done <"$here/../versions.env"
 KIND_VERSION=${KIND_VERSION:-v0.33.0}
 CLUSTER=${KIND_CLUSTER:-twotier-kind-trial}
+NODES=${KIND_NODES:-1}
 CACHE=${TWOTIER_CACHE:-/var/cache/twotier}
 KC=$CACHE/kind
 KV=$KUBERNETES_VERSION
@@ -220,6 +221,7 @@ COPY files/ /
 COPY bin/containerd bin/containerd-shim-runc-v2 bin/ctr bin/crictl /usr/local/bin/
 COPY bin/kubelet bin/kubeadm bin/kubectl /usr/bin/
 COPY twotier-entrypoint /usr/local/bin/twotier-entrypoint
+COPY default-storage.yaml /kind/manifests/default-storage.yaml
 RUN set -e; \
     chmod 0755 /usr/local/bin/* /kind/bin/*; \
     mkdir -p /opt/cni/bin /etc/kubernetes/manifests /etc/cni/net.d; \
@@ -267,7 +269,7 @@ EOF
 }
 
 # ------------------------------------------------------------------------------------------ cluster
-KUBECONFIG_FILE=$KC/$CLUSTER.kubeconfig
+KUBECONFIG_FILE=${KIND_KUBECONFIG:-$KC/$CLUSTER.kubeconfig}
 cluster_config() {
   cat <<EOF
 kind: Cluster
@@ -278,6 +280,7 @@ networking:
   serviceSubnet: 10.96.0.0/16
 nodes:
 - role: control-plane
+$(for _ in $(seq 2 "$NODES"); do echo "- role: worker"; done)
 containerdConfigPatches:
 - |-
   [plugins."io.containerd.grpc.v1.cri"]
@@ -320,8 +323,19 @@ create_cluster() {
     run docker exec -i "$node" sh -c 'cat >/etc/cni/net.d/10-bridge.conflist' <<<"${CNI_CONFLIST/SUBNET/$cidr}"
   done
   step "waiting for the node to be Ready"
+  # each node's bridge knows only its own subnet: a route per other node, via that node's address
+  if [ "$NODES" -gt 1 ]; then
+    local table other ocidr oip
+    table=$("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get nodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.podCIDR} {.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}')
+    for node in $("$KIND" get nodes --name "$CLUSTER"); do
+      while read -r other ocidr oip; do
+        [ "$other" = "$node" ] || [ -z "$ocidr" ] || run docker exec "$node" ip route replace "$ocidr" via "$oip"
+      done <<<"$table"
+    done
+    step "routes between the $NODES nodes' pod subnets added"
+  fi
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" wait --for=condition=Ready node --all --timeout=300s
-  step "node Ready $(($(date +%s) - t0))s after create began"
+  step "$NODES node(s) Ready $(($(date +%s) - t0))s after create began"
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" -n kube-system wait --for=condition=Available deployment/coredns --timeout=180s
   step "CoreDNS available $(($(date +%s) - t0))s after create began"
   # a pod on the CNI network resolves a Service name through CoreDNS (a ClusterIP kube-proxy routes);

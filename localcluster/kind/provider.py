@@ -1,0 +1,105 @@
+"""`invoke cluster.up --provider kind` (issue 19, part 2; started, not finished): a kind cluster whose
+node image is built here from the local cluster's cached binaries (localcluster/kind/trial.sh does
+the building and the `kind create`; docs/kind.md says how and why).
+
+What works: up (1 control-plane node + N-1 workers, bridge CNI with routes between the nodes' pod
+subnets, no default StorageClass), down (the node containers and the `kind` network, nothing else),
+status, kubeconfig. Not done yet: the registry (`local-registry-hosting`, containerd `certs.d`), the
+stock `kindest/node` setting, tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from localcluster import layout as L
+from localcluster.errors import ClusterError
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "trial.sh"
+CLUSTER = "twotier-kind"
+STATE = L.STATE.parent / "kind"           # /var/lib/twotier/kind
+KUBECONFIG = STATE / "kubeconfig"
+CONTEXT = f"kind-{CLUSTER}"
+
+
+def _env(nodes: int = 1) -> dict:
+    return {**os.environ, "KIND_CLUSTER": CLUSTER, "KIND_NODES": str(nodes), "KIND_KUBECONFIG": str(KUBECONFIG),
+            "PATH": os.environ.get("PATH", "") + os.pathsep + "/usr/local/go/bin"}
+
+
+def _script(step: str, nodes: int = 1, progress=print) -> None:
+    """Run trial.sh STEP; its one-line-per-step progress (stderr) goes to PROGRESS."""
+    proc = subprocess.Popen(["bash", str(SCRIPT), step], env=_env(nodes), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail = (tail + [line])[-40:]
+        if line.startswith("[kind-trial"):
+            progress(line.split("] ", 1)[-1])
+    if proc.wait() != 0:
+        raise ClusterError(f"kind: `{SCRIPT.name} {step}` failed:\n" + "\n".join(tail),
+                           hint="the full log is named above; `invoke cluster.down --provider kind` removes a half-made cluster")
+
+
+def _docker_ok() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def node_containers() -> list[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={CLUSTER}",
+                          "--format", "{{.Names}}"], capture_output=True, text=True)
+    return sorted(out.stdout.split()) if out.returncode == 0 else []
+
+
+def up(nodes: int = 1, progress=print) -> float:
+    t0 = time.monotonic()
+    if not _docker_ok():
+        raise ClusterError("kind: dockerd is not running", hint="`invoke cluster.up` (the default provider) starts it")
+    STATE.mkdir(parents=True, exist_ok=True)
+    existing = node_containers()
+    if len(existing) == nodes and KUBECONFIG.exists() and all(r[2] == "Ready" for r in _node_rows()):
+        progress(f"the kind cluster is already up (context {CONTEXT}, {nodes} node{'s' if nodes > 1 else ''})")
+        return time.monotonic() - t0
+    _script("build", nodes, progress)
+    _script("create", nodes, progress)   # deletes a cluster of that name first: kind cannot resize one
+    progress(f"kind cluster {CLUSTER} up in {time.monotonic() - t0:.0f}s (context {CONTEXT}, KUBECONFIG={KUBECONFIG})")
+    return time.monotonic() - t0
+
+
+def down(progress=print) -> None:
+    _script("delete", progress=progress)
+    KUBECONFIG.unlink(missing_ok=True)
+    progress("the kind cluster is down")
+
+
+def kubeconfig_path() -> Path:
+    return KUBECONFIG
+
+
+def _node_rows() -> list[tuple[str, str, str]]:
+    if not KUBECONFIG.exists():
+        return []
+    kubectl = L.kubectl_path()
+    out = subprocess.run([str(kubectl), "--kubeconfig", str(KUBECONFIG), "get", "nodes", "-o", "json"],
+                         capture_output=True, text=True, timeout=20)
+    if out.returncode != 0:
+        return []
+    rows = []
+    for n in json.loads(out.stdout)["items"]:
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+        rows.append((f"node {n['metadata']['name']}", "-", "Ready" if ready else "NotReady"))
+    return rows
+
+
+def status_rows() -> list[tuple[str, str, str]]:
+    rows = []
+    for name in node_containers():
+        state = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}", name],
+                               capture_output=True, text=True).stdout.strip()
+        rows.append((f"container {name}", "-", state or "unknown"))
+    return rows + _node_rows()
