@@ -2,10 +2,11 @@
 node image is built here from the local cluster's cached binaries (localcluster/kind/trial.sh does
 the building and the `kind create`; docs/kind.md says how and why).
 
-What works: up (1 control-plane node + N-1 workers, bridge CNI with routes between the nodes' pod
-subnets, no default StorageClass), down (the node containers and the `kind` network, nothing else),
-status, kubeconfig. Not done yet: the registry (`local-registry-hosting`, containerd `certs.d`), the
-stock `kindest/node` setting, tests.
+What it does: up (1 control-plane node + N-1 workers, bridge CNI with routes between the nodes' pod
+subnets, no default StorageClass, kind's local-registry recipe on localhost:5001 with Debian's
+docker-registry), down (the node and registry containers and the `kind` network, nothing else; the
+registry's data stays), status, kubeconfig. Not done yet: a setting for the provider and for the
+stock `kindest/node` image, `invoke up` pushing to localhost:5001, cluster.env, tests.
 """
 from __future__ import annotations
 
@@ -24,10 +25,13 @@ CLUSTER = "twotier-kind"
 STATE = L.STATE.parent / "kind"           # /var/lib/twotier/kind
 KUBECONFIG = STATE / "kubeconfig"
 CONTEXT = f"kind-{CLUSTER}"
+REGISTRY_PORT = 5001   # kind's recipe; the local cluster's registry keeps localhost:5000
+REGISTRY = f"localhost:{REGISTRY_PORT}"
 
 
 def _env(nodes: int = 1) -> dict:
     return {**os.environ, "KIND_CLUSTER": CLUSTER, "KIND_NODES": str(nodes), "KIND_KUBECONFIG": str(KUBECONFIG),
+            "KIND_REGISTRY": "1", "KIND_REGISTRY_PORT": str(REGISTRY_PORT), "KIND_REGISTRY_DATA": str(STATE / "registry"),
             "PATH": os.environ.get("PATH", "") + os.pathsep + "/usr/local/go/bin"}
 
 
@@ -50,8 +54,8 @@ def _docker_ok() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
-def node_containers() -> list[str]:
-    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={CLUSTER}",
+def node_containers(label: str = "io.x-k8s.kind.cluster") -> list[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--filter", f"label={label}={CLUSTER}",
                           "--format", "{{.Names}}"], capture_output=True, text=True)
     return sorted(out.stdout.split()) if out.returncode == 0 else []
 
@@ -98,7 +102,7 @@ def _node_rows() -> list[tuple[str, str, str]]:
 
 def status_rows() -> list[tuple[str, str, str]]:
     rows = []
-    for name in node_containers():
+    for name in node_containers() + node_containers("io.x-k8s.kind.registry"):
         state = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}", name],
                                capture_output=True, text=True).stdout.strip()
         rows.append((f"container {name}", "-", state or "unknown"))

@@ -270,6 +270,54 @@ EOF
 
 # ------------------------------------------------------------------------------------------ cluster
 KUBECONFIG_FILE=${KIND_KUBECONFIG:-$KC/$CLUSTER.kubeconfig}
+# KIND_REGISTRY=1: a registry container on the kind network, as kind's local-registry recipe has it
+# (site/static/examples/kind-with-registry.sh): 127.0.0.1:$REGISTRY_PORT on the host, $REGISTRY_NAME:5000
+# from the nodes (containerd certs.d), advertised by kube-public/local-registry-hosting (KEP-1755).
+# registry:3 cannot be pulled here: the image is Debian's docker-registry on the kube-proxy base.
+REGISTRY_NAME=${KIND_REGISTRY_NAME:-$CLUSTER-registry}
+REGISTRY_PORT=${KIND_REGISTRY_PORT:-5001}
+REGISTRY_DATA=${KIND_REGISTRY_DATA:-/var/lib/twotier/kind/registry}
+
+start_registry() {
+  command -v docker-registry >/dev/null || { echo "error: docker-registry is missing: apt-get install docker-registry" >&2; exit 1; }
+  local base; base=$(rootfs kube-proxy-base iptables,conntrack,ipset,kmod)
+  local tag; tag=twotier-kind/registry:$(cat /usr/bin/docker-registry <(echo "$base") | sha256sum | cut -c1-12)
+  if ! docker image inspect "$tag" >/dev/null 2>&1; then
+    local ctx; ctx=$(mktemp -d)
+    cp /usr/bin/docker-registry "$ctx/"
+    printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n  delete:\n    enabled: true\nhttp:\n  addr: 0.0.0.0:5000\n' >"$ctx/config.yml"
+    printf 'FROM %s\nCOPY docker-registry /usr/bin/docker-registry\nCOPY config.yml /etc/docker/registry/config.yml\nENTRYPOINT ["/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]\n' "$base" >"$ctx/Dockerfile"
+    run docker build -q -t "$tag" "$ctx"
+    rm -rf "$ctx"
+  fi
+  if [ "$(docker inspect -f '{{.State.Running}} {{.Config.Image}}' "$REGISTRY_NAME" 2>/dev/null)" != "true $tag" ]; then
+    docker rm -f "$REGISTRY_NAME" >>"$LOG" 2>&1 || true
+    mkdir -p "$REGISTRY_DATA"
+    step "registry $REGISTRY_NAME on 127.0.0.1:$REGISTRY_PORT (data $REGISTRY_DATA)"
+    run docker run -d --restart=always --name "$REGISTRY_NAME" --network kind -p "127.0.0.1:$REGISTRY_PORT:5000" \
+        -v "$REGISTRY_DATA:/var/lib/registry" --label "io.x-k8s.kind.registry=$CLUSTER" "$tag"
+  fi
+  local node
+  for node in $("$KIND" get nodes --name "$CLUSTER"); do
+    run docker exec "$node" mkdir -p "/etc/containerd/certs.d/localhost:$REGISTRY_PORT"
+    run docker exec -i "$node" sh -c "cat >/etc/containerd/certs.d/localhost:$REGISTRY_PORT/hosts.toml" \
+        <<<"[host.\"http://$REGISTRY_NAME:5000\"]"
+  done
+  run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" apply -f - <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: local-registry-hosting
+  namespace: kube-public
+data:
+  localRegistryHosting.v1: |
+    host: "localhost:$REGISTRY_PORT"
+    help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
+EOF
+  for _ in $(seq 1 30); do curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1 && break; sleep 1; done
+  run curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/"
+  step "registry localhost:$REGISTRY_PORT advertised (kube-public/local-registry-hosting), reachable from every node"
+}
 cluster_config() {
   cat <<EOF
 kind: Cluster
@@ -345,6 +393,7 @@ create_cluster() {
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" wait --for=jsonpath='{.status.phase}'=Succeeded pod/dns-check --timeout=120s
   step "a pod resolved kubernetes.default.svc.cluster.local: $("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" logs dns-check | tr -s ' ')"
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" delete pod dns-check --wait=false
+  [ -z "${KIND_REGISTRY:-}" ] || start_registry
   "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get nodes -o wide | tee -a "$LOG"
   "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get pods -A -o wide | tee -a "$LOG"
 }
@@ -353,6 +402,7 @@ delete_cluster() {
   [ -x "$KIND" ] || return 0
   step "kind delete cluster --name $CLUSTER"
   "$KIND" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" >>"$LOG" 2>&1 || true
+  docker rm -f "$REGISTRY_NAME" >>"$LOG" 2>&1 || true   # its data stays in $REGISTRY_DATA
   # kind leaves its `kind` docker network behind; it is ours unless another kind cluster uses it
   if docker network inspect kind >/dev/null 2>&1 && [ -z "$(docker ps -aq --filter network=kind)" ]; then
     docker network rm kind >>"$LOG" 2>&1 || true
