@@ -177,20 +177,28 @@ def deployment_ready(dep: dict) -> bool:
             and status.get("updatedReplicas") == want == status.get("replicas") == status.get("readyReplicas"))
 
 
-def stage_deployments(stage: str) -> set[str]:
-    from twotier import shape
+def images_of(deployments) -> dict[str, list[str]]:
+    return {d["metadata"]["name"]: [c["image"] for c in d["spec"]["template"]["spec"]["containers"]]
+            for d in deployments}
 
-    return {t.deployment for t in shape.load().stage(stage).tiers}
+
+def stage_images(stage: str) -> dict[str, list[str]]:
+    """{Deployment: its images} of STAGE as `invoke up` would deploy it from the sources now
+    (content-derived tags: a source changed since the last deploy gives another tag)."""
+    from twotier import settings as settingsmod
+    from twotier.ops import render
+
+    return images_of(o for o in render.render_stage(settingsmod.load(), stage) if o["kind"] == "Deployment")
 
 
 def ensure_stage(stage: str) -> None:
-    """STAGE deployed, rolled out, and nothing else of the project's: `invoke up --stage STAGE`
-    (after `invoke clean` when another stage runs) unless it is so already."""
+    """STAGE deployed from the current sources, rolled out, and nothing else of the project's:
+    `invoke up --stage STAGE` (after `invoke clean` when another stage runs) unless it is so."""
     deployments = project_deployments()
-    names = {d["metadata"]["name"] for d in deployments}
-    if names == stage_deployments(stage) and all(deployment_ready(d) for d in deployments):
+    wanted = stage_images(stage)
+    if images_of(deployments) == wanted and all(deployment_ready(d) for d in deployments):
         return
-    if names:
+    if set(images_of(deployments)) - set(wanted):
         must("clean")
     must("up", "--stage", stage)
 
