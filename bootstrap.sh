@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(docker.io docker-registry containernetworking-plugins debootstrap iptables conntrack iproute2
+APT_PACKAGES=(docker.io docker-registry containernetworking-plugins debootstrap iptables ipset conntrack iproute2
               openssl gcc g++ libc6-dev curl ca-certificates python3-venv
               chromium fonts-liberation)  # the Tilt UI test: headless Chromium, driven by Playwright (pip)
 

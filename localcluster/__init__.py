@@ -30,7 +30,8 @@ COMPONENTS = ["containerd", "etcd", "kube-apiserver", "kube-controller-manager",
 CLUSTER_BUILDS = ["etcd", "containerd", "cri-tools", "coredns", "kubernetes"]
 APT_PACKAGES = {"runc": "runc", "iptables": "iptables", "openssl": "openssl", "gcc": "gcc", "docker": "docker.io",
                 "dockerd": "docker.io", "docker-registry": "docker-registry", "ip": "iproute2",
-                "conntrack": "conntrack", "go": "golang (or Go from go.dev)"}
+                "conntrack": "conntrack", "go": "golang (or Go from go.dev)",
+                "ipset": "ipset"}  # ipset: packed into the policy addon's image (addons.py)
 
 
 def kubeconfig_path() -> Path:
@@ -465,6 +466,7 @@ def _down(progress=print, purge: bool = False) -> None:
     if kp.exists():
         subprocess.run([str(kp), "--cleanup", "--v=0"], capture_output=True)
     rules = netclean.iptables_chains_removed(("CNI-", "KUBE-", "TWOTIER-"))
+    addons.remove_ipsets()  # kube-router's sets, unreferenced now that its KUBE-* chains are gone
     _remove_nodes_network()
     ns = netclean.remove_cni_netns()
     netclean.remove_routes()
