@@ -3,10 +3,10 @@ node image is built here from the local cluster's cached binaries (localcluster/
 the building and the `kind create`; docs/kind.md says how and why).
 
 What it does: up (1 control-plane node + N-1 workers, bridge CNI with routes between the nodes' pod
-subnets, no default StorageClass, kind's local-registry recipe on localhost:5001 with Debian's
+subnets, no default StorageClass, kind's local-registry recipe on localhost:5010 with Debian's
 docker-registry), down (the node and registry containers and the `kind` network, nothing else; the
 registry's data stays), status, kubeconfig. Not done yet: a setting for the provider and for the
-stock `kindest/node` image, `invoke up` pushing to localhost:5001, cluster.env, tests.
+stock `kindest/node` image, `invoke up` pushing to localhost:5010, cluster.env, tests.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ CLUSTER = "twotier-kind"
 STATE = L.STATE.parent / "kind"           # /var/lib/twotier/kind
 KUBECONFIG = STATE / "kubeconfig"
 CONTEXT = f"kind-{CLUSTER}"
-REGISTRY_PORT = 5001   # kind's recipe; the local cluster's registry keeps localhost:5000
+REGISTRY_PORT = 5010   # kind's recipe says 5001: here that is `invoke serve`'s app port; 5000 is the local registry
 REGISTRY = f"localhost:{REGISTRY_PORT}"
 
 

@@ -275,7 +275,8 @@ KUBECONFIG_FILE=${KIND_KUBECONFIG:-$KC/$CLUSTER.kubeconfig}
 # from the nodes (containerd certs.d), advertised by kube-public/local-registry-hosting (KEP-1755).
 # registry:3 cannot be pulled here: the image is Debian's docker-registry on the kube-proxy base.
 REGISTRY_NAME=${KIND_REGISTRY_NAME:-$CLUSTER-registry}
-REGISTRY_PORT=${KIND_REGISTRY_PORT:-5001}
+# not kind's 5001: that is `invoke serve`/`invoke dev`'s app port here (and 5000 the local cluster's registry)
+REGISTRY_PORT=${KIND_REGISTRY_PORT:-5010}
 REGISTRY_DATA=${KIND_REGISTRY_DATA:-/var/lib/twotier/kind/registry}
 
 start_registry() {
