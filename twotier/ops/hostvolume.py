@@ -73,7 +73,7 @@ def _refuse_links(path: str) -> None:
         try:
             if stat.S_ISLNK(os.lstat(current).st_mode):
                 raise UserError(f"{current} is a symbolic link: local-pv's directory {path} is not "
-                                "made through one", hint=f"remove the link, or choose another "
+                                "made through one", hint="remove the link, or choose another "
                                 "hostPath in k8s/storage/pv.yaml")
         except FileNotFoundError:
             return
