@@ -20,7 +20,6 @@ class FakeTier:
 
     def __init__(self, reply: bytes | None, drop_first: int = 0):
         self.reply = reply
-        self.dribble = 0.0  # > 0: send the reply one byte every this many seconds
         self.drop_first = drop_first  # close this many connections at once, unanswered
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -44,9 +43,6 @@ class FakeTier:
                 conn.recv(65536)
                 conn.close()
                 continue
-            if self.dribble:
-                threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
-                continue
             try:
                 conn.recv(65536)
                 conn.sendall(self.reply)
@@ -54,17 +50,6 @@ class FakeTier:
                 pass
             finally:
                 conn.close()
-
-    def _dribble(self, conn):
-        try:
-            conn.recv(65536)
-            for i in range(len(self.reply)):
-                conn.sendall(self.reply[i:i + 1])
-                time.sleep(self.dribble)
-        except OSError:
-            pass
-        finally:
-            conn.close()
 
     def close(self):
         self.sock.close()
