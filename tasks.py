@@ -343,13 +343,17 @@ def cluster_kubeconfig(c, provider=""):
     print(localcluster.kubeconfig_path())
 
 
-@task(name="env")
+@task(name="env", help={"provider": "'kind': KUBECONFIG and the settings invoke up needs on the kind cluster"})
 @friendly
-def cluster_env(c):
+def cluster_env(c, provider=""):
     """Print shell lines for the local cluster: eval "$(invoke cluster.env)" sets KUBECONFIG and
     puts invoke, the pinned kubectl and tilt on PATH."""
     from twotier.dev.shellenv import env_lines
 
+    if provider == "kind":
+        from localcluster.kind import provider as kind
+        print("\n".join(kind.env_lines()))
+        return
     print("\n".join(env_lines()))
 
 

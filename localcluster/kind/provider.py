@@ -5,8 +5,9 @@ the building and the `kind create`; docs/kind.md says how and why).
 What it does: up (1 control-plane node + N-1 workers, bridge CNI with routes between the nodes' pod
 subnets, no default StorageClass, kind's local-registry recipe on localhost:5010 with Debian's
 docker-registry), down (the node and registry containers and the `kind` network, nothing else; the
-registry's data stays), status, kubeconfig. Not done yet: a setting for the provider and for the
-stock `kindest/node` image, `invoke up` pushing to localhost:5010, cluster.env, tests.
+registry's data stays), status, kubeconfig, env (the settings `invoke up` needs on it: 17 PASS,
+tests/e2e/test_kind.py). Not done yet: a setting for the provider and one for the stock
+`kindest/node` image; `invoke up` choosing those settings by itself on a kind context (part 3).
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def up(nodes: int = 1, progress=print) -> float:
     _script("build", nodes, progress)
     _script("create", nodes, progress)   # deletes a cluster of that name first: kind cannot resize one
     progress(f"kind cluster {CLUSTER} up in {time.monotonic() - t0:.0f}s (context {CONTEXT}, KUBECONFIG={KUBECONFIG})")
+    progress("for invoke up on it: eval \"$(invoke cluster.env --provider kind)\", or "
+             + " ".join(f"{k}={v}" for k, v in settings_env(nodes).items()))
     return time.monotonic() - t0
 
 
@@ -83,6 +86,28 @@ def down(progress=print) -> None:
 
 def kubeconfig_path() -> Path:
     return KUBECONFIG
+
+
+def settings_env(nodes: int | None = None) -> dict[str, str]:
+    """What `invoke up` needs on this kind cluster: its kubeconfig, its registry, the volume-owner
+    overlay (local-pv is a hostPath inside a node container: `invoke up` cannot prepare it from the
+    host) and, with workers, local-pv on the first worker (kind taints the control-plane node)."""
+    nodes = len(node_containers()) if nodes is None else nodes
+    env = {"KUBECONFIG": str(KUBECONFIG), "INVOKE_TWOTIER_REGISTRY": REGISTRY, "INVOKE_TWOTIER_OVERLAY": "volume-owner"}
+    if nodes > 1:
+        env["INVOKE_TWOTIER_STORAGE_NODE"] = f"{CLUSTER}-worker"
+    return env
+
+
+def env_lines() -> list[str]:
+    """`eval "$(invoke cluster.env --provider kind)"`: the default provider's lines (PATH with invoke,
+    kubectl, tilt), KUBECONFIG pointing at the kind cluster, and settings_env()."""
+    import shlex
+
+    from twotier.dev.shellenv import env_lines as base_lines
+
+    lines = [line for line in base_lines() if not line.startswith("export KUBECONFIG=")]
+    return [f"export {k}={shlex.quote(v)}" for k, v in settings_env().items()] + lines
 
 
 def _node_rows() -> list[tuple[str, str, str]]:

@@ -72,12 +72,13 @@ def test_registry_advertised_and_no_default_storageclass(kind_cluster):
 
 
 def test_invoke_up_passes_on_kind(kind_cluster):
-    # the kind cluster's registry; the volume-owner overlay, since local-pv is a hostPath inside a node
-    # container, which `invoke up`'s host-side preparation of the directory cannot reach; local-pv on
-    # the worker, since kind taints its control-plane node when there are workers
-    res = invoke("up", env={"KUBECONFIG": str(kind.KUBECONFIG), "INVOKE_TWOTIER_REGISTRY": kind.REGISTRY,
-                            "INVOKE_TWOTIER_OVERLAY": "volume-owner",
-                            "INVOKE_TWOTIER_STORAGE_NODE": f"{kind.CLUSTER}-worker"})
+    # what `invoke cluster.env --provider kind` exports: the kind cluster's kubeconfig and registry; the
+    # volume-owner overlay, since local-pv is a hostPath inside a node container, which `invoke up`'s
+    # host-side preparation of the directory cannot reach; local-pv on the worker, since kind taints
+    # its control-plane node when there are workers
+    env = kind.settings_env()
+    assert env["INVOKE_TWOTIER_STORAGE_NODE"] == f"{kind.CLUSTER}-worker"
+    res = invoke("up", env=env)
     passes = [line for line in res.stdout.splitlines() if line.startswith("PASS")]
     assert len(passes) == 17, res.stdout[-3000:]
 
