@@ -8,7 +8,7 @@ in $CACHE/versions/kubernetes-<version>.env; containerd, which that file does no
 from versions.env's table per minor (CONTAINERD_FOR_1_<minor>). Reading upstream's file rather
 than keeping a table here means a new patch release needs no edit.
 
-The choice is recorded in /var/lib/twotier/kubernetes-version (beside the cluster's state, which
+The choice, with its whole set, is recorded in /var/lib/twotier/kubernetes-version (beside the cluster's state, which
 `cluster.down` removes, and the registry's images, which it keeps): every later command (kubectl
 on PATH, crictl, the builds) uses the release the cluster runs until cluster.up chooses again.
 """
@@ -54,11 +54,17 @@ def selected() -> str:
     TWOTIER_KUBERNETES=v1.35.4 invoke cluster.build."""
     if os.environ.get("TWOTIER_KUBERNETES"):
         return os.environ["TWOTIER_KUBERNETES"]
+    return _chosen_set().get("KUBERNETES_VERSION") or defaults()["KUBERNETES_VERSION"]
+
+
+def _chosen_set() -> dict[str, str]:
+    """The selection file: the chosen release's whole set (KEY=value lines), so that every process
+    reads the same versions whatever its cache directory (a plain version from older runs works too)."""
     try:
-        v = selection_file().read_text().strip()
+        text = selection_file().read_text().strip()
     except OSError:
-        return defaults()["KUBERNETES_VERSION"]
-    return v or defaults()["KUBERNETES_VERSION"]
+        return {}
+    return parse_env(text) if "=" in text else {"KUBERNETES_VERSION": text}
 
 
 def set_file(version: str) -> Path:
@@ -75,6 +81,9 @@ def effective() -> dict[str, str]:
         from localcluster import build
 
         return {**base, **resolve(version, env=build.go_env())}
+    chosen = _chosen_set()
+    if chosen.get("KUBERNETES_VERSION") == version and set(KEYS) <= set(chosen):
+        return {**base, **chosen}
     try:
         return {**base, **parse_env(set_file(version).read_text())}
     except OSError:  # chosen, but its set is gone (cache cleared): the default until cluster.up chooses again
@@ -161,9 +170,10 @@ def select(version: str, env: dict | None = None) -> dict[str, str]:
     version = version.strip() or defaults()["KUBERNETES_VERSION"]
     found = resolve(version, env)
     f = selection_file()
-    if not f.exists() or f.read_text().strip() != version:
+    text = "".join(f"{k}={found[k]}\n" for k in KEYS)
+    if not f.exists() or f.read_text() != text:
         f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(version + "\n")
+        f.write_text(text)
     L.versions.cache_clear()
     return found
 

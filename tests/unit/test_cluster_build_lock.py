@@ -127,6 +127,8 @@ def test_cluster_up_and_down_are_under_the_cluster_lock(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- builds
 
+ETCD = L.versions()["ETCD_VERSION"]  # the chosen release's (localcluster/versions.py)
+
 DRIVER = """
 import sys
 from pathlib import Path
@@ -136,10 +138,10 @@ build.ensure(["etcd"], progress=lambda m: print(m, flush=True), script=Path(sys.
 """
 
 TINY_BUILD = """
-out="$CACHE/bin/etcd-v3.7.0"
+out="$CACHE/bin/etcd-$ETCD_VERSION"
 echo "start $$" >>"$CACHE/builds"
-echo "[build 00:00:00] etcd v3.7.0: compiling" >&2
-echo "go: downloading go.etcd.io/etcd/server/v3 v3.7.0" >&2
+echo "[build 00:00:00] etcd $ETCD_VERSION: compiling" >&2
+echo "go: downloading go.etcd.io/etcd/server/v3 $ETCD_VERSION" >&2
 while [ ! -e "$CACHE/release" ]; do sleep 0.05; done
 mkdir -p "$out" && touch "$out/.complete"
 echo "end $$" >>"$CACHE/builds"
@@ -164,7 +166,7 @@ def test_two_concurrent_builds_build_once_and_the_second_waits(tmp_path):
     out2, _ = second.communicate(timeout=BOUND)
     assert first.returncode == 0 and second.returncode == 0, out1 + out2
     assert [ln.split()[0] for ln in (cache / "builds").read_text().splitlines()] == ["start", "end"]
-    assert "built etcd v3.7.0 in" in out1
+    assert f"built etcd {ETCD} in" in out1
     assert "building" not in out2  # it found the first one's result and built nothing
 
 
@@ -188,10 +190,10 @@ def test_build_script_waits_for_a_python_holder_of_the_same_lock(tmp_path, monke
 def test_progress_shows_the_phases_and_the_log_has_everything(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "CACHE", tmp_path / "cache")
     script = fake_script(tmp_path, """
-        echo "[build 10:00:00] etcd v3.7.0: resolving its Go modules" >&2
+        echo "[build 10:00:00] etcd $ETCD_VERSION: resolving its Go modules" >&2
         for i in $(seq 50); do echo "go: downloading example.com/m$i v1.0.0" >&2; done
-        echo "[build 10:00:01] etcd v3.7.0: compiling" >&2
-        echo "[build 10:00:02] etcd v3.7.0: done" >&2
+        echo "[build 10:00:01] etcd $ETCD_VERSION: compiling" >&2
+        echo "[build 10:00:02] etcd $ETCD_VERSION: done" >&2
         echo "the build's stdout"
         mkdir -p "$TWOTIER_CACHE_BIN" && touch "$TWOTIER_CACHE_BIN/.complete"
     """)
@@ -199,11 +201,11 @@ def test_progress_shows_the_phases_and_the_log_has_everything(tmp_path, monkeypa
     build.ensure(["etcd"], progress=lines.append, script=script,
                  environ=env_with_go(tmp_path, TWOTIER_CACHE_BIN=str(L.bin_dir("etcd"))))
     log = build.log_path("etcd")
-    assert lines[0].startswith("[1/1] building etcd v3.7.0 from source, once (cold: about ")
+    assert lines[0].startswith(f"[1/1] building etcd {ETCD} from source, once (cold: about ")
     assert f"full log: {log}" in lines[0]
-    assert [ln.strip() for ln in lines[1:3]] == ["[build 10:00:00] etcd v3.7.0: resolving its Go modules",
-                                                 "[build 10:00:01] etcd v3.7.0: compiling"]
-    assert lines[3].startswith("[1/1] built etcd v3.7.0 in ")
+    assert [ln.strip() for ln in lines[1:3]] == [f"[build 10:00:00] etcd {ETCD}: resolving its Go modules",
+                                                 f"[build 10:00:01] etcd {ETCD}: compiling"]
+    assert lines[3].startswith(f"[1/1] built etcd {ETCD} in ")
     assert len(lines) == 4  # no `go: downloading` pages
     text = log.read_text()
     assert text.count("go: downloading") == 50 and "the build's stdout" in text

@@ -207,3 +207,12 @@ def test_one_command_may_use_another_release_without_changing_the_choice(cluster
     L.versions.cache_clear()
     with pytest.raises(ClusterError, match="older than 1.35"):
         L.versions()
+
+
+def test_every_process_reads_the_chosen_set_whatever_its_cache(cluster_dirs, fake_module, monkeypatch, tmp_path):
+    """A test or tool with its own TWOTIER_CACHE still sees the release the cluster runs."""
+    chosen = versions.select("v1.35.4")
+    monkeypatch.setattr(L, "CACHE", tmp_path / "another-cache")
+    L.versions.cache_clear()
+    assert {k: L.versions()[k] for k in chosen} == chosen
+    assert versions.selection_file().read_text().startswith("KUBERNETES_VERSION=v1.35.4\n")
