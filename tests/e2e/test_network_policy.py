@@ -150,8 +150,9 @@ def test_only_the_app_tier_and_the_loader_reach_the_storage_api(cluster, image, 
     try:
         sto_ip = kubectl_json("get", "pods", "-l", "run=sto-app")["items"][0]["status"]["podIP"]
         wait_for(lambda: not reaches(other_ns, "stranger", f"http://{sto_ip}:5000/items"), "the policies", 30)
-        # ... but through the NodePort the node's address is the source: why strict mode needs internal-storage
-        assert reaches(other_ns, "stranger", f"http://{node_ip}:31000/items")
+        # through in-svc's NodePort: reported, not asserted (what kube-proxy's rewrite of the source
+        # means for the policy is explained in k8s/README.md); strict mode removes the NodePort
+        via_nodeport = curl(other_ns, "stranger", f"http://{node_ip}:31000/items")
         res = must("up", "--stage", "full", env={"INVOKE_TWOTIER_OVERLAY": "network-policy,internal-storage"})
         lines = res.stdout.splitlines()
         assert len([x for x in lines if x.startswith("PASS")]) >= 16 and not [x for x in lines if x.startswith("FAIL")]
@@ -176,5 +177,6 @@ def test_only_the_app_tier_and_the_loader_reach_the_storage_api(cluster, image, 
     finally:
         kubectl("delete", "pod", "stranger", "--wait=false", check=False)
     report = (f"network-policy: GET /items through in-svc from the loader, 300 sequential requests: "
-              f"{with_policy:.0f}/s with the policies, {without_policy:.0f}/s without (same run)")
+              f"{with_policy:.0f}/s with the policies, {without_policy:.0f}/s without (same run); a stranger "
+              f"through the NodePort with the component alone: curl exit {via_nodeport[0]}, HTTP {via_nodeport[1]}")
     request.config.pluginmanager.get_plugin("terminalreporter").write_line(report)
