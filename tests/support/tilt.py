@@ -281,7 +281,8 @@ def wait_for_marker(urls: list[str], marker: str | None, timeout: float = 120, i
         return None
 
     try:
-        return first[0], poll(everywhere, timeout=timeout, interval=interval, what="the new code answering")
+        answered_everywhere = poll(everywhere, timeout=timeout, interval=interval, what="the new code answering")
+        return first[0], answered_everywhere  # first[0] is set by the time poll returns
     except Timeout:
         got = {u: probe_value(u) for u in urls}
         raise UserError(f"the new code did not answer within {timeout:.0f}s "
