@@ -353,10 +353,16 @@ def _addon_current(addon) -> bool:
     kind, name = addon.workload
     obj = api_get(f"/apis/apps/v1/namespaces/kube-system/{kind.lower()}s/{name}")
     images = [c["image"] for c in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])]
-    if kind == "DaemonSet":  # one pod per node, each on the current template and ready
-        st = obj.get("status", {})
-        want = st.get("desiredNumberScheduled", -1)
-        return addon.image in images and want == node_count() == st.get("numberReady") == st.get("updatedNumberScheduled")
+    if kind == "DaemonSet":  # a ready pod of the pinned image on every node this host runs now
+        # (read from the pods: the DaemonSet's counts lag for a minute after a node is removed)
+        from urllib.parse import quote
+
+        sel = ",".join(f"{k}={v}" for k, v in obj["spec"]["selector"]["matchLabels"].items())
+        pods = api_get(f"/api/v1/namespaces/kube-system/pods?labelSelector={quote(sel)}")["items"]
+        ready = {p["spec"].get("nodeName") for p in pods if not p["metadata"].get("deletionTimestamp")
+                 and addon.image in [c["image"] for c in p["spec"]["containers"]]
+                 and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))}
+        return addon.image in images and {Node(i).name for i in range(1, node_count() + 1)} <= ready
     return addon.image in images and deployment_available("kube-system", name)
 
 
