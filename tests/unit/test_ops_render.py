@@ -204,7 +204,7 @@ def cross_object_problems(objs, namespace="default"):
     return problems
 
 
-@pytest.mark.parametrize(("stage", "overlay"), every_render())
+@pytest.mark.parametrize(("stage", "overlay"), list(every_render()))
 def test_objects_fit_together(stage, overlay):
     assert cross_object_problems(render(stage, overlay)) == []
 
