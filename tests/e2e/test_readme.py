@@ -40,7 +40,8 @@ import pytest
 
 from tests.e2e.conftest import REPO, run_invoke
 
-pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
+# the README's own commands: ./bootstrap.sh alone may take TIMEOUTS["./bootstrap.sh"] (above the suite's 900 s)
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate"), pytest.mark.timeout(2400)]
 
 RUN_LANGUAGES = ("console", "sh")
 NOT_RUN = re.compile(r"<!--\s*not run by the README test:(?P<reason>.*?)-->", re.S)
