@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def iptables_chains_removed(prefixes=("CNI-",)) -> int:
         rules = _sh("iptables", "-t", table, "-S").stdout.splitlines()
         for rule in rules:
             if rule.startswith("-A ") and any(f"-j {p}" in rule or f"-g {p}" in rule for p in prefixes):
-                args = rule.split()
+                args = shlex.split(rule)  # comments are quoted and hold spaces (kube-router's do)
                 args[0] = "-D"
                 if _sh("iptables", "-t", table, *args).returncode == 0:
                     removed += 1
