@@ -34,30 +34,27 @@ _NUMBER = re.compile(r"[0-9]+", re.ASCII)
 @bp.get("/createlist/<number>")
 def createlist(number: str):
     count = _parse_number(number, current_app.config["API_MAX_ITEMS"])
-    deadline = _deadline()
-    names = [str(i) for i in range(count)]
-    createds, faileds = [], []
-    for result in _batches(names, "create", deadline):
-        if isinstance(result, _Stopped):
-            faileds.extend(result.not_done())
-            break
-        createds.extend(result["created"])
-        faileds.extend(result["failed"])
+    createds, faileds = _run([str(i) for i in range(count)], "create", _deadline())
     return jsonify(createds=createds, deleteds=[], faileds=faileds)
 
 
 @bp.get("/clear")
 def clear():
     deadline = _deadline()
-    names = _storage().list_items(deadline)
-    deleteds, faileds = [], []
-    for result in _batches(names, "delete", deadline):
+    deleteds, faileds = _run(_storage().list_items(deadline), "delete", deadline)
+    return jsonify(createds=[], deleteds=deleteds, faileds=faileds)
+
+
+def _run(names: list[str], op: str, deadline: Deadline) -> tuple[list[str], list[str]]:
+    """OP ("create" or "delete") on NAMES in batches: (the names done, the names failed)."""
+    done, faileds = [], []
+    for result in _batches(names, op, deadline):
         if isinstance(result, _Stopped):
             faileds.extend(result.not_done())
             break
-        deleteds.extend(result["deleted"])
+        done.extend(result[f"{op}d"])  # "created" / "deleted"
         faileds.extend(result["failed"])
-    return jsonify(createds=[], deleteds=deleteds, faileds=faileds)
+    return done, faileds
 
 
 class _Stopped:

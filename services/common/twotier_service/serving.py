@@ -48,13 +48,9 @@ class ConfigError(Exception):
 
 
 def env_int(env: Mapping, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
-    raw = env.get(name)
-    if raw is None or str(raw).strip() == "":
+    value = _env_number(env, name, int, "an integer")
+    if value is None:
         return default
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum or (maximum is not None and value > maximum):
         upper = f" and <= {maximum}" if maximum is not None else ""
         raise ConfigError(f"{name} must be >= {minimum}{upper}, got {value}")
@@ -62,16 +58,23 @@ def env_int(env: Mapping, name: str, default: int, minimum: int = 0, maximum: in
 
 
 def env_float(env: Mapping, name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or str(raw).strip() == "":
+    value = _env_number(env, name, float, "a number")
+    if value is None:
         return default
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not value > minimum:
         raise ConfigError(f"{name} must be > {minimum}, got {value}")
     return value
+
+
+def _env_number(env: Mapping, name: str, kind, what: str):
+    """NAME's value converted by KIND, or None when it is unset or blank."""
+    raw = env.get(name)
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        return kind(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
 
 
 def truthy(value: str | None) -> bool:
