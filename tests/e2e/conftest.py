@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import localcluster
+from twotier.poll import poll
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -284,3 +285,8 @@ def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, objec
             return err.code, json.loads(body or b"null")
         except ValueError:
             return err.code, body.decode(errors="replace")
+
+
+def wait_for(check, what: str, timeout: float, every: float = 1.0):
+    """``poll`` in the e2e tests' words: CHECK's truthy value once it comes; TIMEOUT only bounds a hang."""
+    return poll(check, timeout=timeout, what=f"waiting for {what}", interval=every)

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_json, must, run_invoke
+from tests.e2e.conftest import kubectl, kubectl_json, must, run_invoke, wait_for
 from twotier.ops import load
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
@@ -28,17 +28,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 SCALE_OUT_WITHIN = 240   # seconds of heavy load before api-dep must have a second replica serving
 SCALE_IN_WITHIN = 300    # seconds after the heavy load for api-dep to be back at one replica
 HEAVY, LIGHT_PAUSE = 8, 0.5  # heavy: 8 workers flat out; light: 1 worker, a request every 0.5 s
-
-
-def wait_for(check, what: str, timeout: float, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def metrics_answer() -> bool:

@@ -17,27 +17,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_argv, kubectl_json, must
+from tests.e2e.conftest import kubectl, kubectl_argv, kubectl_json, must, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
 OTHER_NS = "twotier-np-e2e"
 REFUSED = {7, 28}  # curl: connection refused (the engine REJECTs), timed out
-
-
-def wait_for(check, what: str, timeout: float, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def engine_ready() -> bool:
