@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.background import repeating
 from twotier.dev.servers import APP, HELLO, STORAGE, ServiceProcess
 from twotier.poll import poll
 from twotier.ports import free_port
@@ -71,24 +72,18 @@ def _dribblers(service, head: bytes, drip: bytes, count: int = HOSTILE, every: f
     socks = [_connect(service) for _ in range(count)]
     for sock in socks:
         sock.sendall(head)
-    stop = threading.Event()
 
-    def drip_loop():
-        deadline = time.monotonic() + 60
-        while not stop.wait(every) and time.monotonic() < deadline:
-            for sock in socks:
-                try:
-                    sock.sendall(drip)
-                except OSError:
-                    pass  # the server gave up on it: fine
+    def send_drip():
+        for sock in socks:
+            try:
+                sock.sendall(drip)
+            except OSError:
+                pass  # the server gave up on it: fine
 
-    thread = threading.Thread(target=drip_loop, daemon=True)
-    thread.start()
     try:
-        yield socks
+        with repeating(send_drip, every, limit=60, first_now=False):
+            yield socks
     finally:
-        stop.set()
-        thread.join(5)
         for sock in socks:
             sock.close()
 

@@ -1,10 +1,11 @@
 """A process tree's memory as its container would be charged, for tests and benchmarks."""
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 
 import psutil
+
+from tests.support.background import repeating
 
 
 def tree_pss(pid: int) -> int:
@@ -23,20 +24,13 @@ def tree_pss(pid: int) -> int:
 @contextmanager
 def peak_pss(pid: int, every: float = 0.01):
     """Sample ``tree_pss(pid)`` while the block runs; yields a list whose one value is the peak."""
-    peak, stop = [tree_pss(pid)], threading.Event()
+    peak = [tree_pss(pid)]
 
     def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], tree_pss(pid))
-            stop.wait(every)
+        peak[0] = max(peak[0], tree_pss(pid))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with repeating(sample, every):
         yield peak
-    finally:
-        stop.set()
-        sampler.join(5)
 
 
 def junk_batch(size: int) -> bytes:
