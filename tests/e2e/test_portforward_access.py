@@ -3,9 +3,12 @@ unreachable on purpose: `invoke up`, `invoke smoke`, `invoke status` and `tilt u
 and out-svc through port-forwards on 127.0.0.1, as on Docker Desktop, kind or minikube on
 macOS/Windows, or a remote cluster, where the node's NodePorts can't be reached.
 
-"Unreachable": while a test runs, iptables rejects every connection whose original destination
-port is 31000 or 31001 (conntrack's view before kube-proxy's DNAT), for the host and for
-forwarded traffic; the rules carry a unique comment and are removed afterwards."""
+"Unreachable": while a test runs, iptables drops every packet whose connection's original
+destination port is 31000 or 31001 (conntrack's view before kube-proxy's DNAT), for the host and
+for forwarded traffic; the rules carry a unique comment and are removed afterwards. They live in
+the mangle table: a filter-table REJECT at the top of INPUT/OUTPUT/FORWARD is not final when the
+NetworkPolicy engine (kube-router) puts its own jump above it and ACCEPTs node-to-pod traffic in
+its chain, whereas a DROP in any table is final."""
 from __future__ import annotations
 
 import contextlib
@@ -34,14 +37,14 @@ def node_ports_blocked():
     added = []
     try:
         for chain, port in rules:
-            spec = [chain, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", str(port), "-m", "comment",
-                    "--comment", tag, "-j", "REJECT", "--reject-with", "tcp-reset"]
-            subprocess.run(["iptables", "-I", *spec], check=True, capture_output=True, timeout=30)
+            spec = ["-t", "mangle", chain, "-p", "tcp", "-m", "conntrack", "--ctorigdstport", str(port),
+                    "-m", "comment", "--comment", tag, "-j", "DROP"]
+            subprocess.run(["iptables", *spec[:2], "-I", *spec[2:]], check=True, capture_output=True, timeout=30)
             added.append(spec)
         yield
     finally:
         for spec in added:
-            subprocess.run(["iptables", "-D", *spec], check=False, capture_output=True, timeout=30)
+            subprocess.run(["iptables", *spec[:2], "-D", *spec[2:]], check=False, capture_output=True, timeout=30)
     leftover = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=30).stdout
     assert tag not in leftover
 
