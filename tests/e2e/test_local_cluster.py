@@ -13,6 +13,7 @@ import pytest
 from localcluster import layout as L
 from tests.e2e.conftest import kubectl, kubectl_json
 from twotier.images import build as images
+from twotier.poll import poll
 
 pytestmark = pytest.mark.cluster
 
@@ -135,7 +136,14 @@ def test_pods_resolve_service_names(probe):
 
 
 def test_cluster_ip_answers_from_a_pod(probe):
-    out = _exec(probe["pod"], "import urllib.request; print(urllib.request.urlopen('http://twotier-probe/x', timeout=5).read().decode())")
+    """Through its own Service (the only endpoint is the pod itself). kube-proxy programs the
+    Service's DNAT a moment after the pod is Ready; a call that wins that race is not answered
+    (with the policy engine, "No route to host" after 3 s), so the check waits for the answer."""
+    code = ("import urllib.request\ntry:\n"
+            "    print(urllib.request.urlopen('http://twotier-probe/x', timeout=5).read().decode())\n"
+            "except OSError as err:\n    print('no answer:', err)")
+    out = poll(lambda: (o := _exec(probe["pod"], code)) and not o.startswith("no answer") and o,
+               timeout=60, interval=1, what="the probe's own Service answering from the pod")
     assert '"path": "/x"' in out
 
 
