@@ -126,15 +126,10 @@ class Store:
 
     def delete(self, name: str) -> bool:
         """Delete one item; True if this call deleted it, False if there was no such item."""
-        path = self._path(name)
-        try:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                return False  # a directory or symlink is not an item: leave it alone
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        _fsync_dir(self.root)
-        return True
+        deleted = _Deletes(self, None)._delete(name)
+        if deleted:
+            _fsync_dir(self.root)
+        return deleted
 
     def batch(self, create: list[str] = (), delete: list[str] = (), key: str | None = None) -> BatchResult:
         """Create then delete many items; per-item outcomes, OS errors reported per item.
