@@ -38,10 +38,10 @@ def settings(cluster):
 
 
 def breakpoint_line() -> int:
-    """In createlist, after the count is parsed and the names are made (a plain statement)."""
+    """In createlist, where the names are made and the batches are about to run."""
     lines = ROUTES.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("def createlist("))
-    return next(i for i, line in enumerate(lines[start:], start) if "createds, faileds = [], []" in line) + 1
+    return next(i for i, line in enumerate(lines[start:], start) if "createds, faileds = _run(names" in line) + 1
 
 
 def stop_at_createlist(session, n: int) -> None:

@@ -34,7 +34,8 @@ _NUMBER = re.compile(r"[0-9]+", re.ASCII)
 @bp.get("/createlist/<number>")
 def createlist(number: str):
     count = _parse_number(number, current_app.config["API_MAX_ITEMS"])
-    createds, faileds = _run([str(i) for i in range(count)], "create", _deadline())
+    names = [str(i) for i in range(count)]
+    createds, faileds = _run(names, "create", _deadline())
     return jsonify(createds=createds, deleteds=[], faileds=faileds)
 
 
