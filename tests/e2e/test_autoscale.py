@@ -22,12 +22,22 @@ import pytest
 
 from tests.e2e.conftest import kubectl, kubectl_json, must, run_invoke, wait_for
 from twotier.ops import load
+from twotier.poll import Timeout
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
 SCALE_OUT_WITHIN = 240   # seconds of heavy load before api-dep must have a second replica serving
 SCALE_IN_WITHIN = 300    # seconds after the heavy load for api-dep to be back at one replica
 HEAVY, LIGHT_PAUSE = 8, 0.5  # heavy: 8 workers flat out; light: 1 worker, a request every 0.5 s
+WINDOW = 30  # requests of the light load measured before the heavy load and after the scale-in
+SETTLE_REQUESTS = 6000  # heavy-load requests kept after a second replica served (about 20 s here: ~300/s)
+
+
+def measured(run: load.Load, count: int, what: str) -> None:
+    """Until RUN has made COUNT more requests: a window measured in requests, bounded in time."""
+    start = len(run.stats.samples)
+    wait_for(lambda: len(run.stats.samples) - start >= count, f"{count} requests of {what}",
+             count * (LIGHT_PAUSE + load.REQUEST_TIMEOUT), every=0.5)
 
 
 def metrics_answer() -> bool:
@@ -117,41 +127,37 @@ def test_api_dep_scales_out_and_in_under_load_without_a_failed_request(autoscale
 
     # before: a light load on one replica
     light = load.Load(host, port, 1, pause=LIGHT_PAUSE).start()
-    time.sleep(15)  # a measurement window, not a synchronisation
+    measured(light, WINDOW, "the light load before the heavy one")
     light.stop()
     before = load.summary(light.stats.samples)
 
-    # heavy load until a new replica is Ready and has served requests, then 20 s more
+    # heavy load until a new replica is Ready and has served requests, then SETTLE_REQUESTS more
     heavy = load.Load(host, port, HEAVY).start()
     start_wall = time.time()
-    max_ready, new_pods, first_served = 1, {}, None
+    seen = {"max_ready": 1}
+    new_pods: dict[str, tuple[int, list[int]]] = {}  # kept: the pods are gone after scale-in
+
+    def record() -> int | None:
+        """Note the replicas and every new Ready pod's log; the first time a new pod served."""
+        seen["max_ready"] = max(seen["max_ready"], replicas()[0])
+        for pod in api_pods():
+            name = pod["metadata"]["name"]
+            if name not in before_pods and ready_since(pod) is not None:
+                new_pods[name] = (ready_since(pod), served_at(name))
+        return min((min(s) for _, s in new_pods.values() if s), default=None)
+
     try:
-        deadline = time.monotonic() + SCALE_OUT_WITHIN
-        while True:
-            max_ready = max(max_ready, replicas()[0])
-            for pod in api_pods():
-                name = pod["metadata"]["name"]
-                if name in before_pods or ready_since(pod) is None:
-                    continue
-                served = served_at(name)
-                new_pods[name] = (ready_since(pod), served)  # kept: the pod is gone after scale-in
-                if served and (first_served is None or min(served) < first_served):
-                    first_served = min(served)
-            if first_served is not None:
-                break
-            assert time.monotonic() < deadline, (
-                f"no second api-dep replica served within {SCALE_OUT_WITHIN}s of load "
-                f"(replicas {replicas()}, HPA {kubectl('get', 'hpa', 'api-dep', '--no-headers')})")
-            time.sleep(2)
+        try:
+            first_served = wait_for(record, f"a second api-dep replica to serve within {SCALE_OUT_WITHIN}s of load",
+                                    SCALE_OUT_WITHIN, every=2)
+        except Timeout as err:
+            raise AssertionError(f"{err.message} (replicas {replicas()}, "
+                                 f"HPA {kubectl('get', 'hpa', 'api-dep', '--no-headers')})") from None
         to_second_serving = first_served - start_wall
-        settle = time.monotonic() + 20
-        while time.monotonic() < settle:  # the load goes on: record every new pod and its log
-            max_ready = max(max_ready, replicas()[0])
-            for pod in api_pods():
-                name = pod["metadata"]["name"]
-                if name not in before_pods and ready_since(pod) is not None:
-                    new_pods[name] = (ready_since(pod), served_at(name))
-            time.sleep(2)
+        # the load goes on: every new pod and its log recorded, over a window of requests
+        settle_from = len(heavy.stats.samples)
+        wait_for(lambda: record() and len(heavy.stats.samples) - settle_from >= SETTLE_REQUESTS,
+                 f"{SETTLE_REQUESTS} more requests of the heavy load", SCALE_OUT_WITHIN, every=2)
     finally:
         heavy.stop()
     heavy_end = time.monotonic()
@@ -165,7 +171,7 @@ def test_api_dep_scales_out_and_in_under_load_without_a_failed_request(autoscale
                  SCALE_IN_WITHIN, every=1)
         to_one = time.monotonic() - heavy_end
         after_from = light.elapsed()
-        time.sleep(15)  # a measurement window after the scale-in
+        measured(light, WINDOW, "the light load after the scale-in")
     finally:
         light.stop()
     scale_in = load.summary(light.stats.window(0, after_from))
@@ -176,13 +182,13 @@ def test_api_dep_scales_out_and_in_under_load_without_a_failed_request(autoscale
                 f"p99 {s['p99_ms'] or 0:.0f} ms")
 
     report = "\n".join([
-        f"autoscale: 1 -> {max_ready} -> 1 replicas; second replica serving {to_second_serving:.0f}s after the load "
+        f"autoscale: 1 -> {seen['max_ready']} -> 1 replicas; second replica serving {to_second_serving:.0f}s after the load "
         f"started; back to one replica {to_one:.0f}s after it ended",
         line("before (1 worker)", before), line(f"heavy ({HEAVY} workers)", heavy_total),
         line("  of which scaled out", during), line("scale-in (1 worker)", scale_in), line("after (1 worker)", after)])
     request.config.pluginmanager.get_plugin("terminalreporter").write_line(report)
 
-    assert max_ready >= 2 and new_pods
+    assert seen["max_ready"] >= 2 and new_pods
     assert heavy_total["failures"] == 0, sorted({s.error for s in heavy.stats.samples if not s.ok})
     assert before["failures"] == scale_in["failures"] == after["failures"] == 0, \
         sorted({s.error for s in light.stats.samples if not s.ok})

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -169,8 +168,6 @@ def test_host_path_pv_binds_and_is_writable(probe):
 def test_logs_and_exec_work(probe):
     with urllib.request.urlopen(f"http://127.0.0.1:{PROBE_NODEPORT}/logged", timeout=5):
         pass
-    deadline = time.monotonic() + 10
-    while "served /logged" not in kubectl("logs", probe["pod"]):
-        assert time.monotonic() < deadline, "the request never appeared in kubectl logs"
-        time.sleep(0.5)
+    poll(lambda: "served /logged" in kubectl("logs", probe["pod"]), timeout=10, interval=0.5,
+         what="the request to appear in kubectl logs")
     assert kubectl("exec", probe["pod"], "--", "id", "-u").strip() == "10001"

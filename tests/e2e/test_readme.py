@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO, run_invoke
+from twotier.poll import Timeout, poll
 
 # the README's own commands: ./bootstrap.sh alone may take TIMEOUTS["./bootstrap.sh"] (above the suite's 900 s)
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate"), pytest.mark.timeout(2400)]
@@ -211,12 +212,10 @@ class Terminal:
     def close(self) -> None:
         try:
             self.send("exit")
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if os.waitpid(self.pid, os.WNOHANG)[0]:
-                    break
-                time.sleep(0.1)
-            else:
+            try:
+                poll(lambda: os.waitpid(self.pid, os.WNOHANG)[0], timeout=10, interval=0.1,
+                     what="the README's shell to exit")
+            except Timeout:
                 os.kill(self.pid, signal.SIGKILL)
                 os.waitpid(self.pid, 0)
         except (OSError, ChildProcessError):

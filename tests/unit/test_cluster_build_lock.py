@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from localcluster import build, lock
 from localcluster import layout as L
 from localcluster.errors import ClusterError
+from twotier.poll import poll
 
 REPO = Path(__file__).resolve().parents[2]
 BOUND = 30  # seconds any child process may take before the test fails
@@ -38,45 +38,40 @@ def env_with_go(tmp_path: Path, **extra) -> dict:
 
 
 def wait_for(predicate, what: str, timeout: float = BOUND):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return poll(predicate, timeout=timeout, interval=0.05, what=f"waiting for {what}")
 
 
 # --------------------------------------------------------------------------- the lock itself
 
+# A holder given "hold" keeps the lock until a line (or EOF: the test is gone) on its stdin.
 HOLDER = """
-import sys, time
+import sys
 from pathlib import Path
 from localcluster import lock
 events = Path(sys.argv[2])
 with lock.hold(Path(sys.argv[1]), "build", progress=lambda m: print(m, flush=True)):
     with events.open("a") as f: f.write(f"{sys.argv[3]} acquired\\n")
-    release = Path(sys.argv[4]) if len(sys.argv) > 4 else None
-    deadline = time.monotonic() + 20
-    while release is not None and not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    if sys.argv[4:] == ["hold"]:
+        sys.stdin.readline()
     with events.open("a") as f: f.write(f"{sys.argv[3]} released\\n")
 """
 
 
 def spawn(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", HOLDER, *map(str, args)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_a_second_holder_waits_names_the_first_and_goes_on_after_it(tmp_path):
-    path, events, release = tmp_path / "x.lock", tmp_path / "events", tmp_path / "release"
-    first = spawn(path, events, "first", release)
+    path, events = tmp_path / "x.lock", tmp_path / "events"
+    first = spawn(path, events, "first", "hold")
     wait_for(lambda: events.exists() and "first acquired" in events.read_text(), "the first holder")
     second = spawn(path, events, "second")
     # The second says it waits, for whom, and does not get the lock while the first holds it.
     line = second.stdout.readline()
     assert line.strip() == f"waiting for another build (pid {first.pid}) to finish ..."
     assert events.read_text().splitlines() == ["first acquired"]
-    release.touch()
-    out_first, _ = first.communicate(timeout=BOUND)
+    out_first, _ = first.communicate("\n", timeout=BOUND)  # the release
     out_second, _ = second.communicate(timeout=BOUND)
     assert first.returncode == 0 and second.returncode == 0, out_first + out_second
     assert events.read_text().splitlines() == ["first acquired", "first released",
@@ -86,8 +81,8 @@ def test_a_second_holder_waits_names_the_first_and_goes_on_after_it(tmp_path):
 
 
 def test_a_killed_holder_releases_the_lock(tmp_path):
-    path, events, release = tmp_path / "x.lock", tmp_path / "events", tmp_path / "never"
-    first = spawn(path, events, "first", release)
+    path, events = tmp_path / "x.lock", tmp_path / "events"
+    first = spawn(path, events, "first", "hold")
     wait_for(lambda: events.exists() and "first acquired" in events.read_text(), "the first holder")
     first.kill()
     first.wait(timeout=BOUND)
@@ -142,7 +137,7 @@ out="$CACHE/bin/etcd-$ETCD_VERSION"
 echo "start $$" >>"$CACHE/builds"
 echo "[build 00:00:00] etcd $ETCD_VERSION: compiling" >&2
 echo "go: downloading go.etcd.io/etcd/server/v3 $ETCD_VERSION" >&2
-while [ ! -e "$CACHE/release" ]; do sleep 0.05; done
+read -r -t 30 _ <"$CACHE/release"  # the test's go (a FIFO it holds open); 30 s bounds a hang
 mkdir -p "$out" && touch "$out/.complete"
 echo "end $$" >>"$CACHE/builds"
 """
@@ -150,6 +145,9 @@ echo "end $$" >>"$CACHE/builds"
 
 def test_two_concurrent_builds_build_once_and_the_second_waits(tmp_path):
     cache = tmp_path / "cache"
+    cache.mkdir()
+    os.mkfifo(cache / "release")
+    release = os.open(cache / "release", os.O_RDWR)  # read-write: never blocks, keeps a writer
     script = fake_script(tmp_path, f'CACHE={cache}\n' + TINY_BUILD)
     env = env_with_go(tmp_path)
 
@@ -161,7 +159,8 @@ def test_two_concurrent_builds_build_once_and_the_second_waits(tmp_path):
     wait_for(lambda: (cache / "builds").exists(), "the first build to start")
     second = start()
     assert second.stdout.readline().startswith(f"waiting for another build (pid {first.pid})")
-    (cache / "release").touch()
+    os.write(release, b"go\n")
+    os.close(release)
     out1, _ = first.communicate(timeout=BOUND)
     out2, _ = second.communicate(timeout=BOUND)
     assert first.returncode == 0 and second.returncode == 0, out1 + out2
