@@ -1,24 +1,11 @@
 """The reloading dev server (``python -m <package> --dev``): production's server, new workers on a save.
 
-granian with the RSGI bridge (``twotier_service.rsgi``) as in production, one worker, run by a
-subclass of granian's server (docs/dev-loop.md says why each change):
-
-- the master holds the one listening socket, so with no worker accepting a connection waits in
-  the backlog, never refused (granian on Linux gives each worker a ``SO_REUSEPORT`` socket);
-- granian's graceful respawn (SIGHUP) is blue/green: the new worker, a fork that imports the
-  service's code from disk and builds the app, replaces the old one only once it serves; if it
-  fails its error is logged and the old one serves on. A retiring worker stops accepting before
-  granian's shutdown, which would close a connection accepted an instant before its request;
-- a watcher thread (watchdog) sends that SIGHUP ``SETTLE_S`` after the last change to a ``.py``
-  file under the code's directories (a Tilt sync is a burst of events), unless a changed file
-  does not compile (``not reloading: SyntaxError in <file>:<line>``). Python's installation, the
-  virtualenv and the app's ``RELOAD_EXCLUDE`` (the storage tier's items) are not watched.
-
-``TWOTIER_DEBUG_PORT``: the worker runs debugpy's adapter in-process on 127.0.0.1; a retiring
-worker ends its session at once and the new worker's debugger takes the port when it is free.
-A change to this file takes effect when the dev server restarts. The granian internals
-overridden here are the pinned release's; tests/integration/test_dev_reload_process.py catches
-a change in them.
+granian with the RSGI bridge as in production, one worker, run by a subclass of granian's server:
+the master holds the listening socket, a watchdog thread sends SIGHUP once a save has settled and
+compiles, and the respawn is blue/green. docs/dev-loop.md ("The dev server") says why each part is
+so. ``TWOTIER_DEBUG_PORT``: each worker runs debugpy in-process on 127.0.0.1. The granian internals
+overridden here are the pinned release's; tests/integration/test_dev_reload_process.py catches a
+change in them.
 """
 from __future__ import annotations
 
