@@ -1,19 +1,11 @@
 """Running Tilt for the project: `invoke tilt.ci` and `invoke tilt.smoke` (the `tilt up` session
 the tests and benchmarks drive is tests/support/tilt.py, built on these parts).
 
-Which Tilt: the pinned build (`localcluster/versions.env` TILT_VERSION, made by
-`invoke cluster.build --component tilt` into /var/cache/twotier/bin/tilt-<version>/tilt), else
-`tilt` on PATH (users who already have Tilt use theirs).
-
-Which cluster: the same one every other task uses (`twotier.kubeconfig` / `twotier.context`, the
-local cluster when it is up, the safety rule applied). The Tiltfile gets the registry and the base
-image from the settings as Tiltfile arguments (`tilt up -- --registry=... --base-image=...`).
-
-`tilt down` and the PersistentVolume: the Tiltfile declares local-pv and sto-pvc, so `tilt down`
-deletes both, as `invoke clean` does; the PV's reclaim policy is Retain and it is a hostPath, so the
-stored items stay on the node's disk (/tmp/data/kubetestpv) and the next `tilt up` or `invoke deploy`
-sees them again. `tilt down` only asks for the deletions; `invoke tilt.ci` then waits, with
-`invoke clean`'s machinery and order, until those objects are really gone.
+Tilt is the pinned build (localcluster/versions.env's TILT_VERSION, built on first use), else
+`tilt` on PATH; it acts on the cluster every other task uses (the safety rule applied), with the
+settings' registry and base image as Tiltfile arguments. `tilt down` only asks for the deletions
+(docs/dev-loop.md: what it removes and keeps); `invoke tilt.ci` then waits for them with `invoke
+clean`'s machinery and order.
 """
 from __future__ import annotations
 
