@@ -8,6 +8,7 @@ idempotent, ``down()`` leaves the host as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,15 +51,8 @@ def node_count() -> int:
 
 # ------------------------------------------------------------------------------------------ build
 
-def missing_builds(components=CLUSTER_BUILDS) -> list[str]:
-    return [c for c in components if not (L.bin_dir(c) / ".complete").exists()]
-
-
 def ensure_binaries(components=CLUSTER_BUILDS, progress=print) -> None:
-    """Build what is not cached yet (cold: tens of minutes on 2 cores; warm: nothing to do).
-
-    One build at a time per cache, one progress line per step, the full log in a file
-    (localcluster/build.py)."""
+    """Build what is not cached yet (localcluster/build.py: one build at a time, the log in a file)."""
     build.ensure(list(components), progress=progress)
 
 
@@ -218,9 +212,13 @@ def _http_ok(url: str) -> bool:
         return r.status == 200
 
 
+def _ready(obj: dict) -> bool:
+    """A node's or a pod's Ready condition is True."""
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in obj["status"].get("conditions", []))
+
+
 def node_ready(name: str = L.NODE_NAME) -> bool:
-    node = api_get(f"/api/v1/nodes/{name}")
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
+    return _ready(api_get(f"/api/v1/nodes/{name}"))
 
 
 def deployment_available(ns: str, name: str) -> bool:
@@ -360,8 +358,7 @@ def _addon_current(addon) -> bool:
         sel = ",".join(f"{k}={v}" for k, v in obj["spec"]["selector"]["matchLabels"].items())
         pods = api_get(f"/api/v1/namespaces/kube-system/pods?labelSelector={quote(sel)}")["items"]
         ready = {p["spec"].get("nodeName") for p in pods if not p["metadata"].get("deletionTimestamp")
-                 and addon.image in [c["image"] for c in p["spec"]["containers"]]
-                 and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))}
+                 and addon.image in [c["image"] for c in p["spec"]["containers"]] and _ready(p)}
         return addon.image in images and {Node(i).name for i in range(1, node_count() + 1)} <= ready
     return addon.image in images and deployment_available("kube-system", name)
 
@@ -459,12 +456,9 @@ def _down(progress=print, purge: bool = False) -> None:
         subprocess.run(crictl("rmp", "--all", "--force"), capture_output=True)
         procs.stop("containerd", timeout=20)
         progress("stopped containerd")
-    # Shims outlive containerd by design: end the ones that belong to our containerd.
     for pid in _our_shims():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
     for name in ("registry", "dockerd"):
         if procs.stop(name, timeout=20):
             progress(f"stopped {name}")
@@ -518,9 +512,7 @@ def status_rows() -> list[tuple[str, str, str]]:
     try:
         listed = api_get("/api/v1/nodes")["items"]
         names += [n["metadata"]["name"] for n in listed if n["metadata"]["name"] not in names]
-        ready = {n["metadata"]["name"]: "Ready" if any(c["type"] == "Ready" and c["status"] == "True"
-                                                       for c in n["status"].get("conditions", [])) else "NotReady"
-                 for n in listed}
+        ready = {n["metadata"]["name"]: "Ready" if _ready(n) else "NotReady" for n in listed}
     except Exception:
         ready = {}
     for name in names:
