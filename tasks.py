@@ -15,6 +15,7 @@ machinery in twotier/ (the system's shape: system.yaml) or localcluster/.
 from invoke import Collection, task
 from invoke.exceptions import Exit
 
+from twotier.settings import defaults
 from twotier.taskutil import friendly
 
 # One help string per concept, shared by every task that takes the option.
@@ -32,12 +33,6 @@ HELP = {
     "app_port": "application API port on 127.0.0.1 (default: twotier.serve.app_port = 5001)",
 }
 KUBE_HELP = {k: HELP[k] for k in ("context", "namespace", "allow_context")}
-
-
-def _defaults() -> dict:
-    from twotier.settings import defaults
-
-    return defaults()
 
 
 def _settings(c, **flags):
@@ -285,6 +280,14 @@ tilt = Collection("tilt", tilt_ci, tilt_smoke)
 # ---------------------------------------------------------------------------------------------
 
 
+def _provider(provider: str):
+    """The cluster provider's module: localcluster, or its kind provider for 'kind' (docs/kind.md)."""
+    if provider == "kind":
+        from localcluster.kind import provider as kind
+        return kind
+    import localcluster
+    return localcluster
+
 @task(name="up", help={"nodes": "number of nodes (default: setting cluster_nodes, 1); adds or removes nodes 2..N",
                         "kubernetes": "Kubernetes release, e.g. v1.35.4 (default: setting cluster_kubernetes, "
                                       "else localcluster/versions.env's); built once, the cluster is made anew",
@@ -293,14 +296,10 @@ tilt = Collection("tilt", tilt_ci, tilt_smoke)
 @friendly
 def cluster_up(c, nodes=0, kubernetes="", provider=""):
     """Start the local Kubernetes cluster (its binaries build once); idempotent."""
-    import localcluster
-
     s = _settings(c)
     if provider == "kind":
-        from localcluster.kind import provider as kind
-        kind.up(nodes=int(nodes) or 1)
-        return
-    localcluster.up(nodes=int(nodes) or s.cluster_nodes, kubernetes=kubernetes or s.cluster_kubernetes)
+        return _provider(provider).up(nodes=int(nodes) or 1)
+    _provider(provider).up(nodes=int(nodes) or s.cluster_nodes, kubernetes=kubernetes or s.cluster_kubernetes)
 
 
 @task(name="down", help={"purge": "also delete the local registry's images",
@@ -308,39 +307,25 @@ def cluster_up(c, nodes=0, kubernetes="", provider=""):
 @friendly
 def cluster_down(c, purge=False, provider=""):
     """Stop the local cluster; remove every process, rule and mount it made."""
-    import localcluster
-
     if provider == "kind":
-        from localcluster.kind import provider as kind
-        return kind.down()
-    localcluster.down(purge=purge)
+        return _provider(provider).down()
+    _provider(provider).down(purge=purge)
 
 
 @task(name="status", help={"provider": "'kind': the kind cluster's node containers and nodes"})
 @friendly
 def cluster_status(c, provider=""):
     """Show the local cluster's processes and node readiness."""
-    import localcluster
     from twotier.tables import table
 
-    if provider == "kind":
-        from localcluster.kind import provider as kind
-        print(table(["COMPONENT", "PID", "STATE"], kind.status_rows()))
-        return
-    print(table(["COMPONENT", "PID", "STATE"], localcluster.status_rows()))
+    print(table(["COMPONENT", "PID", "STATE"], _provider(provider).status_rows()))
 
 
 @task(name="kubeconfig", help={"provider": "'kind': the kind cluster's kubeconfig"})
 @friendly
 def cluster_kubeconfig(c, provider=""):
     """Print the local cluster's kubeconfig path: export KUBECONFIG=$(...)."""
-    import localcluster
-
-    if provider == "kind":
-        from localcluster.kind import provider as kind
-        print(kind.kubeconfig_path())
-        return
-    print(localcluster.kubeconfig_path())
+    print(_provider(provider).kubeconfig_path())
 
 
 @task(name="env", help={"provider": "'kind': KUBECONFIG and the settings invoke up needs on the kind cluster"})
@@ -350,11 +335,7 @@ def cluster_env(c, provider=""):
     puts invoke, the pinned kubectl and tilt on PATH."""
     from twotier.dev.shellenv import env_lines
 
-    if provider == "kind":
-        from localcluster.kind import provider as kind
-        print("\n".join(kind.env_lines()))
-        return
-    print("\n".join(env_lines()))
+    print("\n".join(_provider(provider).env_lines() if provider == "kind" else env_lines()))
 
 
 @task(name="build", help={"component": "one of kubernetes, etcd, containerd, cri-tools, coredns, tilt "
@@ -516,5 +497,5 @@ deps = Collection("deps", deps_upgrade, deps_compile)
 
 ns = Collection(serve, dev, build, push, base_image, render, deploy, up, status, logs, loader_shell,
                 smoke, clean, test, lint, tilt, cluster, bench, deps)
-ns.configure({"twotier": _defaults()})
+ns.configure({"twotier": defaults()})
 ns.add_task(load)
