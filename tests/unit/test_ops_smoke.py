@@ -117,7 +117,8 @@ def test_full_stage_runs_the_seeds_sequence_and_leaves_storage_empty(seed):
     system, lines = seed(), []
     s = make(system, lines)
     sto, app, _ = eps()
-    s.full(sto, app)
+    s.storage(sto)
+    s.app(app, sto)
     assert all(ln.startswith(("PASS", "note")) for ln in lines), "\n".join(lines)
     text = "\n".join(lines)
     # the seed's answers
@@ -141,7 +142,9 @@ def test_full_stage_runs_the_seeds_sequence_and_leaves_storage_empty(seed):
 
 def test_full_stage_with_existing_items_puts_them_back(seed):
     system, lines = seed(items={"1", "keep-me"}), []
-    make(system, lines).full(*eps()[:2])
+    s, (sto, app, _) = make(system, lines), eps()
+    s.storage(sto)
+    s.app(app, sto)
     text = "\n".join(lines)
     assert "FAIL" not in text, text
     assert 'createlist/3: {"createds":["0","2"]' in text  # "1" was there already

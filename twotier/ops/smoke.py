@@ -293,11 +293,7 @@ class Smoke:
         self.expect(f"loader -> GET {a}/items (first pod) no longer lists {item}", self.pod, "GET",
                     f"{a}/items", lacks_item(item))
 
-    # -- stage full (seed deploy2.yaml) ----------------------------------------------------------
-    def full(self, storage_ep: Endpoint, app_ep: Endpoint) -> None:
-        self.storage(storage_ep)
-        self.app(app_ep, storage_ep)
-
+    # -- stage full (seed deploy2.yaml): storage's checks, then the app's ----------------------
     def app(self, app_ep: Endpoint, storage_ep: Endpoint) -> None:
         """The seed's createlist/clear sequence through out-svc, leaving the storage as it was."""
         self.wait_for_dns(storage_ep)
