@@ -21,6 +21,7 @@ from pathlib import Path
 
 from twotier import shape
 from twotier.errors import UserError
+from twotier.kube.objects import pod_spec
 from twotier.ops import render as manifests
 from twotier.settings import Settings
 from twotier.shape import ROOT
@@ -61,7 +62,6 @@ NOT_RESTRICTED = {
 }
 _RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
                        "persistentVolumeClaim", "projected", "secret"}
-_POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
 def restricted_renders(settings: Settings | None = None) -> dict[str, list[dict]]:
@@ -83,14 +83,9 @@ def restricted_problems(objs: list[dict]) -> list[str]:
     profile, which includes "baseline") refuses in these objects' pods, one line each."""
     problems = []
     for obj in objs:
-        if obj.get("kind") == "Pod":
-            spec = obj.get("spec") or {}
-        elif obj.get("kind") in _POD_TEMPLATE_KINDS:
-            spec = (((obj.get("spec") or {}).get("template") or {}).get("spec")) or {}
-        else:
-            continue
-        where = f"{obj['kind']}/{obj['metadata']['name']}"
-        problems += [f"{where}: {p}" for p in _pod_problems(spec)]
+        spec = pod_spec(obj)
+        if spec is not None:
+            problems += [f"{obj['kind']}/{obj['metadata']['name']}: {p}" for p in _pod_problems(spec)]
     return problems
 
 
