@@ -160,19 +160,13 @@ def current_pods(cluster, dep: dict) -> list[dict]:
     return pods_of_replicaset(rs, cluster.list("v1", "Pod", label_selector=sel))
 
 
-def all_pods(cluster, dep: dict) -> list[dict]:
-    sel = pod_selector(dep)
-    return cluster.list("v1", "Pod", label_selector=sel) if sel else []
-
-
 def diagnose_deployment(cluster, dep: dict) -> list[str]:
-    name = dep["metadata"]["name"]
+    name, sel = dep["metadata"]["name"], pod_selector(dep)
     lines = [f"deployment/{name}: " + rollout_state_safe(dep)]
     lines += ["  event: " + e for e in event_lines(cluster.events_for("Deployment", name), 3)]
-    pods = current_pods(cluster, dep) or all_pods(cluster, dep)
+    pods = current_pods(cluster, dep) or (cluster.list("v1", "Pod", label_selector=sel) if sel else [])
     if not pods:
         lines.append("  no pods yet (check the ReplicaSet's events: `kubectl describe rs`)")
-        sel = pod_selector(dep)
         for rs in cluster.list("apps/v1", "ReplicaSet", label_selector=sel) if sel else []:
             lines += ["  event: " + e for e in
                       event_lines(cluster.events_for("ReplicaSet", rs["metadata"]["name"]), 3)]
