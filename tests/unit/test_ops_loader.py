@@ -206,7 +206,7 @@ def test_no_reuse_unless_running_ready_and_the_projects(live, monkeypatch):
     if live is not None:
         cluster.put(live)
     monkeypatch.setattr(render, "loader_pod", lambda s, ref=None: made.append(ref) or MANIFEST)
-    monkeypatch.setattr(loadermod.registry, "missing_images", lambda objs: [])
+    monkeypatch.setattr(loadermod.kindload, "missing_images", lambda cluster, objs: ("the registry", []))
     monkeypatch.setattr(loadermod, "ensure_loader", lambda c, m, timeout: "ensured")
     assert start_loader(cluster, Settings()) == "ensured"
     assert made == [None]  # the manifest with `invoke build`'s tag

@@ -329,9 +329,19 @@ def _build_one(img: Image, base_arg: str, target: str, progress: Progress) -> No
     progress(f"{img.ref}: built in {time.monotonic() - start:.1f}s")
 
 
-def push(settings: Settings, stage: str, *, target: str = "", progress: Progress = say) -> list[Image]:
-    """Build (if needed) and push every image of STAGE to the registry."""
+def push(settings: Settings, stage: str, *, target: str = "", progress: Progress = say,
+         cluster=None) -> list[Image]:
+    """Build (if needed) and push every image of STAGE to the registry; on a kind cluster that
+    advertises no registry (CLUSTER, default the configured one), `kind load` them into its nodes
+    instead (twotier.images.kindload)."""
+    from twotier.images import kindload
+
     images = build(settings, stage, target=target, progress=progress)
+    kind = kindload.detect(cluster) if cluster is not None else kindload.detect_for(settings)
+    if kind is not None and kind.loads:
+        progress(f"kind cluster {kind.name} advertises no registry: kind load instead of docker push")
+        kindload.load(kind, [img.ref for img in images], progress=progress)
+        return images
     for img in images:
         start = time.monotonic()
         proc = docker(["push", img.ref], check=False)

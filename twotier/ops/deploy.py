@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from twotier.errors import UserError
-from twotier.images import registry
+from twotier.images import kindload
 from twotier.kube import apply, rollout
 from twotier.ops import metrics
 
@@ -19,13 +19,13 @@ def deploy_objects(cluster, objs: list[dict], dry_run: bool, timeout: float, out
     apply.check_nodeports(cluster, objs)  # the other stage holding 31000 is the first thing to say
     metrics.check_autoscaling(cluster, objs)  # an HPA needs the resource metrics API (metrics-server)
     if check_images:
-        missing = registry.missing_images(objs)
+        where, missing = kindload.missing_images(cluster, objs)  # a kind cluster's nodes, or the registry
         if missing and dry_run:
-            out("note: not in the registry (yet): " + ", ".join(missing)
+            out(f"note: not in {where} (yet): " + ", ".join(missing)
                 + "; a real deploy would stop here: `invoke push` first")
         elif missing:
             raise UserError(
-                "not in the registry: " + ", ".join(missing) + " (nothing was changed)",
+                f"not in {where}: " + ", ".join(missing) + " (nothing was changed)",
                 "build and push them first: `invoke push --stage ...`, or `invoke up` to build, "
                 "push, deploy and smoke-check in one go")
     out(f"applying {len(objs)} objects to context {cluster.context}, namespace {cluster.namespace}"

@@ -9,12 +9,18 @@ mode 0770. Never through a symbolic link: every existing component of the path i
 ``lstat`` and the directory itself is opened with ``O_NOFOLLOW``, so a link planted in a shared
 directory is refused, not followed.
 
+On a kind cluster the node is a container named after the node (kind's node containers): the
+same directory is made inside the node local-pv is pinned to, through ``docker exec``, with the
+same owner, mode and refusal of links (``prepare_in_kind``).
+
 ``python -m twotier.ops.hostvolume`` reads rendered manifests on stdin (the Tiltfile's way in).
 """
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 import sys
 
 from twotier.errors import UserError
@@ -83,6 +89,49 @@ def prepare_all(objs: list[dict], out=print) -> None:
     for path, uid, gid in host_volumes(objs):
         if prepare(path, uid, gid):
             out(f"made {path} for the storage tier (owner {uid}:{gid}, mode 0770)")
+
+
+# In the node: refuse a link on the path, make the directory, hand it over; "changed" if it did.
+_IN_NODE = r"""set -eu
+path=$1 d=""
+IFS=/
+for part in ${path#/}; do
+  d=$d/$part
+  if [ -L "$d" ]; then echo "$d is a symbolic link" >&2; exit 3; fi
+done
+changed=""
+[ -d "$path" ] || { mkdir -p "$path"; changed=1; }
+if [ "$(stat -c %u:%g:%a "$path")" != "$2:$3:770" ]; then chown "$2:$3" "$path"; chmod 0770 "$path"; changed=1; fi
+[ -z "$changed" ] || echo changed
+"""
+
+
+def prepare_in_node(node: str, objs: list[dict], out=print, run=subprocess.run) -> None:
+    """local-pv's directory in kind node NODE (its container), as prepare() makes it on this host."""
+    docker = shutil.which("docker") or "docker"
+    for path, uid, gid in host_volumes(objs):
+        proc = run([docker, "exec", node, "sh", "-c", _IN_NODE, "sh", path, str(uid), str(gid)],
+                   capture_output=True, text=True, timeout=60)
+        if proc.returncode == 3:
+            raise UserError(f"in kind node {node}: {proc.stderr.strip()}: local-pv's directory {path} is not "
+                            "made through one", hint=f"remove the link (docker exec {node} rm ...), or choose "
+                            "another hostPath in k8s/storage/pv.yaml")
+        if proc.returncode != 0:
+            out(f"note: could not make {path} in kind node {node} ({(proc.stderr or proc.stdout).strip()[-200:]}); "
+                "the storage pods stay unready until it is owned by the storage server: the volume-owner "
+                "overlay does it from inside the pod")
+        elif proc.stdout.strip() == "changed":
+            out(f"made {path} in kind node {node} for the storage tier (owner {uid}:{gid}, mode 0770)")
+
+
+def prepare_in_kind(cluster, objs: list[dict], out=print) -> None:
+    """On a kind cluster, prepare_in_node() on the node local-pv is pinned to; elsewhere nothing."""
+    from twotier.images import kindload
+    from twotier.ops import storagenode
+
+    node = storagenode.pinned_node(storagenode.storage_pv(objs))
+    if node and host_volumes(objs) and kindload.detect(cluster) is not None:
+        prepare_in_node(node, objs, out=out)
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from twotier import shape
 from twotier.errors import UserError
-from twotier.images import registry
+from twotier.images import kindload
 from twotier.kube.client import PROJECT_LABEL, owned
 from twotier.kube.objects import dig, pod_ready, terminating
 from twotier.kube.rollout import event_lines, pod_problem, pod_summary
@@ -41,9 +41,9 @@ def start_loader(cluster, settings: Settings, ref: str | None = None, timeout: f
             print(f"pod/{LOADER_NAME} reused ({_image_of(live)})")
             return live
     manifest = render.loader_pod(settings, ref)
-    missing = registry.missing_images([manifest])
+    where, missing = kindload.missing_images(cluster, [manifest])
     if missing:
-        raise UserError(f"the loader image is not in the registry: {', '.join(missing)}",
+        raise UserError(f"the loader image is not in {where}: {', '.join(missing)}",
                         "build and push it: `invoke push` (or `invoke up`)")
     return ensure_loader(cluster, manifest, timeout=timeout)
 

@@ -27,6 +27,8 @@ def deploy(cluster, settings: Settings, images: Mapping[str, str] | None = None,
     objs = storagenode.pin_for_cluster(cluster, objs, settings)
     if cluster.context == localcluster.CONTEXT and not dry_run:
         hostvolume.prepare_all(objs, out=out)  # the node is this host (see hostvolume)
+    elif not dry_run:
+        hostvolume.prepare_in_kind(cluster, objs, out=out)  # a kind node is a container: docker exec
     return deploy_objects(cluster, objs, dry_run=dry_run, timeout=settings.timeouts.rollout, out=out)
 
 
