@@ -28,6 +28,13 @@ KUBECONFIG = STATE / "kubeconfig"
 CONTEXT = f"kind-{CLUSTER}"
 REGISTRY_PORT = 5010   # kind's recipe says 5001: here that is `invoke serve`'s app port; 5000 is the local registry
 REGISTRY = f"localhost:{REGISTRY_PORT}"
+KIND_VERSION = "v0.33.0"   # trial.sh's default
+
+
+def kind_cli() -> Path:
+    """The kind CLI trial.sh builds, wrapped so that kind runs docker-shim (this host's dockerd can't
+    grant --privileged); a directory of its own holds it as `kind`, for Tilt (which runs PATH's kind)."""
+    return L.CACHE / "kind" / f"kind-{KIND_VERSION}" / "bin" / "kind"
 
 
 def _env(nodes: int = 1) -> dict:

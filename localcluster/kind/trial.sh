@@ -2,6 +2,7 @@
 # Issue 19, part 1: can a kind cluster run here, offline from container registries?
 #
 #   localcluster/kind/trial.sh [all|build|kind|kubeadm|images|node-image|create|delete]
+#   localcluster/kind/trial.sh image|config|cni   # for a cluster made by hand (KIND_CLUSTER=<name> for cni)
 #
 # `all` (the default) builds what is missing, then runs
 #   kind create cluster --name twotier-kind-trial --image <node image> --config <config>
@@ -71,7 +72,10 @@ build_kind() {
   mkdir -p "$KC/shim"
   cp "$here/docker-shim" "$KC/shim/docker"
   printf '#!/bin/sh\nPATH=%s:$PATH exec %s "$@"\n' "$KC/shim" "$KIND_BIN" >"$KIND"
-  chmod +x "$KIND" "$KC/shim/docker"
+  # the same, named `kind` in a directory of its own: for PATH (Tilt runs `kind load`) and invoke
+  mkdir -p "$(dirname "$KIND")/bin"
+  cp "$KIND" "$(dirname "$KIND")/bin/kind"
+  chmod +x "$KIND" "$(dirname "$KIND")/bin/kind" "$KC/shim/docker"
 }
 kind_module() { (cd "$KC/src" && go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); }
@@ -359,6 +363,17 @@ create_cluster() {
   run "$KIND" create cluster --name "$CLUSTER" --image "$tag" --config "$KC/$CLUSTER.yaml" \
       --kubeconfig "$KUBECONFIG_FILE" --retain --wait 0s -v 1
   step "cluster created in $(($(date +%s) - t0))s; writing the CNI conflist into each node"
+  install_cni "$t0"
+  [ -z "${KIND_REGISTRY:-}" ] || start_registry
+  "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get nodes -o wide | tee -a "$LOG"
+  "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get pods -A -o wide | tee -a "$LOG"
+}
+
+# The network of a cluster made with default CNI off (ours, or one made by hand with `config`'s
+# output): the bridge conflist with each node's pod subnet, routes between the nodes, then wait
+# for the nodes and CoreDNS, and check that a pod resolves a Service name. T0: when create began.
+install_cni() {
+  local t0=${1:-$(date +%s)}
   local node cidr
   for node in $("$KIND" get nodes --name "$CLUSTER"); do
     # the node controller gives each node its pod subnet a few seconds after it registers
@@ -394,9 +409,21 @@ create_cluster() {
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" wait --for=jsonpath='{.status.phase}'=Succeeded pod/dns-check --timeout=120s
   step "a pod resolved kubernetes.default.svc.cluster.local: $("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" logs dns-check | tr -s ' ')"
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" delete pod dns-check --wait=false
-  [ -z "${KIND_REGISTRY:-}" ] || start_registry
-  "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get nodes -o wide | tee -a "$LOG"
-  "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get pods -A -o wide | tee -a "$LOG"
+}
+
+# For a cluster made by hand (`kind create cluster --name NAME --image "$(trial.sh image)" --config <(trial.sh config)`):
+# its kubeconfig from kind, so that it does not matter where the user's KUBECONFIG points.
+cni_for_cluster() {
+  if [ -z "${KIND_KUBECONFIG:-}" ]; then
+    KUBECONFIG_FILE=$(mktemp "$KC/src/$CLUSTER.kubeconfig.XXXX")
+    trap "rm -f '$KUBECONFIG_FILE'" EXIT
+    "$KIND" get kubeconfig --name "$CLUSTER" >"$KUBECONFIG_FILE" 2>>"$LOG" ||
+      { step "FAILED: kind get kubeconfig --name $CLUSTER (is there such a cluster? kind get clusters)"; exit 1; }
+  fi
+  NODES=$("$KIND" get nodes --name "$CLUSTER" 2>>"$LOG" | wc -l)
+  [ "$NODES" -gt 0 ] || { step "FAILED: no kind cluster named $CLUSTER (kind get clusters: $("$KIND" get clusters 2>/dev/null | tr '\n' ' '))"; exit 1; }
+  step "cluster $CLUSTER ($NODES node(s)): writing the CNI conflist into each node"
+  install_cni
 }
 
 delete_cluster() {
@@ -424,11 +451,15 @@ case $what in
   node-image) build_kind; build_kubeadm; build_images; build_node_image ;;
   build) build_kind; build_kubeadm; build_images; build_node_image ;;
   create) create_cluster ;;
+  # the pieces of a cluster made by hand (docs/kind.md, "A kind cluster made by hand")
+  image) build_kind; build_kubeadm; build_images; build_node_image; echo "$(node_image_tag)" ;;
+  config) cluster_config ;;
+  cni) build_kind; cni_for_cluster ;;
   delete) delete_cluster ;;
   all)
     build_kind; build_kubeadm; build_images; build_node_image
     [ -n "${KEEP:-}" ] || trap 'delete_cluster' EXIT
     create_cluster ;;
-  *) echo "usage: $0 [all|build|kind|kubeadm|images|node-image|create|delete]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|build|kind|kubeadm|images|node-image|create|delete|image|config|cni]" >&2; exit 2 ;;
 esac
 step "done ($what)"
