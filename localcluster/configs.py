@@ -86,11 +86,14 @@ server = "http://{L.REGISTRY_HOST}"
 
 
 def cni_conflist(node: Node = HOST) -> str:
+    # No ipMasq: the plugin would masquerade traffic to pods on other nodes too, hiding the pod's
+    # address from their NetworkPolicies; each node masquerades only what leaves the cluster
+    # (netclean.ensure_masquerade).
     return json.dumps({
         "cniVersion": "1.0.0",
         "name": "twotier",
         "plugins": [
-            {"type": "bridge", "bridge": L.BRIDGE, "isGateway": True, "ipMasq": True, "hairpinMode": True,
+            {"type": "bridge", "bridge": L.BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
              "ipam": {"type": "host-local", "dataDir": str(node.cni_ipam_dir),
                       "ranges": [[{"subnet": node.pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": True}},

@@ -32,13 +32,57 @@ def iptables_chains_removed(prefixes=("CNI-",)) -> int:
     return removed
 
 
+# The bridge plugin's ipMasq masquerades all a pod sends beyond its node's /24, pods on other nodes
+# included, so a NetworkPolicy on another node would see the node's address (no pod selector
+# matches it). Instead, each node masquerades only what leaves the cluster: not to pod addresses,
+# not to node addresses, not multicast (as the plugin). Named CNI-: it stands in for the plugin's
+# rule and goes with the CNI chains at `cluster.down` (a TWOTIER- chain would also go when a
+# single-node `cluster.up` removes the nodes' network).
+MASQ_CHAIN = "CNI-TWOTIER-MASQ"
+
+
+def masquerade_rules(pod_cidr: str) -> tuple[list[str], list[str]]:
+    """(the POSTROUTING rule that sends the node's pod traffic to MASQ_CHAIN, the chain as `iptables -S`
+    prints it), for the node whose pods are POD_CIDR."""
+    jump = ["POSTROUTING", "-s", pod_cidr, "-j", MASQ_CHAIN]
+    chain = [f"-N {MASQ_CHAIN}",
+             *(f"-A {MASQ_CHAIN} -d {cidr} -j RETURN" for cidr in (L.CLUSTER_CIDR, L.NODES_CIDR, "224.0.0.0/4")),
+             f"-A {MASQ_CHAIN} -j MASQUERADE"]
+    return jump, chain
+
+
+def ensure_masquerade(pod_cidr: str, inside: tuple[str, ...] = ()) -> None:
+    """MASQ_CHAIN and its jump in the nat table, made or corrected (INSIDE: the argv prefix that
+    runs a command in a node's network namespace; none for the host)."""
+    from localcluster.errors import ClusterError
+
+    def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = _sh(*inside, "iptables", "-t", "nat", *args)
+        if check and res.returncode != 0:
+            raise ClusterError(f"`iptables -t nat {' '.join(args)}` failed: {res.stderr.strip()}",
+                               hint="`invoke cluster.down` then `invoke cluster.up` starts clean")
+        return res
+
+    jump, chain = masquerade_rules(pod_cidr)
+    have = ipt("-S", MASQ_CHAIN, check=False)
+    if have.stdout.splitlines() != chain:
+        if have.returncode != 0:
+            ipt("-N", MASQ_CHAIN)
+        ipt("-F", MASQ_CHAIN)   # a moment without the rule: a new connection out leaves unmasqueraded
+        for rule in chain[1:]:
+            ipt(*rule.split())
+    if ipt("-C", *jump, check=False).returncode != 0:
+        ipt("-A", *jump)   # appended: after kube-proxy's KUBE-POSTROUTING, which keeps its own masquerades
+
+
 def ensure_bridge_and_routes() -> None:
     """Keep cluster traffic on this machine.
 
     The pod bridge is created up front (the CNI bridge plugin adopts it) so the whole Service
     range can be routed onto it: a packet to a ClusterIP that no Service owns (e.g. a stale DNS
     answer) then dies on the bridge instead of following the default route off the host.
-    Pod addresses outside this node's /24 are unreachable for the same reason.
+    Pod addresses outside this node's /24 are unreachable for the same reason. Pod traffic that
+    leaves the cluster is masqueraded (ensure_masquerade).
     """
     if not Path(f"/sys/class/net/{L.BRIDGE}").exists():
         _sh("ip", "link", "add", L.BRIDGE, "type", "bridge")
@@ -52,6 +96,7 @@ def ensure_bridge_and_routes() -> None:
         if res.returncode != 0:
             from localcluster.errors import ClusterError as UserError
             raise UserError(f"`{' '.join(argv)}` failed: {res.stderr.strip()}")
+    ensure_masquerade(L.POD_CIDR)
 
 
 def remove_routes() -> int:

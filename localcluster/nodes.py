@@ -193,7 +193,8 @@ def _start_namespaces(node: Node) -> int:
 
 
 def _wire(node: Node, pid: int) -> None:
-    """eth0 on the node bridge, the pod bridge inside, routes both ways, forwarding on."""
+    """eth0 on the node bridge, the pod bridge inside, routes both ways, forwarding on, pod traffic
+    leaving the cluster masqueraded (to the node's address; the host masquerades it again)."""
     if not Path(f"/sys/class/net/{node.veth}").exists():
         _sh("ip", "link", "add", node.veth, "type", "veth", "peer", "name", "eth0", "netns", str(pid), check=True)
     _sh("ip", "link", "set", node.veth, "master", L.NODES_BRIDGE, check=True)
@@ -214,6 +215,7 @@ def _wire(node: Node, pid: int) -> None:
         res = _sh(*in_node(node, *cmd, mount=False))
         if res.returncode != 0 and "File exists" not in res.stderr:
             raise ClusterError(f"setting up {node.name}: `{' '.join(cmd)}` failed: {res.stderr.strip()}")
+    netclean.ensure_masquerade(node.pod_cidr, inside=tuple(in_node(node, mount=False)))
     _sh("ip", "route", "replace", node.pod_cidr, "via", node.ip, "dev", L.NODES_BRIDGE, check=True)
 
 

@@ -43,7 +43,8 @@ PROBE_PY = """\
 import http.server, json, os, socket
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = json.dumps({"pod": socket.gethostname(), "node": os.environ.get("NODE")}).encode()
+        body = json.dumps({"pod": socket.gethostname(), "node": os.environ.get("NODE"),
+                           "client": self.client_address[0]}).encode()
         self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a):
@@ -121,9 +122,8 @@ def test_up_with_the_same_node_count_is_a_fast_no_op(multinode):
 
 
 @pytest.fixture(scope="module")
-def probes(multinode):
-    """A DaemonSet of a tiny HTTP server (one pod per node, hostPath /tmp/twotier-mn-probe) and a
-    NodePort Service in front of it."""
+def probe_image(multinode) -> str:
+    """The probe's image (PROBE_PY on the local base image) in the local registry."""
     base = images.ensure_local_base()
     ref = f"{L.REGISTRY_HOST}/twotier-probe:{hashlib.sha256((PROBE_PY + base).encode()).hexdigest()[:12]}"
     with tempfile.TemporaryDirectory() as ctx:
@@ -131,6 +131,14 @@ def probes(multinode):
         Path(ctx, "Dockerfile").write_text(f"FROM {base}\nCOPY probe.py /probe.py\n")
         subprocess.run(["docker", "build", "-q", "-t", ref, ctx], check=True, capture_output=True)
     subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
+    return ref
+
+
+@pytest.fixture(scope="module")
+def probes(probe_image):
+    """A DaemonSet of a tiny HTTP server (one pod per node, hostPath /tmp/twotier-mn-probe) and a
+    NodePort Service in front of it."""
+    ref = probe_image
     manifest = f"""
 apiVersion: apps/v1
 kind: DaemonSet
@@ -220,6 +228,77 @@ def test_host_path_is_per_node(probes):
     assert (Node(2).tmp / "twotier-mn-probe" / "written-on").read_text() == Node(2).name
     for pod in probes.values():
         _exec(pod, "import os; os.remove('/hostdir/written-on')")
+
+
+# ------------------------------------------------------------------------------ NetworkPolicy across nodes
+
+POLICY_NS = "twotier-mn-policy"
+# (pod, node, role): a server on node 3; clients with the allowed role on the host and on node 2;
+# a pod without it on node 2, beside an allowed one (same node address, other labels).
+POLICY_PODS = (("server", Node(3), "server"), ("client-1", Node(1), "client"), ("client-2", Node(2), "client"),
+               ("other", Node(2), "other"))
+ASK = ("import json, sys, urllib.request\n"
+       "try: print(json.load(urllib.request.urlopen(sys.argv[1], timeout=3))['client'])\n"
+       "except Exception as e: print('refused' if 'Connection refused' in str(e) else repr(e))\n")
+
+
+def ask(ns: str, pod: str, url: str) -> str:
+    """What the probe at URL saw as the source address of POD's request, or 'refused'."""
+    return kubectl("-n", ns, "exec", pod, "--", "python3", "-c", ASK, url).strip()
+
+
+def refused(ns: str, pod: str, url: str) -> bool:
+    got = ask(ns, pod, url)
+    assert got == "refused" or re.fullmatch(r"[0-9.]+", got), f"{pod} -> {url}: {got}"  # not a timeout
+    return got == "refused"
+
+
+def test_network_policy_is_enforced_across_nodes_on_the_pods_own_addresses(multinode, probe_image):
+    """No masquerade between nodes: the server sees each client pod's own address, so kube-router on
+    the server's node refuses every client under a deny-all ingress policy and lets the clients an
+    allow rule selects by label back in, from the host and from another node, and no other pod."""
+    pods = "\n---\n".join(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {POLICY_NS}, labels: {{role: {role}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  nodeSelector: {{kubernetes.io/hostname: {node.name}}}
+  containers:
+  - name: probe
+    image: {probe_image}
+    command: [python3, /probe.py]
+    readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+""" for name, node, role in POLICY_PODS)
+    kubectl("create", "namespace", POLICY_NS)
+    try:
+        kubectl("apply", "-f", "-", input=pods)
+        kubectl("-n", POLICY_NS, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s", timeout=150)
+        found = {p["metadata"]["name"]: p for p in kubectl_json("-n", POLICY_NS, "get", "pods")["items"]}
+        assert {n: p["spec"]["nodeName"] for n, p in found.items()} == {n: node.name for n, node, _ in POLICY_PODS}
+        ip = {n: p["status"]["podIP"] for n, p in found.items()}
+        url = f"http://{ip['server']}:8080/"
+        clients = ("client-1", "client-2", "other")
+        assert {c: ask(POLICY_NS, c, url) for c in clients} == {c: ip[c] for c in clients}   # no masquerade
+        t0 = time.monotonic()
+        kubectl("-n", POLICY_NS, "apply", "-f", "-", input="apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                "metadata: {name: deny-all}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n")
+        wait_until(lambda: all(refused(POLICY_NS, c, url) for c in clients), "the deny-all policy on node 3", 60)
+        denied = time.monotonic() - t0
+        t0 = time.monotonic()
+        kubectl("-n", POLICY_NS, "apply", "-f", "-", input=(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-clients}\nspec:\n"
+            "  podSelector: {matchLabels: {role: server}}\n"
+            "  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: 8080}]}]\n"))
+        wait_until(lambda: all(ask(POLICY_NS, c, url) == ip[c] for c in ("client-1", "client-2")),
+                   "the allow rule to let both clients in", 60)
+        allowed = time.monotonic() - t0
+        assert refused(POLICY_NS, "other", url)     # on the same node as client-2: the label decides
+        print(f"NetworkPolicy across {NODES} nodes: the server on {Node(3).name} saw each client's pod address; "
+              f"deny-all enforced {denied:.1f}s after apply, the allow rule {allowed:.1f}s after apply "
+              f"(clients on {Node(1).name} and {Node(2).name}); the other pod refused")
+    finally:
+        kubectl("delete", "namespace", POLICY_NS, "--wait=true", "--timeout=120s", timeout=150, check=False)
 
 
 # ------------------------------------------------------------------------------ 2. the tutorial's flaw
@@ -421,6 +500,39 @@ def storage_on_node2(multinode):
         if not node_ops.components_running(Node(i)):
             node_ops.start(Node(i), progress=lambda *_: None)
     run_invoke("clean")
+
+
+def test_with_the_network_policy_component_app_pods_on_other_nodes_reach_the_storage(storage_on_node2, probes):
+    """`network-policy` on 3 nodes: both app replicas, on other nodes than the storage, clear and
+    create every item (so they list and write through in-svc); a probe pod on an app node is refused
+    at the storage pod. The component is removed afterwards (the node-loss tests run without it)."""
+    env = {"INVOKE_TWOTIER_OVERLAY": "spread-app,network-policy", "INVOKE_TWOTIER_STORAGE_NODE": STORAGE_NODE.name}
+    must("deploy", env=env)
+    try:
+        sto_ip = kubectl_json("get", "pods", "-l", "run=sto-app")["items"][0]["status"]["podIP"]
+        app_node = next(n for n in storage_on_node2 if n != L.NODE_NAME)
+        stranger = next(p["metadata"]["name"] for p in running_pods("app=twotier-mn-probe")
+                        if p["spec"]["nodeName"] == app_node)
+        t0 = time.monotonic()
+        wait_until(lambda: refused("default", stranger, f"http://{sto_ip}:5000/items"),
+                   f"the policies refusing {stranger} on {app_node}", 60)
+        enforced = time.monotonic() - t0
+        answers = {}
+        for node, (pod,) in storage_on_node2.items():
+            app = f"http://{kubectl_json('get', 'pod', pod)['status']['podIP']}:5001"
+            cleared = http(f"{app}/clear")
+            assert cleared[0] == 200 and cleared[1]["faileds"] == [], (node, cleared)
+            answers[node] = http(f"{app}/createlist/5")
+        assert answers == {n: (200, {"createds": [str(i) for i in range(5)], "deleteds": [], "faileds": []})
+                           for n in storage_on_node2}, answers
+        through_svc = http(f"http://{Node(1).ip}:31001/createlist/6")
+        assert through_svc == (200, {"createds": ["5"], "deleteds": [], "faileds": []}), through_svc
+        print(f"network-policy on {NODES} nodes: storage on {STORAGE_NODE.name}, app pods on {sorted(storage_on_node2)} "
+              f"each cleared and created 5 items; a probe pod on {app_node} refused {enforced:.1f}s after the deploy")
+    finally:
+        kubectl("delete", "networkpolicy", "sto-allow-clients", "api-allow-clients", "--ignore-not-found")
+    wait_until(lambda: http(f"http://{Node(1).ip}:31000/items/5", "DELETE")[0] == 200,
+               "item 5 deleted through in-svc once the policies are gone", 60)
 
 
 def test_storage_node_lost_app_answers_fast_json_503_and_recovers_with_every_item(storage_on_node2):
