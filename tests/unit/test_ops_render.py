@@ -381,3 +381,13 @@ def test_invoke_render_prints_what_deploy_applies():
 
     settings = settingsmod.load().with_flags(stage="storage")  # as the task sees them
     assert proc.stdout == manifests.to_yaml(manifests.render_stage(settings, "storage"))
+
+
+def test_what_clean_and_status_look_for_includes_every_components_objects():
+    """A component's own objects (the autoscale HPA, the network-policy component's policies) are
+    found by `invoke clean` and `invoke status` whatever today's overlay is."""
+    objs = manifests.every_stage_objects(Settings.from_mapping({"overlay": ""}))
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    assert ("HorizontalPodAutoscaler", "api-dep") in kinds
+    assert {k for k, _ in kinds} >= {"NetworkPolicy", "Deployment", "Service", "PersistentVolume", "Pod"}
+    assert len(kinds) == len(objs)   # each object once, though several stages render it

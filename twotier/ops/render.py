@@ -171,13 +171,17 @@ def loader_pod(settings: Settings, ref: str | None = None) -> dict:
 
 
 def every_stage_objects(settings: Settings) -> list[dict]:
-    """Every object any stage renders, and the loader pod: what clean and status look for
-    (names and labels only, so the images are left bare)."""
-    objs = []
-    for stage in shape.load().stages:
-        objs.extend(render_stage(settings, stage, images={}))
-    objs.extend(render_loader(settings, ref=""))
-    return objs
+    """Every object any stage renders, with the configured overlay and with each component alone
+    (an HPA or NetworkPolicies deployed under another overlay than today's), and the loader pod:
+    what clean and status look for (names and labels only, so the images are left bare)."""
+    renders = [(stage, None) for stage in shape.load().stages]
+    renders += [(list(shape.load().stages)[-1], [component]) for component in available_components()]
+    objs: dict[tuple, dict] = {}
+    for stage, overlay in renders:
+        for obj in render_stage(settings, stage, images={}, overlay=overlay):
+            meta = obj["metadata"]
+            objs.setdefault((obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"]), obj)
+    return list(objs.values()) + render_loader(settings, ref="")
 
 
 def to_yaml(objs: Iterable[dict]) -> str:
