@@ -4,7 +4,8 @@ Sections (``--only``/``--skip`` pick them): api (createlist/clear vs the per-ite
 loopback), build (`invoke build` with nothing changed), deploy (clean -> all Ready, against the
 seed's minReadySeconds: 120), tilt (save -> new code answering, vs a full rebuild), reload (the
 live-update stress run), images (no-cache build, size, memory at rest), cluster (`cluster.up` and
-`cluster.down` with 1 and 3 nodes), nodeloss (the app while the storage node is lost). The figures
+`cluster.down` with 1 and 3 nodes), nodeloss (the app while the storage node is lost), portforward
+(requests through port-forwards while both tiers roll, kubectl's and twotier's). The figures
 measured once, not by this command, are the `one-off` block, each with its command and date.
 
 The report, build/bench.md, holds one block per section between ``<!-- bench:NAME -->`` and
@@ -31,7 +32,7 @@ from twotier.tables import markdown
 
 REPORT = BUILD / "bench.md"
 DOCS = ROOT / "docs" / "benchmarks.md"
-SECTIONS = ("api", "storage", "build", "deploy", "tilt", "reload", "images", "cluster", "nodeloss")
+SECTIONS = ("api", "storage", "build", "deploy", "tilt", "reload", "images", "cluster", "nodeloss", "portforward")
 BLOCK = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n?<!-- /bench:(?P=name) -->", re.S)
 
 #: figures the README states that `invoke bench` does not measure: (figure, command, when)
@@ -135,6 +136,12 @@ def nodeloss_section(settings, progress, **_) -> str:
     from bench import cluster
 
     return cluster.nodeloss_section(settings, progress)
+
+
+def portforward_section(settings, progress, **_) -> str:
+    from bench import portforward
+
+    return portforward.format_table(portforward.measure(settings, progress=progress))
 
 
 def one_off() -> str:
