@@ -89,10 +89,22 @@ def probe(cluster):
     subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
     kubectl("apply", "-f", "-", input=_manifest(ref))
     kubectl("rollout", "status", "deployment/twotier-probe", "--timeout=120s")
+    # kube-proxy programs the Service a moment after the pod is Ready: a test picked alone (-k)
+    # would otherwise call the NodePort in that instant and be refused
+    poll(lambda: _answers(f"http://127.0.0.1:{PROBE_NODEPORT}/ready"), timeout=60, interval=1,
+         what="kube-proxy to program the probe's Service (its NodePort answering on this host)")
     pod = kubectl_json("get", "pods", "-l", "app=twotier-probe")["items"][0]
     yield {"image": ref, "pod": pod["metadata"]["name"], "pod_ip": pod["status"]["podIP"]}
     kubectl("delete", "--wait=true", "deployment/twotier-probe", "service/twotier-probe", "pvc/twotier-probe-pvc",
             "pv/twotier-probe-pv", check=False)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def _exec(pod: str, code: str) -> str:
