@@ -29,7 +29,8 @@ class KindFake(FakeCluster):
             return super().list(api_version, kind, namespace, **kw)
         return [{"metadata": {"name": n},
                  "spec": {"providerID": f"kind://docker/{self.kind_cluster}/{n}"} if self.provider else {},
-                 "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}]}}
+                 "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.2"}],
+                            "conditions": [{"type": "Ready", "status": "True"}]}}
                 for n in self.node_names]
 
 
@@ -211,3 +212,23 @@ def test_the_directory_is_made_in_the_kind_node_with_owner_and_mode(tmp_path):
     with pytest.raises(UserError) as info:
         hostvolume.prepare_in_node("mine-control-plane", objs, out=lines.append, run=run_here)
     assert "is a symbolic link" in info.value.message
+
+
+def test_for_tilt_local_pv_is_pinned_to_the_kind_node_and_made_there(monkeypatch, capsys):
+    """`python -m twotier.ops.hostvolume --for-context CONTEXT`: what the Tiltfile would run (docs/kind.md)."""
+    import io
+
+    import yaml
+
+    import twotier.ops.cluster
+
+    monkeypatch.setattr(twotier.ops.cluster, "connect", lambda settings, **kw: KindFake(context=settings.context))
+    made = []
+    monkeypatch.setattr(hostvolume, "prepare_in_node", lambda node, objs, out: made.append(node))
+    objs = render.render_stage(Settings.from_mapping({}), "storage")
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump_all(objs)))
+    assert hostvolume.main(["--for-context", "kind-mine"]) == 0
+    pv = next(o for o in yaml.safe_load_all(capsys.readouterr().out) if o and o["kind"] == "PersistentVolume")
+    assert pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [
+        "mine-control-plane"]
+    assert made == ["mine-control-plane"]

@@ -134,11 +134,37 @@ def prepare_in_kind(cluster, objs: list[dict], out=print) -> None:
         prepare_in_node(node, objs, out=out)
 
 
-def main() -> int:
+def for_context(context: str, objs: list[dict], out=print) -> list[dict]:
+    """OBJS with local-pv pinned to a node of CONTEXT's cluster (twotier.ops.storagenode), its
+    directory made there: this host for the local cluster, the node container on kind."""
+    from localcluster import layout as localcluster
+    from twotier.ops import storagenode
+    from twotier.ops.cluster import connect
+    from twotier.settings import load
+
+    settings = load().with_flags(context=context)
+    cluster = connect(settings, check_namespace=False)
+    objs = storagenode.pin_for_cluster(cluster, objs, settings)
+    if cluster.context == localcluster.CONTEXT:
+        prepare_all(objs, out=out)
+    else:
+        prepare_in_kind(cluster, objs, out=out)
+    return objs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rendered manifests on stdin. No argument: make local-pv's directory on this host.
+    ``--for-context CONTEXT``: for_context(), then the manifests, pinned, on stdout (for Tilt)."""
     import yaml
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        prepare_all([o for o in yaml.safe_load_all(sys.stdin) if o])
+        objs = [o for o in yaml.safe_load_all(sys.stdin) if o]
+        if argv[:1] == ["--for-context"] and len(argv) == 2:
+            objs = for_context(argv[1], objs, out=lambda line: print(line, file=sys.stderr))
+            sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
+        else:
+            prepare_all(objs)
     except (UserError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
