@@ -7,7 +7,8 @@ subnets, no default StorageClass, kind's local-registry recipe on localhost:5010
 docker-registry), down (the node and registry containers and the `kind` network, nothing else; the
 registry's data stays), status, kubeconfig, env (the settings `invoke up` needs on it: 17 PASS,
 tests/e2e/test_kind.py). Not done yet: a setting for the provider and one for the stock
-`kindest/node` image; `invoke up` choosing those settings by itself on a kind context (part 3).
+`kindest/node` image. A kind cluster made by hand needs no settings: `invoke up` loads the images
+with `kind load` (twotier/images/kindload.py; trial.sh image/config/cni make such a cluster here).
 """
 from __future__ import annotations
 

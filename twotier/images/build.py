@@ -12,7 +12,8 @@ edit to one service never changes another's tag, and an edit to common/ changes 
 loader keeps its own folder as context.
 
 Image references are ``<registry>/<name>:<tag>``: ``registry`` and the names come from settings
-(``twotier.registry``, ``twotier.images``).
+(``twotier.registry``, ``twotier.images``). On a kind cluster that advertises no registry, ``push``
+loads them into the nodes with ``kind load`` instead (``twotier.images.kindload``).
 
 ``base_image`` in settings picks the ``BASE_IMAGE`` build argument: ``""`` keeps each Dockerfile's
 default (``python:3.12-slim``, pulled from a registry); ``local`` builds (once) and uses
