@@ -5,9 +5,9 @@
 `invoke bench --only portforward` deploys the full stage (`invoke up`) and, for each kind of
 forward, opens one to every full-stage Service on 127.0.0.1, sends steady load through them (GET
 /items to in-svc, createlist/clear to out-svc, one worker each, a new connection per request),
-restarts every full-stage Deployment (`kubectl rollout restart`), waits for the rollouts, keeps
-the load on for a few seconds more, and counts the failed requests; then sends one more request
-through each forward. ``roll_under_load`` is also the e2e test's measurement.
+restarts every full-stage Deployment (`kubectl rollout restart`), waits for the rollouts and for
+the old pods to be gone, keeps the load on for a few seconds more, and counts the failed requests;
+then sends one more request through each forward. ``roll_under_load`` is also the e2e test's measurement.
 """
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def full_tiers() -> list[shape.Tier]:
     return list(shape.load().stage("full").tiers)
 
 
+def tier_pods(cluster) -> set[str]:
+    """The names of the full-stage tiers' pods."""
+    return {pod["metadata"]["name"] for t in full_tiers()
+            for pod in cluster.list("v1", "Pod", label_selector=",".join(f"{k}={v}" for k, v in t.selector.items()))}
+
+
 def _worker(port: int, paths: tuple[str, ...], run: Run, lock: threading.Lock, stop: threading.Event) -> None:
     for i in range(MAX_REQUESTS):
         if stop.is_set():
@@ -72,13 +78,13 @@ def kubectl_run(cluster, *args: str, timeout: float = ROLLOUT_TIMEOUT + 30) -> N
 
 def roll_under_load(cluster, ports: dict[str, int], progress=print) -> Run:
     """Steady load through 127.0.0.1:PORTS[tier] for every full-stage tier while all their
-    Deployments roll (`kubectl rollout restart`, then `rollout status`), and AFTER seconds more;
-    then one more request per forward."""
+    Deployments roll (`kubectl rollout restart`, then `rollout status`), until the old pods are
+    gone and AFTER seconds more; then one more request per forward."""
     tiers = full_tiers()
     run, lock, stop = Run(), threading.Lock(), threading.Event()
     workers = [threading.Thread(target=_worker, args=(ports[t.name], PATHS[t.name], run, lock, stop), daemon=True)
                for t in tiers]
-    start = time.monotonic()
+    start, old = time.monotonic(), tier_pods(cluster)
     for w in workers:
         w.start()
     try:
@@ -89,6 +95,9 @@ def roll_under_load(cluster, ports: dict[str, int], progress=print) -> Run:
         for dep in deployments:
             kubectl_run(cluster, "rollout", "status", dep, f"--timeout={ROLLOUT_TIMEOUT}s")
         progress(f"  rolled out after {time.monotonic() - start:.0f} s, {run.requests} requests, {run.failed} failed")
+        # an old pod still in its preStop pause still serves a forward pinned to it: wait until they are gone
+        poll(lambda: not (old & tier_pods(cluster)), timeout=ROLLOUT_TIMEOUT, interval=0.5,
+             what="the pods from before the rollout gone")
         stop.wait(AFTER)
     finally:
         stop.set()
@@ -141,6 +150,7 @@ def twotier_forwards(cluster, progress=print):
 
 KINDS = (("`kubectl port-forward svc/...` (one pod, chosen at start)", kubectl_forwards),
          ("`twotier.kube.portforward` (a ready pod of the Service per connection)", twotier_forwards))
+SHORT = {KINDS[0][0]: "kubectl's", KINDS[1][0]: "twotier's"}
 
 
 def measure(settings, progress=print) -> list[tuple[str, Run]]:
@@ -162,11 +172,11 @@ def format_table(rows: list[tuple[str, Run]]) -> str:
     body = [(label, str(run.requests), str(run.failed),
              ", ".join(f"{tier} {'yes' if ok else 'no'}" for tier, ok in run.answering_after.items()),
              f"{run.seconds:.0f} s") for label, run in rows]
-    first = [f"{label.split(' ')[0]}: {run.failures[0][:100]}" for label, run in rows if run.failures]
+    first = [f"through {SHORT.get(label, label)}, {run.failures[0][:100]}" for label, run in rows if run.failures]
     return (tables.markdown(["forward to in-svc and out-svc", "requests", "failed", "answers after", "took"], body)
             + "\n\nLoad: one worker per Service, a new connection per request, at most 20 per second each; "
-              "both Deployments restarted at once (`kubectl rollout restart`), load until 5 s after both "
-              "rollouts." + ("\n\nFirst failure: " + "; ".join(first) if first else ""))
+              "both Deployments restarted at once (`kubectl rollout restart`), load until 5 s after the "
+              "rollouts ended and the old pods were gone." + ("\n\nFirst failure: " + "; ".join(first) if first else ""))
 
 
 if __name__ == "__main__":

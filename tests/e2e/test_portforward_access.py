@@ -8,7 +8,10 @@ destination port is 31000 or 31001 (conntrack's view before kube-proxy's DNAT), 
 for forwarded traffic; the rules carry a unique comment and are removed afterwards. They live in
 the mangle table: a filter-table REJECT at the top of INPUT/OUTPUT/FORWARD is not final when the
 NetworkPolicy engine (kube-router) puts its own jump above it and ACCEPTs node-to-pod traffic in
-its chain, whereas a DROP in any table is final."""
+its chain, whereas a DROP in any table is final.
+
+The forwards follow the Service (twotier.kube.portforward): with steady load through them, a
+rolling restart of both tiers fails no request, for the tasks' forwards and for `tilt up`'s."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +22,7 @@ import uuid
 
 import pytest
 
+from bench.portforward import full_tiers, roll_under_load, tier_pods
 from tests.e2e.conftest import must, run_invoke
 from tests.support import tilt as live
 from twotier import settings as settingsmod
@@ -103,10 +107,35 @@ def test_invoke_up_smoke_and_status_work_through_port_forwards_without_nodeports
         run_invoke("clean")
 
 
+def assert_rolled_without_a_failure(run, used: dict[str, set[str]] | None = None, before: set[str] = frozenset()):
+    print(f"{run.requests} requests through the forwards during the rollout of both tiers and until the old "
+          f"pods were gone, {run.failed} failed ({run.seconds:.0f} s); pods that took connections: {used}")
+    assert run.requests > 20 * len(full_tiers())
+    assert run.failures == []
+    assert all(run.answering_after.values()), run.answering_after  # with the old pods gone
+    for tier, pods in (used or {}).items():
+        assert pods - before, f"no pod started by the rollout took a connection to the {tier} tier: {pods}"
+
+
+def test_the_tasks_forwards_follow_a_rolling_restart_of_both_tiers(cluster, settings, full_stage):
+    """The forwards `invoke up`, `smoke` and `status` open, with the NodePorts blocked."""
+    from twotier.kube.portforward import forwards
+    from twotier.ops.cluster import connect
+
+    kube = connect(settings)
+    before = tier_pods(kube)
+    with node_ports_blocked(), forwards(kube, {t.service: t.port for t in full_tiers()}) as fwd:
+        run = roll_under_load(kube, {t.name: fwd[t.service].local_port for t in full_tiers()})
+        used = {t.name: set(fwd[t.service].pods_used) for t in full_tiers()}
+    assert_rolled_without_a_failure(run, used, before)
+
+
 def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settings, node_ip, nothing_deployed):
+    from twotier.ops.cluster import connect
+
     ports = settings.forward_ports
     with node_ports_blocked(), live.TiltSession(settings, extra_args=["--access=port-forward"]) as session:
-        session.wait_ready(resources=("storage", "app", "loader"))
+        session.wait_ready(resources=("storage", "app", "loader", "storage-port-forward", "app-port-forward"))
         assert node_port_refused(node_ip, 31001)
         for url in (f"http://127.0.0.1:{ports['storage']}/items",
                     f"http://127.0.0.1:{ports['app']}/createlist/2"):
@@ -115,6 +144,8 @@ def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settin
                  for ep in (session.resource_status(name).get("endpointLinks") or [])]
         assert {link["url"] for link in links} == {f"http://localhost:{ports['storage']}/items",
                                                    f"http://localhost:{ports['app']}/createlist/0"}, links
+        # Tilt's forwards follow the Service too: both tiers roll under load through them
+        assert_rolled_without_a_failure(roll_under_load(connect(settings), {t.name: ports[t.name] for t in full_tiers()}))
         session.trigger("smoke")  # the smoke resource gets access port-forward from the Tiltfile
 
         def finished() -> list | None:
