@@ -4,10 +4,9 @@
 speaks plain dicts (the API's JSON shape, camelCase keys), so the rest of the machinery (apply,
 rollout, cleanup, status, loader, smoke) can be unit-tested against an in-memory fake.
 
-Safety rule (the same idea as Tilt's ``allow_k8s_contexts``): we act on one context only, the
-configured one, and refuse it unless it looks local: ``Target.allowed_contexts``, ``kind-*``,
-``k3d-*``, ``minikube``, ``docker-desktop``, ``rancher-desktop``, or one named with
-``--allow-context``.
+Safety rule (the same idea as Tilt's ``allow_k8s_contexts``): we act on the configured context
+only, and refuse it unless it looks local (``LOCAL_CONTEXT_PATTERNS``, ``allowed_contexts``, or
+``--allow-context``; docs/configuration.md).
 """
 from __future__ import annotations
 
@@ -224,13 +223,8 @@ class Cluster:
                                 "check the Kubernetes version of the cluster") from None
         return self._resources[key]
 
-    def namespaced(self, api_version: str, kind: str) -> bool:
-        return bool(self.resource(api_version, kind).namespaced)
-
     def _ns(self, api_version, kind, namespace):
-        if not self.namespaced(api_version, kind):
-            return None
-        return namespace or self.namespace
+        return (namespace or self.namespace) if self.resource(api_version, kind).namespaced else None
 
     # --- the dict facade -----------------------------------------------------------------
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None):
@@ -305,14 +299,10 @@ class Cluster:
 
     def pod_logs(self, name: str, container: str | None = None, tail: int = 20,
                  previous: bool = False, namespace: str | None = None) -> str:
-        kwargs = {"tail_lines": tail, "_request_timeout": self.timeout}
-        if container:
-            kwargs["container"] = container
-        if previous:
-            kwargs["previous"] = True
         try:
             return self._call(lambda: self.core.read_namespaced_pod_log(
-                name, namespace or self.namespace, **kwargs), f"read logs of pod {name}") or ""
+                name, namespace or self.namespace, container=container or None, tail_lines=tail,
+                previous=previous, _request_timeout=self.timeout), f"read logs of pod {name}") or ""
         except ApiError as err:
             return f"(no logs: {err.message})"
 
