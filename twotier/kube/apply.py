@@ -59,19 +59,15 @@ def diff_paths(old, new, prefix: str = "") -> list[str]:
     if isinstance(old, list) and isinstance(new, list):
         if _named_list(old) and _named_list(new):
             old_by, new_by = {i["name"]: i for i in old}, {i["name"]: i for i in new}
-            paths = []
-            for name in list(dict.fromkeys([*old_by, *new_by])):
-                sub = f"{prefix}[{name}]"
-                if name not in old_by or name not in new_by:
-                    paths.append(sub)
-                else:
-                    paths.extend(diff_paths(old_by[name], new_by[name], sub))
-            return paths
-        if len(old) != len(new):
+        elif len(old) != len(new):
             return [prefix]
+        else:
+            old_by, new_by = dict(enumerate(old)), dict(enumerate(new))
         paths = []
-        for i, (a, b) in enumerate(zip(old, new)):
-            paths.extend(diff_paths(a, b, f"{prefix}[{i}]"))
+        for key in dict.fromkeys([*old_by, *new_by]):
+            sub = f"{prefix}[{key}]"
+            both = key in old_by and key in new_by
+            paths.extend(diff_paths(old_by[key], new_by[key], sub) if both else [sub])
         return paths
     return [] if old == new else [prefix]
 
