@@ -6,10 +6,12 @@ Tests run in file order and build on each other:
 
 1. the cluster: every node Ready with its own IP and pod subnet; pods on every node reach pods,
    Services and cluster DNS on every node; NodePorts answer on every node IP; hostPath is per node;
+   NetworkPolicy is enforced across nodes on the pods' own addresses (no masquerade between nodes);
 2. the tutorial's flaw: its own Step 3 manifests on two nodes, replicas on different nodes, diverge;
 3. the project's manifests: `invoke up` (17 PASS) on 3 nodes, both storage pods on the pinned node,
    two app replicas on different nodes, zero failed requests through a rolling update;
-4. node loss: the storage node's processes killed (fast JSON 503, recovery with every item), an app
+4. the network-policy component with the app replicas on other nodes than the storage node; then
+   node loss: the storage node's processes killed (fast JSON 503, recovery with every item), an app
    node killed (requests succeed through the other replica once the endpoints moved). The times are
    printed (`pytest -s`) and reported in the README.
 """
