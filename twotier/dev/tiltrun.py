@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from localcluster import layout
 from twotier.errors import UserError
 from twotier.images import build as images
 from twotier.kube.objects import dig
@@ -32,8 +33,6 @@ DEFAULT_PORT = 10350
 
 def pinned_tilt() -> Path:
     """Where `invoke cluster.build --component tilt` puts the pinned Tilt."""
-    from localcluster import layout
-
     return layout.binary("tilt")
 
 
@@ -53,8 +52,6 @@ def tilt_binary() -> str:
 
 def pinned_shim_dir() -> Path:
     """localcluster/bin: its `tilt` builds the pinned Tilt on first use (cluster.env's PATH)."""
-    from localcluster import layout
-
     return layout.HERE / "bin"
 
 
@@ -89,8 +86,7 @@ def tilt_argv(tilt: str, subcommand: str, cluster, port: int | None = None,
 
 def tilt_env(kubeconfig: str, port: int | None = None) -> dict:
     """Environment for Tilt: the cluster's kubeconfig, the pinned kubectl first on PATH."""
-    env = dict(os.environ)
-    env["KUBECONFIG"] = kubeconfig
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
     if port is not None:
         env["TILT_PORT"] = str(port)  # `tilt get/wait/trigger` find this session's API server
     try:
