@@ -121,6 +121,12 @@ def write_configs(node_ip: str) -> None:
 def argv(component: str, node_ip: str) -> list[str]:
     p, s = L.PKI, L.STATE
     k8s = lambda name: str(L.binary("kubernetes", name))
+
+    def control_loop(name: str, kubeconfig: str, *flags: str) -> list[str]:  # controller-manager, scheduler
+        kc = str(s / kubeconfig)
+        return [k8s(name), "--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
+                "--bind-address", "127.0.0.1", "--leader-elect=false", *flags, "--v=1"]
+
     if component == "containerd":
         return [str(L.binary("containerd")), "--config", str(s / "containerd.toml")]
     if component == "etcd":
@@ -153,17 +159,13 @@ def argv(component: str, node_ip: str) -> list[str]:
                 "--proxy-client-cert-file", str(p / "front-proxy-client.crt"),
                 "--proxy-client-key-file", str(p / "front-proxy-client.key")]
     if component == "kube-controller-manager":
-        kc = str(s / "controller-manager.kubeconfig")
-        return [k8s("kube-controller-manager"), "--kubeconfig", kc, "--authentication-kubeconfig", kc,
-                "--authorization-kubeconfig", kc, "--bind-address", "127.0.0.1", "--leader-elect=false",
-                "--service-account-private-key-file", str(p / "sa.key"), "--root-ca-file", str(p / "ca.crt"),
-                "--cluster-signing-cert-file", str(p / "ca.crt"), "--cluster-signing-key-file", str(p / "ca.key"),
-                "--use-service-account-credentials=true", "--service-cluster-ip-range", L.SERVICE_CIDR,
-                "--controllers", "*,bootstrapsigner,tokencleaner", "--v=1"]
+        return control_loop(component, "controller-manager.kubeconfig",
+                            "--service-account-private-key-file", str(p / "sa.key"), "--root-ca-file", str(p / "ca.crt"),
+                            "--cluster-signing-cert-file", str(p / "ca.crt"), "--cluster-signing-key-file", str(p / "ca.key"),
+                            "--use-service-account-credentials=true", "--service-cluster-ip-range", L.SERVICE_CIDR,
+                            "--controllers", "*,bootstrapsigner,tokencleaner")
     if component == "kube-scheduler":
-        kc = str(s / "scheduler.kubeconfig")
-        return [k8s("kube-scheduler"), "--kubeconfig", kc, "--authentication-kubeconfig", kc,
-                "--authorization-kubeconfig", kc, "--bind-address", "127.0.0.1", "--leader-elect=false", "--v=1"]
+        return control_loop(component, "scheduler.kubeconfig")
     if component == "kubelet":
         return [k8s("kubelet"), "--kubeconfig", str(s / "kubelet.kubeconfig"), "--config", str(s / "kubelet.json"),
                 "--hostname-override", L.NODE_NAME, "--node-ip", node_ip, "--root-dir", str(L.KUBELET_ROOT),
