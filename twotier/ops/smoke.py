@@ -153,14 +153,14 @@ def endpoint(cluster, deployment: str, service: str) -> Endpoint:
 class Smoke:
     def __init__(self, host, pod, namespace: str, node_ip: str, out=print,
                  retry_for: float = 10.0, sleep=time.sleep, clock=time.monotonic,
-                 resolve=None, dns_wait: float = 40.0):
+                 resolve=None, dns_wait: float = 40.0, host_via: str = ""):
         self.host, self.pod = host, pod
         self.resolve = resolve  # name -> [IPs] as the loader pod sees them (None: don't check)
         self.dns_wait = dns_wait
         self._dns_checked: set[str] = set()
         self.namespace = namespace
         self.node_ip = node_ip
-        self.host_via = f"node {node_ip}"  # what "host -> ..." goes through (a port-forward says so)
+        self.host_via = host_via or f"node {node_ip}"  # what "host -> ..." goes through
         self.out = out
         self.retry_for = retry_for
         self.sleep, self.clock = sleep, clock
@@ -385,11 +385,8 @@ def is_item_list(data):
 
 def equals_items(expected: list[str]):
     def check(data):
-        problem = is_item_list(data)
-        if problem:
-            return problem
-        return "" if sorted(data["items"]) == sorted(expected) else \
-            f"expected items {_compact(expected)}, got {_compact(data['items'])}"
+        return is_item_list(data) or ("" if sorted(data["items"]) == sorted(expected) else
+                                      f"expected items {_compact(expected)}, got {_compact(data['items'])}")
     return check
 
 
@@ -452,11 +449,9 @@ def _endpoints(cluster, stage: str) -> list:
     return [endpoint(cluster, t.deployment, t.service) for t in shape.load().stage(stage).tiers]
 
 
-def _run_checks(cluster, stage, execute, out, host, eps, node_ip: str, host_via: str | None = None) -> Smoke:
+def _run_checks(cluster, stage, execute, out, host, eps, node_ip: str, host_via: str = "") -> Smoke:
     smoke = Smoke(host or HostHttp(), LoaderHttp(execute), cluster.namespace, node_ip, out=out,
-                  resolve=lambda name: loader_resolve(execute, name))
-    if host_via:
-        smoke.host_via = host_via
+                  resolve=lambda name: loader_resolve(execute, name), host_via=host_via)
     start = time.monotonic()
     tiers = shape.load().stage(stage).tiers
     by_name = {t.name: ep for t, ep in zip(tiers, eps)}
