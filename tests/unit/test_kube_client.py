@@ -125,8 +125,8 @@ def test_wrong_context_lists_the_known_ones(tmp_path):
 
 def test_current_context_is_used_when_none_configured(tmp_path):
     path = write_kubeconfig(tmp_path / "kc", {"twotier-local": "u", "kind-a": "u"}, current="kind-a")
-    assert kube.choose_context(path, "")[0] == "kind-a"
-    assert kube.choose_context(path, "twotier-local")[0] == "twotier-local"
+    assert kube.choose_context(path, "") == "kind-a"
+    assert kube.choose_context(path, "twotier-local") == "twotier-local"
 
 
 def test_no_current_context(tmp_path):

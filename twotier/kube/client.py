@@ -91,7 +91,7 @@ class Target:
     api_timeout: float = 5.0
 
 
-def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
+def choose_context(kubeconfig: str, wanted: str = "") -> str:
     """Read the kubeconfig's contexts (the client's own reading: a ':'-separated $KUBECONFIG is
     merged) and pick the wanted one (or the current one)."""
     from kubernetes.config import list_kube_config_contexts
@@ -114,18 +114,18 @@ def choose_context(kubeconfig: str, wanted: str = "") -> tuple[str, dict]:
         if not wanted:
             raise UserError(f"kubeconfig {kubeconfig} has no current context",
                             "set twotier.context (or --context) to one of `kubectl config get-contexts`") from None
-        return wanted, {"name": wanted}  # load_kube_config checks it exists
+        return wanted  # load_kube_config checks it exists
     except Exception as err:  # yaml errors and the like
         raise UserError(f"cannot read kubeconfig {kubeconfig}: {err}", "check the file") from None
-    by_name = {c["name"]: c for c in contexts}
+    names = {c["name"] for c in contexts}
     name = wanted or current["name"]
-    if name not in by_name:
+    if name not in names:
         raise UserError(
             f"context {name!r} is not in kubeconfig {kubeconfig}",
-            "known contexts: " + (", ".join(sorted(by_name)) or "none")
+            "known contexts: " + (", ".join(sorted(names)) or "none")
             + "; set twotier.context or pass --context",
         )
-    return name, by_name[name]
+    return name
 
 
 def check_context_allowed(name: str, allowed=(), extra=()) -> None:
@@ -378,7 +378,7 @@ def connect(target: Target, allow_context=(), check_namespace: bool = True) -> C
     from kubernetes.config.kube_config import load_kube_config
 
     kubeconfig = target.kubeconfig
-    name, _ctx = choose_context(kubeconfig, target.context)
+    name = choose_context(kubeconfig, target.context)
     check_context_allowed(name, target.allowed_contexts, allow_context)
     cfg = client.Configuration()
     try:
