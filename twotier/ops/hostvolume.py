@@ -143,7 +143,7 @@ def for_context(context: str, objs: list[dict], out=print) -> list[dict]:
     from twotier.settings import load
 
     settings = load().with_flags(context=context)
-    cluster = connect(settings, check_namespace=False)
+    cluster = connect(settings, allow_context=context, check_namespace=False)  # Tilt chose the context
     objs = storagenode.pin_for_cluster(cluster, objs, settings)
     if cluster.context == localcluster.CONTEXT:
         prepare_all(objs, out=out)
