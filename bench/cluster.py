@@ -1,9 +1,11 @@
-"""The local cluster's own figures: `cluster.up`/`cluster.down` with one and three nodes, and the
-application's behaviour while the storage tier's node is lost.
+"""The clusters' own figures: `cluster.up`/`cluster.down` with one and three nodes on the local
+cluster and on the kind provider side by side, and the application's behaviour while the storage
+tier's node is lost.
 
 Both sections take the shared local cluster down and up (and `nodeloss` deploys the full stage on
 three nodes); each ends with the node count it found. The times are the wall times of the tasks
-as a user types them.
+as a user types them. The kind column runs after the local one, on the local cluster's dockerd (the
+kind nodes are its containers); its first row rebuilds the node image from the cached binaries.
 """
 from __future__ import annotations
 
@@ -24,34 +26,66 @@ from twotier.kube.objects import dig, pod_ready
 from twotier.ops.cluster import connect, kubectl
 from twotier.poll import poll
 
-#: the cluster.up / cluster.down figures, in the order they are taken (label, task arguments)
+#: the cluster.up / cluster.down figures, in the order they are taken (row, task arguments); the
+#: kind provider's are the same tasks with --provider kind
 LIFECYCLE = (
     (None, ("cluster.down",)),
     ("`cluster.up` from nothing, 1 node", ("cluster.up", "--nodes", "1")),
     ("`cluster.up` when already up", ("cluster.up", "--nodes", "1")),
-    ("`cluster.up --nodes 3` on a running 1-node cluster (adds nodes 2 and 3)", ("cluster.up", "--nodes", "3")),
-    ("`cluster.up --nodes 1` on 3 nodes (removes nodes 2 and 3)", ("cluster.up", "--nodes", "1")),
+    ("`cluster.up --nodes 3` on a running 1-node cluster", ("cluster.up", "--nodes", "3")),
+    ("`cluster.up --nodes 1` on 3 nodes", ("cluster.up", "--nodes", "1")),
     ("`cluster.down`, 1 node", ("cluster.down",)),
     ("`cluster.up --nodes 3` from nothing", ("cluster.up", "--nodes", "3")),
     ("`cluster.down`, 3 nodes", ("cluster.down",)),
 )
+NODE_IMAGE_ROW = "node image built from the cached binaries, then `cluster.up`, 1 node"
+PER_NODE_ROW = "each node beyond the first (3 nodes from nothing vs 1, halved)"
 STORAGE_NODE = Node(2)
 LOSS_S = 20.0  # how long the app is probed while the storage node is gone
 
 
+def _lifecycle(progress, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """{row: seconds} of LIFECYCLE's tasks, each with EXTRA arguments (a provider)."""
+    took = {}
+    for label, args in LIFECYCLE:
+        progress(f"invoke {' '.join(args + extra)} ...")
+        seconds = invoke_task(*args, *extra)
+        if label:
+            took[label] = seconds
+            progress(f"  {seconds:.1f} s")
+    return took
+
+
+def _kind_node_image_build(progress) -> float:
+    """`cluster.up --provider kind` once the node images are removed: their build plus a 1-node create."""
+    tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "twotier-kind/node"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    if tags:
+        subprocess.run(["docker", "rmi", *tags], capture_output=True, check=True)
+    progress("invoke cluster.up --provider kind --nodes 1 (node image rebuilt) ...")
+    seconds = invoke_task("cluster.up", "--provider", "kind", "--nodes", "1")
+    progress(f"  {seconds:.1f} s")
+    invoke_task("cluster.down", "--provider", "kind")
+    return seconds
+
+
 def cluster_section(settings, progress) -> str:
     found = localcluster.node_count() if localcluster.is_up() else 1
-    rows = []
     try:
-        for label, args in LIFECYCLE:
-            progress(f"invoke {' '.join(args)} ...")
-            took = invoke_task(*args)
-            if label:
-                rows.append((label, f"{took:.1f} s"))
-                progress(f"  {took:.1f} s")
+        local = _lifecycle(progress)
     finally:
         invoke_task("cluster.up", "--nodes", str(found))
-    return tables.markdown(["local cluster (binaries cached)", "wall time"], rows)
+    kind = {NODE_IMAGE_ROW: _kind_node_image_build(progress)}
+    try:
+        kind.update(_lifecycle(progress, ("--provider", "kind")))
+    finally:
+        invoke_task("cluster.down", "--provider", "kind")
+    for took in (local, kind):
+        took[PER_NODE_ROW] = (took["`cluster.up --nodes 3` from nothing"] - took["`cluster.up` from nothing, 1 node"]) / 2
+    rows = [(label, f"{local[label]:.1f} s" if label in local else "-", f"{kind[label]:.1f} s" if label in kind else "-")
+            for label in [NODE_IMAGE_ROW] + [row for row, _ in LIFECYCLE if row] + [PER_NODE_ROW]]
+    return tables.markdown(["binaries cached; kind's nodes are containers of the local cluster's dockerd",
+                            "local cluster", "kind provider"], rows)
 
 
 def _get(url: str, timeout: float = 30) -> tuple[int, dict | None, float]:
