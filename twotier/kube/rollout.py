@@ -122,12 +122,8 @@ def pod_summary(pod: dict) -> str:
 
 
 def event_lines(events: list[dict], limit: int = 6) -> list[str]:
-    lines = []
-    for ev in events[-limit:]:
-        count = ev.get("count") or 1
-        lines.append(f"{ev.get('type', '')} {ev.get('reason', '')}: {ev.get('message', '').strip()}"
-                     + (f" (x{count})" if count > 1 else ""))
-    return lines
+    return [f"{ev.get('type', '')} {ev.get('reason', '')}: {ev.get('message', '').strip()}"
+            + (f" (x{ev['count']})" if (ev.get("count") or 1) > 1 else "") for ev in events[-limit:]]
 
 
 def diagnose_pod(cluster, pod: dict, log_lines: int = 20) -> list[str]:
