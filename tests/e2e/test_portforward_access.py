@@ -135,7 +135,10 @@ def test_tilt_up_reaches_both_services_through_its_port_forwards(cluster, settin
 
     ports = settings.forward_ports
     with node_ports_blocked(), live.TiltSession(settings, extra_args=["--access=port-forward"]) as session:
-        session.wait_ready(resources=("storage", "app", "loader", "storage-port-forward", "app-port-forward"))
+        session.wait_ready(resources=("storage", "app", "loader"))
+        # the forwards' resources only run (a serve_cmd has no update): ready when /healthz answers through them
+        poll(lambda: all(session.resource_status(f"{t.name}-port-forward").get("runtimeStatus") == "ok"
+                         for t in full_tiers()), timeout=120, interval=1, what="Tilt's port-forward resources ready")
         assert node_port_refused(node_ip, 31001)
         for url in (f"http://127.0.0.1:{ports['storage']}/items",
                     f"http://127.0.0.1:{ports['app']}/createlist/2"):
