@@ -184,6 +184,7 @@ class Endpoints(portforward.ServiceEndpoints):
         self.set(*pods)
 
     def start(self):
+        self.listed.set()
         return self
 
     def set(self, *pods):

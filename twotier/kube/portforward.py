@@ -42,6 +42,7 @@ CHUNK = 64 * 1024
 SEND_TIMEOUT = 60.0        # a peer that takes nothing for this long ends its connection
 TICK = 0.5                 # how often blocked loops look at the stop flag
 POD_WAIT = 20.0            # how long a connection waits for a ready pod (a rollout, a first start)
+READY_GRACE = 5.0          # start(): how long the pods, once read, may take to be ready (slices lag)
 LINGER = 10.0              # after the client's EOF, how long an awaited answer may be silent
 WATCH_SECONDS = 15         # one watch of the EndpointSlices (below the API client's read timeout)
 # What a runtime's port-forward says when nothing listens on the pod's port (containerd, CRI-O,
@@ -89,6 +90,7 @@ class ServiceEndpoints:
     def __init__(self, cluster, service: str, port_name: str, say: Callable[[str], None] = lambda _m: None):
         self.cluster, self.service, self.port_name, self.say = cluster, service, port_name, say
         self.error = ""  # the last failure to read them (they are kept meanwhile)
+        self.listed = threading.Event()  # read once at least
         self._endpoints: list[Endpoint] = []
         self._turn = 0
         self._changed = threading.Condition()
@@ -145,6 +147,7 @@ class ServiceEndpoints:
                 slices = {s["metadata"]["name"]: s for s in listed.get("items") or []}
                 self.update(list(slices.values()))
                 self.error = ""
+                self.listed.set()
                 for event in self.cluster.dynamic.watch(
                         self._resource, namespace=self.cluster.namespace, label_selector=selector,
                         resource_version=listed["metadata"]["resourceVersion"], timeout=WATCH_SECONDS):
@@ -226,6 +229,7 @@ class _Relay:
                     if not answered and self.replayable:
                         self.unanswered += data
                         self.replayable = len(self.unanswered) <= REPLAY_LIMIT
+                        self.unanswered = self.unanswered if self.replayable else b""
                     if not _send(pod, data):
                         return ended()
                     awaiting = True
@@ -330,14 +334,15 @@ class PortForward:
         self._acceptor = threading.Thread(target=self._accept, daemon=True, name=f"forward-{self.service}")
         self._acceptor.start()
         if wait_ready:
-            try:
-                poll(self.endpoints.current, timeout=self.start_timeout, interval=0.2,
+            try:  # as kubectl, no waiting for pods that are not ready (`invoke status` of a broken tier)
+                poll(self.endpoints.listed.is_set, timeout=self.start_timeout, interval=0.1,
+                     what=f"the endpoints of service/{self.service}")
+                poll(self.endpoints.current, timeout=min(READY_GRACE, self.start_timeout), interval=0.1,
                      what=f"a ready pod behind service/{self.service}")
             except UserError:
                 self.stop()
                 said = f" ({self.endpoints.error})" if self.endpoints.error else ""
-                raise UserError(f"service/{self.service} has no ready pod to forward to after "
-                                f"{self.start_timeout:.0f}s{said}",
+                raise UserError(f"service/{self.service} has no ready pod to forward to{said}",
                                 f"is service/{self.service} deployed with a ready pod? `invoke status` shows it; "
                                 "or use access nodeport if the node's NodePorts are reachable") from None
         return self
