@@ -2,9 +2,7 @@
 
 Each service runs as ``python -m <package>`` from its own folder (exactly as in its image), with
 ``services/common`` (the shared package ``twotier_service``, ``/app/twotier_service`` in the image)
-on ``PYTHONPATH``, as a ``twotier.proc.Background`` process: its own session, stopped in order
-(SIGTERM: the server finishes in-flight requests; SIGKILL after a timeout), and SIGTERM if this
-process dies without cleaning up.
+on ``PYTHONPATH``, as a ``twotier.proc.Background`` process (its docstring: session, stop order).
 
 ``serve`` runs the tiers of the full stage (system.yaml), each after the tiers it ``uses``, wired
 to them through ``<PREFIX>_API`` (the app's ``STO_API``); the storage tier's items go to
@@ -46,7 +44,6 @@ def service_env(env: dict | None = None) -> dict:
 
 
 # The tiers as system.yaml declares them (package, env prefix, port, folder).
-Service = shape.Tier
 STORAGE = shape.load().tier("storage")
 APP = shape.load().tier("app")
 HELLO = shape.load().tier("hello")
@@ -55,7 +52,7 @@ HELLO = shape.load().tier("hello")
 class ServiceProcess(Background):
     """A service started as a real process on loopback; use as a context manager."""
 
-    def __init__(self, service: Service, port: int, env: dict | None = None, *, dev: bool = False,
+    def __init__(self, service: shape.Tier, port: int, env: dict | None = None, *, dev: bool = False,
                  host: str = LOOPBACK, echo=None, label: str | None = None,
                  directory: Path | None = None):
         self.service = service
