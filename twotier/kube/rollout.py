@@ -3,10 +3,8 @@
 ``rollout_state(deployment)`` is kubectl's rule (pkg/polymorphichelpers/rollout_status.go,
 DeploymentStatusViewer.Status) as a pure function on the API's dict.
 
-``wait_for_rollouts(cluster, names, timeout)`` is one ``poll()`` whose check prints a progress line whenever the state
-changes (and a heartbeat while it doesn't), and stops early with a clear error when the rollout
-cannot succeed: ProgressDeadlineExceeded, or a pod of the new ReplicaSet stuck in
-CrashLoopBackOff / ImagePullBackOff / ErrImagePull (its last log lines and events are shown).
+``wait_for_rollouts(cluster, names, timeout)`` is one ``poll()`` whose check prints progress and
+stops early, with the pod's events and last log lines, when the rollout cannot succeed.
 """
 from __future__ import annotations
 
