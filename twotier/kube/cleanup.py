@@ -64,10 +64,8 @@ def targets_from(objs: list[dict], namespace: str) -> list[Target]:
 
 
 def phase_of(kind: str) -> int:
-    for i, (_title, kinds, _wait) in enumerate(PHASES):
-        if kind in kinds:
-            return i
-    return 2  # unknown namespaced kinds: with policies and config, before the claims
+    # unknown namespaced kinds: with policies and config (2), before the claims
+    return next((i for i, (_title, kinds, _wait) in enumerate(PHASES) if kind in kinds), 2)
 
 
 def plan(targets: list[Target]) -> list[tuple[str, list[Target], bool]]:
