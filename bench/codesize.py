@@ -75,6 +75,32 @@ ISSUE_OF = {
     "9b434af": "23",  # one batched run for createlist/clear, one env-number reader
     "cc07527": "23",  # a single delete through the batch's delete
     "94831eb": "fix: debugger test's break line",
+    "8749462": "23",  # devserver's docstring points to docs/dev-loop.md
+    "435ac1f": "23",  # tiltrun's docstring points to docs/dev-loop.md
+    "1821982": "23",  # one Ready-condition reader; a dead function removed
+    "309f92c": "23",  # one provider choice for the cluster.* tasks
+    "410d1f1": "23",  # Smoke.full, only tests called it
+    "4e36afe": "23",  # lint reads pod specs through kube.objects
+    "f57d903": "23",  # rollout: a one-caller helper folded in
+    "959fa95": "kind load (19)",
+    "97af4b8": "kind provider (19)",
+    "bbee024": "multi-node pod addresses",
+    "bff6357": "fix: clean/status find every component's objects",
+    "105c85b": "port-forward access",
+    "faaece1": "kind provider (19)",
+    "439d740": "kind provider (19)",
+    "273e3ef": "23",  # kube client: _ns alone, pod logs' optional arguments as they are
+    "ad0defe": "23",  # apply.diff_paths: one loop for both list shapes
+    "dbfa881": "23",  # tiltrun: one import of localcluster.layout
+    "eb8a0a3": "23",  # localcluster.argv: the control loops' shared flags once
+    "4faba63": "23",  # smoke: equals_items like its siblings, host_via an argument
+    "b844437": "23",  # choose_context: no unread result
+    "a551541": "host volume",
+    "b2c7bf0": "23",  # rollout.event_lines as one comprehension
+    "e75e04b": "port-forward access",
+    "030c545": "23",  # servers: Background's behaviour said in twotier.proc alone
+    "ff3414b": "23",  # rollout: module docstring without what the code's own docstrings say
+    "9459d1b": "23",  # cleanup.phase_of with next()
 }
 
 
