@@ -250,11 +250,11 @@ def plain(value):
     return copy.deepcopy(value)
 
 
-def load(root: Path = ROOT) -> Settings:
+def load() -> Settings:
     """The settings tasks see, for callers outside Invoke (benchmarks, tests, tools)."""
     from invoke import Config
 
-    cfg = Config(defaults={**Config.global_defaults(), "twotier": defaults()}, project_location=str(root))
+    cfg = Config(defaults={**Config.global_defaults(), "twotier": defaults()}, project_location=str(ROOT))
     cfg.load_project()
     cfg.load_shell_env()
     return Settings.from_invoke(cfg)

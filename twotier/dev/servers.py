@@ -135,7 +135,7 @@ def prepare_storage_dir(storage_dir: str | None) -> tuple[Path, bool]:
 
 
 def serve(storage_dir: str | None, ports: Mapping[str, int | str | None], *, dev: bool = False,
-          out=None, ready_timeout: float = 60.0) -> None:
+          out=None) -> None:
     """Run the full stage's tiers on loopback in the foreground until Ctrl-C / SIGTERM, then stop
     them all. PORTS: {tier: port} (a missing or empty one: the tier's port in system.yaml)."""
     out = out or sys.stdout
@@ -173,7 +173,7 @@ def serve(storage_dir: str | None, ports: Mapping[str, int | str | None], *, dev
             kept = "temporary, removed on exit" if temporary else "kept"
             where = f", items in {directory} ({kept})" if t.name == STORAGE_TIER else ""
             print(f"starting the {t.title} ({mode}) on {proc.url}{where}", file=out, flush=True)
-            proc.start().wait_ready(ready_timeout)
+            proc.start().wait_ready()
         tries = "".join(f"  curl {procs[t.name].url}{t.check_path}\n" for t in tiers)
         print(f"\nready: {', '.join(p.url for p in procs.values())} - try:\n{tries}"
               + ("edit services/*/*_api/*.py or services/common and the service reloads\n" if dev else "")

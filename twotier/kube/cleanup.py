@@ -82,7 +82,7 @@ def _propagation(kind: str) -> str:
     return "Foreground" if kind in WORKLOAD_KINDS and kind != "Pod" else "Background"
 
 
-def clean(cluster, targets: list[Target], timeout: float, out=print, poll: float = 1.0,
+def clean(cluster, targets: list[Target], timeout: float, out=print,
           progress_every: float = 5.0, clock=time.monotonic, sleep=time.sleep) -> dict:
     """Delete the project's objects phase by phase; wait for each phase that needs it."""
     label = f"{PROJECT_LABEL[0]}={PROJECT_LABEL[1]}"
@@ -109,7 +109,7 @@ def clean(cluster, targets: list[Target], timeout: float, out=print, poll: float
             summary["deleted"].append(t.ref)
             waiting.append(t)
         if wait and waiting:
-            _wait_gone(cluster, title, waiting, timeout, start, out, poll, progress_every, clock, sleep)
+            _wait_gone(cluster, title, waiting, timeout, start, out, progress_every, clock, sleep)
     if not summary["deleted"]:
         out("nothing to clean: none of the project's objects exist"
             + (f" (left alone: {', '.join(summary['foreign'])})" if summary["foreign"] else ""))
@@ -132,7 +132,7 @@ def _remaining(cluster, waiting: list[Target]) -> list[str]:
     return left
 
 
-def _wait_gone(cluster, title, waiting, timeout, start, out, poll, progress_every, clock, sleep):
+def _wait_gone(cluster, title, waiting, timeout, start, out, progress_every, clock, sleep):
     left: list[str] = []
     said = [0.0]
 
@@ -146,7 +146,7 @@ def _wait_gone(cluster, title, waiting, timeout, start, out, poll, progress_ever
             said[0] = elapsed
 
     try:
-        poll_until(gone, timeout=timeout, interval=poll, what=title, on_wait=progress, clock=clock, sleep=sleep)
+        poll_until(gone, timeout=timeout, interval=1.0, what=title, on_wait=progress, clock=clock, sleep=sleep)
     except Timeout:
         raise UserError(
             f"timed out after {timeout:.0f}s waiting for {title} to go: {', '.join(left)}",

@@ -202,7 +202,7 @@ def restart_stale_pulls(cluster, names: list[str], out=print) -> list[str]:
     return restarted
 
 
-def wait_for_rollouts(cluster, names: list[str], timeout: float, out=print, poll: float = 1.0,
+def wait_for_rollouts(cluster, names: list[str], timeout: float, out=print,
                       heartbeat: float = 10.0, clock=time.monotonic, sleep=time.sleep) -> float:
     """Wait until every named Deployment has rolled out; returns the seconds it took. The check
     fails fast with the reason when a rollout cannot succeed."""
@@ -226,7 +226,7 @@ def wait_for_rollouts(cluster, names: list[str], timeout: float, out=print, poll
         return not pending
 
     try:
-        poll_until(rolled_out, timeout=timeout, interval=poll, what="rollout", clock=clock, sleep=sleep)
+        poll_until(rolled_out, timeout=timeout, interval=1.0, what="rollout", clock=clock, sleep=sleep)
     except Timeout:
         deps = [cluster.get("apps/v1", "Deployment", name) for name in pending]
         details = [line for dep in deps if dep for line in diagnose_deployment(cluster, dep)]

@@ -83,12 +83,11 @@ class HostHttp:
 class LoaderHttp:
     """HTTP from inside the cluster: curl in the loader pod."""
 
-    def __init__(self, execute, timeout: float | None = None):
+    def __init__(self, execute):
         self.execute = execute  # (argv) -> (rc, output)
-        self.timeout = REQUEST_TIMEOUT if timeout is None else timeout
 
     def argv(self, method: str, url: str) -> list[str]:
-        return ["curl", "-sS", "--noproxy", "*", "-m", str(int(self.timeout)), "-X", method,
+        return ["curl", "-sS", "--noproxy", "*", "-m", str(int(REQUEST_TIMEOUT)), "-X", method,
                 "-w", "\n%{http_code}", url]
 
     def __call__(self, method: str, url: str) -> Response:
