@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from twotier.errors import UserError
-from twotier.kube.client import CLUSTER_SCOPED, ApiError, owned
+from twotier.kube.client import ApiError, live_namespace, owned
 from twotier.kube.objects import dig
 
 # Server-managed fields that say nothing about what the user asked for.
@@ -148,15 +148,9 @@ def check_nodeports(cluster, objs: list[dict]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-def _live_namespace(cluster, obj) -> str | None:
-    if obj.get("kind") in CLUSTER_SCOPED:
-        return None
-    return obj["metadata"].get("namespace") or cluster.namespace
-
-
 def apply_one(cluster, obj: dict, dry_run: bool = False) -> Change:
     api_version, kind, name = obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
-    live = cluster.get(api_version, kind, name, _live_namespace(cluster, obj))
+    live = cluster.get(api_version, kind, name, live_namespace(obj, cluster.namespace))
     try:
         result = cluster.apply(obj, dry_run=dry_run)
     except ApiError as err:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from twotier.errors import UserError
-from twotier.kube.client import CLUSTER_SCOPED, PROJECT_LABEL, owned
+from twotier.kube.client import PROJECT_LABEL, live_namespace, owned
 from twotier.kube.objects import dig, pod_selector
 from twotier.poll import Timeout
 from twotier.poll import poll as poll_until
@@ -53,7 +53,7 @@ def targets_from(objs: list[dict], namespace: str) -> list[Target]:
     for obj in objs:
         kind = obj.get("kind", "")
         meta = obj.get("metadata") or {}
-        ns = None if kind in CLUSTER_SCOPED else (meta.get("namespace") or namespace)
+        ns = live_namespace(obj, namespace)
         key = (kind, ns, meta.get("name"))
         if key in seen:
             continue

@@ -28,6 +28,11 @@ CLUSTER_SCOPED = frozenset(
      "CustomResourceDefinition", "PriorityClass", "IngressClass"}
 )
 
+def live_namespace(obj: dict, default: str) -> str | None:
+    """The namespace OBJ lives in: its own, else DEFAULT; None for a cluster-scoped kind."""
+    return None if obj.get("kind") in CLUSTER_SCOPED else (objects.dig(obj, "metadata.namespace") or default)
+
+
 # Every object the project creates carries this label; clean/status only touch objects that do.
 PROJECT_LABEL = ("app.kubernetes.io/part-of", "twotier")
 
