@@ -501,10 +501,8 @@ def status_rows() -> list[tuple[str, str, str]]:
         if name == "dockerd" and not pid and docker_ok():
             state = "running (not ours)"
         if name == "registry" and not pid:
-            try:
+            with contextlib.suppress(Exception):  # nothing answers on its port
                 state = "running (not ours)" if registry_ok() else state
-            except Exception:
-                pass
         rows.append((name, str(pid or "-"), state))
     for node in extra_nodes.existing():
         for comp in ("namespaces", *extra_nodes.COMPONENTS):
@@ -519,9 +517,7 @@ def status_rows() -> list[tuple[str, str, str]]:
         ready = {}
     for name in names:
         ip = ""
-        try:
+        with contextlib.suppress(KeyError):  # a node this host does not run
             ip = f" ({extra_nodes.by_name(name).ip})"
-        except KeyError:
-            pass
         rows.append((f"node/{name}{ip}", "-", ready.get(name, "unreachable" if not ready else "absent")))
     return rows
