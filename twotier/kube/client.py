@@ -184,8 +184,9 @@ class Cluster:
         return self._call(lambda: DynamicClient(self.api_client), "discover the API")
 
     # --- error handling ------------------------------------------------------------------
-    def _call(self, func, what: str):
-        """Run one API call; turn transport failures and API errors into UserError."""
+    def _call(self, func, what: str, missing_ok: bool = False):
+        """Run one API call; turn transport failures and API errors into UserError (MISSING_OK:
+        None when the object does not exist)."""
         import urllib3
         from kubernetes.client.rest import ApiException
         from kubernetes.dynamic.exceptions import DynamicApiError
@@ -193,6 +194,8 @@ class Cluster:
         try:
             return func()
         except (ApiException, DynamicApiError) as err:
+            if missing_ok and getattr(err, "status", 0) == 404:
+                return None
             raise ApiError(f"{what}: {describe_api_error(err)}", status=getattr(err, "status", 0),
                            body=getattr(err, "body", None)) from None
         except urllib3.exceptions.HTTPError as err:
@@ -236,14 +239,8 @@ class Cluster:
         """The live object as a dict, or None if it doesn't exist."""
         res = self.resource(api_version, kind)
         ns = self._ns(api_version, kind, namespace)
-        try:
-            obj = self._call(lambda: res.get(name=name, namespace=ns, _request_timeout=self.timeout),
-                             f"read {kind} {name}")
-        except ApiError as err:
-            if err.status == 404:
-                return None
-            raise
-        return self.to_dict(obj)
+        return self.to_dict(self._call(lambda: res.get(name=name, namespace=ns, _request_timeout=self.timeout),
+                                       f"read {kind} {name}", missing_ok=True))
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              label_selector: str | None = None, all_namespaces: bool = False,
@@ -285,15 +282,8 @@ class Cluster:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         if grace_period is not None:
             body["gracePeriodSeconds"] = grace_period
-        try:
-            self._call(lambda: res.delete(name=name, namespace=ns, body=body,
-                                          _request_timeout=self.timeout),
-                       f"delete {kind} {name}")
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
+        return self._call(lambda: res.delete(name=name, namespace=ns, body=body, _request_timeout=self.timeout),
+                          f"delete {kind} {name}", missing_ok=True) is not None
 
     def create(self, obj: dict) -> dict:
         res = self.resource(obj["apiVersion"], obj["kind"])
