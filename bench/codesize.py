@@ -101,6 +101,10 @@ ISSUE_OF = {
     "030c545": "23",  # servers: Background's behaviour said in twotier.proc alone
     "ff3414b": "23",  # rollout: module docstring without what the code's own docstrings say
     "9459d1b": "23",  # cleanup.phase_of with next()
+    "1a052e9": "23",  # parameters nobody passes
+    "c9ae74a": "23",  # one live_namespace() for apply and cleanup
+    "6b94cdd": "23",  # status_rows: suppressed exceptions
+    "1b01ca3": "23",  # one 404 rule (_call's missing_ok) for get and delete
 }
 
 
