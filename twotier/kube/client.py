@@ -54,11 +54,8 @@ def context_is_local(name: str, allowed=(), extra=()) -> bool:
 
 
 def resolve_kubeconfig(configured: str = "", local_default: str = "", environ=None) -> str:
-    """Which kubeconfig to use, in the ecosystem's precedence: the configured path, else
-    $KUBECONFIG (may be a ':'-separated list), else LOCAL_DEFAULT (a local cluster's kubeconfig,
-    when it exists), else ~/.kube/config. An explicit $KUBECONFIG is never passed over for the
-    local cluster: a user whose KUBECONFIG names their kind cluster, or a file that does not
-    exist, gets that (or its error)."""
+    """Which kubeconfig to use: the configured path, $KUBECONFIG (even a missing file), LOCAL_DEFAULT
+    when it exists, ~/.kube/config (docs/configuration.md: `context`, `kubeconfig`)."""
     environ = os.environ if environ is None else environ
     if configured.strip():
         return os.path.expanduser(configured.strip())
