@@ -1,12 +1,7 @@
 """The user's settings, read once into a typed object that the rest of the machinery receives.
 
-Precedence, lowest to highest:
-  0. the defaults below (``defaults()``: what tasks.py gives ``ns.configure``)
-  1. invoke.yaml, key ``twotier:`` (the checkout's choices, in git)
-  2. twotier.local.yaml (git-ignored: what ``./bootstrap.sh`` decided for this machine, such as
-     ``base_image: local``), unless an INVOKE_TWOTIER_* variable sets the same key
-  3. INVOKE_TWOTIER_<KEY>[_<SUB>] environment variables (Invoke applies them to existing keys)
-  4. task flags (``Settings.with_flags``)
+Precedence, lowest first (docs/configuration.md): the defaults below, invoke.yaml, twotier.local.yaml,
+INVOKE_TWOTIER_<KEY>[_<SUB>] environment variables, task flags (``Settings.with_flags``).
 """
 from __future__ import annotations
 
