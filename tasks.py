@@ -2,15 +2,8 @@
 
 `invoke --list` shows every task; `invoke --help TASK` shows its options. This file is the table
 of contents: each task reads the settings once (twotier.settings) and hands them to the
-machinery in twotier/ (the system's shape: system.yaml) or localcluster/.
-
-  run locally      serve, dev
-  images           build, push, base-image
-  deploy, inspect  render, deploy, up, status, logs, loader-shell, smoke, clean, load
-  dev loop         tilt.ci, tilt.smoke
-  local cluster    cluster.up, cluster.down, cluster.status, cluster.env, cluster.kubeconfig, cluster.build
-  quality, speed   test, lint, bench (bench.api, ...)
-  dependencies     deps.upgrade, deps.compile
+machinery in twotier/ (the system's shape: system.yaml) or localcluster/. docs/configuration.md
+lists the tasks by purpose.
 """
 from invoke import Collection, task
 from invoke.exceptions import Exit
