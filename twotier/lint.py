@@ -1,13 +1,7 @@
-"""`invoke lint`: the code (ruff) and every manifest the project can render.
-
-Manifests: every stage alone and with all components, and the loader pod, are validated strictly
-against the Kubernetes schemas of the version the local cluster runs; every stage alone and with
-each component is held to Pod Security "restricted" (every container, init containers included;
-a component that cannot be restricted says why in ``NOT_RESTRICTED``); then checked by checkov
-(a manifest security linter). A checkov finding is either fixed or suppressed on the object with
-a ``checkov.io/skipN: CHECK_ID=reason`` annotation; a suppression without a reason, or one that
-suppresses nothing any more, is a finding too. checkov lives in its own virtualenv (its pinned
-dependencies clash with the project's), installed from PyPI on first use.
+"""`invoke lint`: the code (ruff) and every manifest the project can render: strict schemas, Pod
+Security "restricted" (``NOT_RESTRICTED`` says why a component cannot be), checkov and its
+suppressions (k8s/README.md says what each check covers). checkov lives in its own virtualenv (its
+pinned dependencies clash with the project's), installed from PyPI on first use.
 """
 from __future__ import annotations
 
