@@ -1,14 +1,10 @@
 """Server-side apply of rendered objects, in their rendered order, idempotent, with a dry-run mode.
 
-``apply_objects(cluster, objs)`` applies each object with the field manager ``twotier`` (conflicts
-forced: the project owns its fields) and reports, like kubectl, ``created`` / ``configured`` /
-``unchanged`` per object. A second deploy of the same render changes nothing: the API server skips
-no-op applies (the resourceVersion stays the same), and the applied result equals the live object
-apart from status and bookkeeping, so we say ``unchanged``.
-
-``dry_run=True`` sends the same applies with ``dryRun=All``: the server computes the result (with
-defaults and admission) without storing it, and we compare it to the live object to show what
-would change.
+``apply_objects(cluster, objs)`` applies each object (field manager ``twotier``, conflicts forced:
+the project owns its fields) and says, like kubectl, ``created`` / ``configured`` / ``unchanged``:
+the applied result compared with the live object (``apply_one``), so a second deploy of the same
+render says ``unchanged``. ``dry_run=True`` sends the same applies with ``dryRun=All`` (the server
+computes, stores nothing) and says what would change.
 """
 from __future__ import annotations
 
