@@ -4,9 +4,8 @@ Each service runs as ``python -m <package>`` from its own folder (exactly as in 
 ``services/common`` (the shared package ``twotier_service``, ``/app/twotier_service`` in the image)
 on ``PYTHONPATH``, as a ``twotier.proc.Background`` process (its docstring: session, stop order).
 
-``serve`` runs the tiers of the full stage (system.yaml), each after the tiers it ``uses``, wired
-to them through ``<PREFIX>_API`` (the app's ``STO_API``); the storage tier's items go to
-``<PREFIX>_STORAGE``. A new tier in the full stage is served with its system.yaml port.
+``serve`` starts each tier after those it ``uses``, wired through ``<PREFIX>_API`` (the app's
+``STO_API``); the storage tier's items go to ``<PREFIX>_STORAGE``.
 """
 from __future__ import annotations
 
