@@ -1,10 +1,6 @@
-"""A real Kubernetes cluster on this machine, the way hack/local-up-cluster.sh does it.
-
-etcd, the control plane, containerd, kubelet and kube-proxy run as host processes built from
-upstream sources (localcluster/build-binaries.sh); CoreDNS runs as a Deployment; Debian's registry
-serves images on localhost:5000. The host is node 1; ``up(nodes=N)`` adds nodes 2..N, each with
-its own containerd, kubelet and kube-proxy in its own namespaces (nodes.py). ``up()`` is
-idempotent, ``down()`` leaves the host as it was.
+"""A real Kubernetes cluster on this machine, the way hack/local-up-cluster.sh does it (what runs
+where: docs/local-cluster.md). The host is node 1; ``up(nodes=N)`` adds nodes 2..N in their own
+namespaces (nodes.py). ``up()`` is idempotent, ``down()`` leaves the host as it was.
 """
 from __future__ import annotations
 
