@@ -2,8 +2,9 @@
 with the project's node image and the provider's config, but no registry and no containerd certs.d
 entry. On it `invoke up` loads the images with `kind load` (no registry is advertised) and prints
 its 17 PASS lines with the host's checks through the node container's IP; `invoke deploy`, `invoke
-smoke` and `invoke loader-shell` (on a pseudo-terminal) work; `invoke clean` leaves none of the
-project's objects; without a kind CLI, `invoke push` says what to install.
+smoke` and `invoke loader-shell` (on a pseudo-terminal) work; `tilt ci` loads the images with kind
+itself and passes; `invoke clean` leaves none of the project's objects; without a kind CLI, `invoke
+push` says what to install.
 
 One cluster of one node, created and deleted by the module fixture. Its kubeconfig is a copy of the
 local cluster's, to which kind adds its context and makes it current, as it does to a user's
@@ -31,6 +32,7 @@ from localcluster import layout as L
 from localcluster.kind import provider
 from twotier.images import kindload
 from twotier.kube import client as kube
+from twotier.poll import poll
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
 REPO = Path(__file__).resolve().parents[2]
@@ -174,6 +176,31 @@ def test_loader_shell_on_a_terminal(hand):
     assert "marker-42" in seen, seen[-2000:]
     assert re.search(r"\[.*\]|\{.*\}", seen), seen[-2000:]  # in-svc answered with JSON
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_tilt_ci_loads_the_images_with_kind_itself(hand):
+    """Plain `tilt ci` (the Tiltfile, no --registry): Tilt sees a kind cluster without a registry and
+    runs `kind load` (PATH's kind: the shimmed one); the Tiltfile pins local-pv and makes its directory
+    in the node. `tilt down` then deletes what it made."""
+    from twotier.dev.tiltrun import tilt_binary
+    from twotier.ports import free_port
+
+    tilt = tilt_binary()
+    env = {**hand.env, "PATH": os.pathsep.join([str(provider.kind_cli().parent), str(L.kubectl_path().parent),
+                                                 os.environ.get("PATH", "")])}
+    port = str(free_port())
+    try:
+        res = run([tilt, "ci", "--file", str(REPO / "Tiltfile"), "--port", port, "--timeout", "600s"], env,
+                  timeout=700, check=False)
+        print(f"tilt ci on the cluster made by hand: {res.seconds:.1f}s")
+    finally:
+        run([tilt, "down", "--file", str(REPO / "Tiltfile")], env, timeout=300, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert out.count("Loading image to KIND") == 3, out[-3000:]
+    assert len(re.findall(r"│ PASS ", out)) == 17 and "│ FAIL " not in out, out[-3000:]
+    # tilt down asks for the deletions and returns: the pods and the claim go a few seconds later
+    poll(lambda: hand.objects() == [], timeout=120, what="tilt down's deletions")
 
 
 def test_without_a_kind_cli_push_says_what_to_install(hand, tmp_path):
