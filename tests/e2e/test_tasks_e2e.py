@@ -188,6 +188,26 @@ def test_loader_shell_in_a_terminal(hello_stage, loader_pod):
     assert "Traceback" not in out
 
 
+def test_loader_shell_makes_the_loader_pod_when_none_runs(hello_stage):
+    """`invoke loader-shell` with no loader pod (a user deleted it, or `invoke clean` ran) makes it
+    from the image `invoke push` pushed, as its help says ("created if missing")."""
+    kubectl("delete", "pod", "loader", "--ignore-not-found", "--wait=true")
+    must("push", "--stage", "hello")  # what the "not in the registry" hint asks for
+    with Terminal(REPO, env={**os.environ, "INVOKE_TWOTIER_BASE_IMAGE": "local"}) as term:
+        term.send(f"{sys.executable} -m invoke loader-shell")
+        shown, end = term.read_until(re.compile(r"\$ $|__RC_(\d+)__"), 180)  # the pod's prompt, or the task ended
+        if end.group(1) is None:
+            term.send("exit 0")
+            term.read_until(RC_MARK, 60)
+        out = term.shown(20000)
+    print(out)
+    assert end.group(1) is None, f"invoke loader-shell ended instead of opening the pod's shell:\n{out}"
+    assert "pod/loader reused" not in shown and "Traceback" not in out
+    pod = kubectl_json("get", "pod", "loader")
+    pushed = must("push", "--stage", "hello").stdout
+    assert pod["spec"]["containers"][0]["image"] in pushed, (pod["spec"]["containers"][0]["image"], pushed)
+
+
 def test_deploy_of_images_never_pushed_stops_before_any_change(hello_stage):
     before = resource_versions("deployment/f-webapp")
     res = fails("deploy", "--stage", "hello", env={"INVOKE_TWOTIER_REGISTRY": "localhost:5000/never-pushed"})
