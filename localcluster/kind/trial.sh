@@ -308,17 +308,10 @@ start_registry() {
     run docker exec -i "$node" sh -c "cat >/etc/containerd/certs.d/localhost:$REGISTRY_PORT/hosts.toml" \
         <<<"[host.\"http://$REGISTRY_NAME:5000\"]"
   done
-  run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" apply -f - <<EOF
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: local-registry-hosting
-  namespace: kube-public
-data:
-  localRegistryHosting.v1: |
-    host: "localhost:$REGISTRY_PORT"
-    help: "https://kind.sigs.k8s.io/docs/user/local-registry/"
-EOF
+  # KEP-1755's ConfigMap, as kind's local-registry recipe writes it (Tilt reads the registry from it)
+  "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" -n kube-public create configmap local-registry-hosting --dry-run=client -o yaml \
+    --from-literal=localRegistryHosting.v1="$(printf 'host: "localhost:%s"\nhelp: "%s"\n' "$REGISTRY_PORT" \
+      https://kind.sigs.k8s.io/docs/user/local-registry/)" | run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" apply -f -
   for _ in $(seq 1 30); do curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null 2>&1 && break; sleep 1; done
   run curl -fsS "http://127.0.0.1:$REGISTRY_PORT/v2/"
   step "registry localhost:$REGISTRY_PORT advertised (kube-public/local-registry-hosting), reachable from every node"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import localcluster
+from tests.support.traffic import http  # noqa: F401 (the e2e modules' one http)
 from twotier.poll import poll
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,23 +269,6 @@ def single_node(cluster):
     if len(nodes) != 1:
         must("cluster.up", "--nodes", "1")
     assert len(kubectl_json("get", "nodes")["items"]) == 1
-
-
-def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, object]:
-    """(status, JSON body) of one request from the host; a non-JSON error body comes back as text."""
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        body = err.read()
-        try:
-            return err.code, json.loads(body or b"null")
-        except ValueError:
-            return err.code, body.decode(errors="replace")
 
 
 def wait_for(check, what: str, timeout: float, every: float = 1.0):

@@ -13,12 +13,8 @@ the kind cluster, through its own kubeconfig.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -26,23 +22,14 @@ import yaml
 
 from localcluster import layout as L
 from localcluster.kind import provider as kind
-from tests.e2e.conftest import http, wait_for
+from tests.e2e.conftest import must as invoke
+from tests.e2e.conftest import wait_for
+from tests.support.traffic import failed_answers, http, restart_under_load
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 NODES = 3
 WORKERS = (f"{kind.CLUSTER}-worker", f"{kind.CLUSTER}-worker2")   # kind taints its control plane
-
-
-def invoke(*args: str, env: dict | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "INVOKE_TWOTIER_BASE_IMAGE": "local", **(env or {})}
-    start = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=full_env, capture_output=True,
-                         text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    print(f"$ invoke {' '.join(args)}  ({time.monotonic() - start:.1f}s, rc={res.returncode})")
-    print(res.stdout[-4000:], res.stderr[-4000:])
-    assert res.returncode == 0, f"invoke {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
@@ -202,35 +189,9 @@ def test_one_item_list_through_every_node(kind_cluster):
 
 def test_zero_failed_requests_through_a_rolling_update(kind_cluster):
     ips = list(node_ips().values())
-    results: list = []
-    stop = threading.Event()
-
-    def load():
-        i = 0
-        while not stop.is_set() and i < 20000:
-            url = f"http://{ips[i % len(ips)]}:31001/" + ("createlist/20" if i % 2 == 0 else "clear")
-            try:
-                results.append(http(url, timeout=15))
-            except Exception as err:
-                results.append((0, repr(err)))
-            i += 1
-
-    def more(n: int):
-        target = len(results) + n
-        wait_for(lambda: len(results) >= target, f"{n} more requests from the load", 180, every=0.1)
-
-    worker = threading.Thread(target=load, daemon=True)
-    worker.start()
-    try:
-        more(20)   # the load runs before the rollout starts
-        kubectl("rollout", "restart", "deployment/sto-dep", "deployment/api-dep")
-        kubectl("rollout", "status", "deployment/sto-dep", "--timeout=180s", timeout=200)
-        kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s", timeout=200)
-        more(20)   # and goes on once the old pods are gone
-    finally:
-        stop.set()
-        worker.join(timeout=30)
-    failed = [r for r in results if r[0] != 200 or not isinstance(r[1], dict) or r[1].get("faileds")]
+    url = lambda i: f"http://{ips[i % len(ips)]}:31001/" + ("createlist/20" if i % 2 == 0 else "clear")
+    results = restart_under_load(kubectl, url)
+    failed = failed_answers(results)
     print(f"rolling update on kind, {NODES} nodes: {len(results)} requests over every node IP, {len(failed)} failed")
     assert len(results) > 40 and failed == [], failed[:5]
 

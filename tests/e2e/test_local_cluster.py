@@ -1,9 +1,6 @@
 """Acceptance of the local cluster itself: a real node, registry, DNS, Services, PV, logs, exec."""
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -11,7 +8,7 @@ import pytest
 
 from localcluster import layout as L
 from tests.e2e.conftest import kubectl, kubectl_json
-from twotier.images import build as images
+from tests.support.traffic import python_image
 from twotier.poll import poll
 
 pytestmark = pytest.mark.cluster
@@ -79,14 +76,7 @@ spec:
 @pytest.fixture(scope="module")
 def probe(cluster):
     """A Deployment of an image built here, pushed to the local registry and pulled by the cluster."""
-    base = images.ensure_local_base()
-    tag = hashlib.sha256((PROBE_PY + base).encode()).hexdigest()[:12]
-    ref = f"{L.REGISTRY_HOST}/twotier-probe:{tag}"
-    with tempfile.TemporaryDirectory() as ctx:
-        Path(ctx, "probe.py").write_text(PROBE_PY)
-        Path(ctx, "Dockerfile").write_text(f"FROM {base}\nCOPY probe.py /probe.py\nUSER 10001\n")
-        subprocess.run(["docker", "build", "-q", "-t", ref, ctx], check=True, capture_output=True)
-    subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
+    ref = python_image("twotier-probe", PROBE_PY, user="10001")
     kubectl("apply", "-f", "-", input=_manifest(ref))
     kubectl("rollout", "status", "deployment/twotier-probe", "--timeout=120s")
     # kube-proxy programs the Service a moment after the pod is Ready: a test picked alone (-k)

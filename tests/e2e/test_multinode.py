@@ -17,11 +17,9 @@ Tests run in file order and build on each other:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from localcluster import layout as L
 from localcluster import nodes as node_ops
 from localcluster.node import Node
 from tests.e2e.conftest import REPO, http, kubectl, kubectl_json, must, run_invoke
-from twotier.images import build as images
+from tests.support.traffic import failed_answers, load, more_results, python_image, restart_under_load
 from twotier.poll import Timeout, poll
 
 pytestmark = pytest.mark.cluster
@@ -126,14 +124,7 @@ def test_up_with_the_same_node_count_is_a_fast_no_op(multinode):
 @pytest.fixture(scope="module")
 def probe_image(multinode) -> str:
     """The probe's image (PROBE_PY on the local base image) in the local registry."""
-    base = images.ensure_local_base()
-    ref = f"{L.REGISTRY_HOST}/twotier-probe:{hashlib.sha256((PROBE_PY + base).encode()).hexdigest()[:12]}"
-    with tempfile.TemporaryDirectory() as ctx:
-        Path(ctx, "probe.py").write_text(PROBE_PY)
-        Path(ctx, "Dockerfile").write_text(f"FROM {base}\nCOPY probe.py /probe.py\n")
-        subprocess.run(["docker", "build", "-q", "-t", ref, ctx], check=True, capture_output=True)
-    subprocess.run(["docker", "push", "-q", ref], check=True, capture_output=True)
-    return ref
+    return python_image("twotier-probe", PROBE_PY)
 
 
 @pytest.fixture(scope="module")
@@ -420,45 +411,11 @@ def test_invoke_up_on_three_nodes_passes_every_smoke_check(multinode):
     print(f"invoke up on {NODES} nodes: {len(passes)} PASS; sto-app on {storage}, api-app on {app}")
 
 
-def load(url_for, stop: threading.Event, results: list, limit: int = 20000, timeout: float = 15) -> None:
-    """Requests one after the other until stop: (start, seconds, status, body or error)."""
-    i = 0
-    while not stop.is_set() and i < limit:
-        t0 = time.monotonic()
-        try:
-            status, body = http(url_for(i), timeout=timeout)
-        except Exception as err:
-            status, body = 0, repr(err)
-        results.append((t0, time.monotonic() - t0, status, body))
-        i += 1
-
-
-def more_results(results: list, more: int, after: float | None = None) -> None:
-    """Until the load has made MORE further requests (started after AFTER, if given)."""
-    def counted() -> int:
-        return len(results) if after is None else sum(1 for r in results if r[0] >= after)
-
-    target = counted() + more if after is None else more
-    wait_until(lambda: counted() >= target, f"{more} more requests from the load", 180, interval=0.1)
-
-
 def test_zero_failed_requests_through_a_rolling_update_on_three_nodes(multinode):
-    results: list = []
-    stop = threading.Event()
     ips = list(multinode.values())
     url = lambda i: f"http://{ips[i % len(ips)]}:31001/" + ("createlist/20" if i % 2 == 0 else "clear")
-    worker = threading.Thread(target=load, args=(url, stop, results), daemon=True)
-    worker.start()
-    try:
-        more_results(results, 20)  # the load runs before the rollout starts
-        kubectl("rollout", "restart", "deployment/sto-dep", "deployment/api-dep")
-        kubectl("rollout", "status", "deployment/sto-dep", "--timeout=180s", timeout=200)
-        kubectl("rollout", "status", "deployment/api-dep", "--timeout=180s", timeout=200)
-        more_results(results, 20)  # and goes on once the old pods are gone
-    finally:
-        stop.set()
-        worker.join(timeout=30)
-    failed = [r for r in results if r[2] != 200 or not isinstance(r[3], dict) or r[3].get("faileds")]
+    results = restart_under_load(kubectl, url)
+    failed = failed_answers(results)
     assert http(f"http://{Node(1).ip}:31001/clear")[0] == 200      # leave no items behind
     print(f"rolling update on {NODES} nodes: {len(results)} requests over every node IP, {len(failed)} failed")
     assert len(results) > 20
