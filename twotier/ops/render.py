@@ -151,7 +151,7 @@ def render_stage(settings: Settings, stage: str, images: Mapping[str, str] | Non
 
 def loader_ref(settings: Settings) -> str:
     """The loader image as `invoke build` tags it (its own folder is its context: one tag for every stage)."""
-    return next(img.ref for img in imagesmod.plan(settings, "hello", inspect_base=False) if img.role == "loader")
+    return next(img.ref for img in imagesmod.plan(settings, "hello") if img.role == "loader")
 
 
 def render_loader(settings: Settings, ref: str | None = None) -> list[dict]:
