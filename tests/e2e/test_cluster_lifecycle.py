@@ -43,12 +43,14 @@ def leftovers() -> dict[str, list]:
     }
 
 
-def test_up_is_idempotent_and_fast_when_up(cluster):
-    t0 = time.monotonic()
+def test_up_is_idempotent_when_up(cluster):
+    """A second cluster.up finds every component running and restarts none (its time is in
+    docs/benchmarks.md, `invoke bench --only cluster`)."""
+    before = localcluster.status_rows()
     res = run_invoke("cluster.up")
     assert res.returncode == 0, res.stderr
     assert "already up" in res.stdout
-    assert time.monotonic() - t0 < 10
+    assert localcluster.status_rows() == before   # the same processes (PIDs), all running
 
 
 @pytest.mark.parametrize("nodes", [1, 3])

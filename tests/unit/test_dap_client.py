@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 
 import pytest
 
@@ -50,11 +49,10 @@ def refusing_adapter():
 
 
 def test_a_refused_attach_fails_at_once_with_the_adapters_reason(refusing_adapter):
-    with DapClient("127.0.0.1", refusing_adapter, timeout=30) as client:
-        started = time.monotonic()
-        with pytest.raises(DapError, match="attach failed: There is no debug server connected"):
-            client.attach({"/x.py": [1]})
-        assert time.monotonic() - started < 5  # not the 30 s timeout
+    # the adapter's own reason, not a timeout's (which is what waiting out the 30 s would raise)
+    with DapClient("127.0.0.1", refusing_adapter, timeout=30) as client, \
+            pytest.raises(DapError, match="attach failed: There is no debug server connected"):
+        client.attach({"/x.py": [1]})
 
 
 def test_attach_when_ready_tries_again_then_reports_the_last_reason(refusing_adapter):
