@@ -386,8 +386,9 @@ def lint(c, fix=False):
 
 
 @task(name="all", default=True,
-      help={"only": "comma-separated sections to run: api, build, deploy, tilt, reload, images, cluster, "
-                    "nodeloss (default: all; cluster and nodeloss take the local cluster down and up)",
+      help={"only": "comma-separated sections to run: api, storage, build, deploy, tilt, reload, images, "
+                    "portforward, cluster, nodeloss (default: all; cluster and nodeloss take the local "
+                    "cluster down and up)",
             "skip": "comma-separated sections to leave out",
             "sizes": "item counts for the api section (default 10,100,1000,10000)",
             "edits": "live-update edits per tier for the tilt section (default 5)",

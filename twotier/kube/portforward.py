@@ -270,11 +270,10 @@ class PortForward:
     """127.0.0.1:LOCAL -> one Service port, following the Service's ready pods; a context manager."""
 
     def __init__(self, cluster, service: str, port: int, local_port: int = 0, start_timeout: float = 30.0,
-                 kubectl: str | None = None, say: Callable[[str], None] = lambda _m: None,
+                 say: Callable[[str], None] = lambda _m: None,
                  open_stream: Callable[[Endpoint], Stream] | None = None, endpoints: ServiceEndpoints | None = None):
-        """KUBECTL is not used (the forward goes through the Python client); SAY gets a line when
-        the pods change or a connection fails over; OPEN_STREAM and ENDPOINTS replace the API
-        server's streams and the EndpointSlice watch."""
+        """SAY gets a line when the pods change or a connection fails over; OPEN_STREAM and
+        ENDPOINTS replace the API server's streams and the EndpointSlice watch."""
         self.cluster = cluster
         self.service = service
         self.port = int(port)
@@ -430,8 +429,7 @@ class PortForward:
 
 
 @contextlib.contextmanager
-def forwards(cluster, services: dict[str, int], local_ports: dict[str, int] | None = None,
-             kubectl: str | None = None):
+def forwards(cluster, services: dict[str, int], local_ports: dict[str, int] | None = None):
     """Port-forwards to several Services at once: {service: port} -> {service: PortForward}."""
     with contextlib.ExitStack() as stack:
         yield {service: stack.enter_context(

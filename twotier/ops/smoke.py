@@ -428,13 +428,11 @@ def run_smoke(cluster, stage: str, execute, out=print, host=None, access: str = 
         from twotier.kube.portforward import forwards
 
         eps = _endpoints(cluster, stage)
-        from twotier.ops.cluster import kubectl
-
-        with forwards(cluster, {ep.service: ep.port for ep in eps}, kubectl=kubectl()) as fwd:
+        with forwards(cluster, {ep.service: ep.port for ep in eps}) as fwd:
             for ep in eps:
                 ep.node_port = fwd[ep.service].local_port
-                out(f"note: host checks go through kubectl port-forward 127.0.0.1:{ep.node_port} "
-                    f"-> service/{ep.service}:{ep.port} (access: port-forward)")
+                out(f"note: host checks go through a port-forward 127.0.0.1:{ep.node_port} "
+                    f"-> service/{ep.service}:{ep.port}, to its ready pods (access: port-forward)")
             return _run_checks(cluster, stage, execute, out, host, eps, node_ip="127.0.0.1",
                                host_via="port-forward 127.0.0.1")
     ips = cluster.node_ips()

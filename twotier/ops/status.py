@@ -140,13 +140,12 @@ def forwarded_reach(cluster):
     """For access port-forward: a Service's row gets what a fresh port-forward to it answered."""
     from twotier.errors import UserError
     from twotier.kube.portforward import PortForward, wait_answering
-    from twotier.ops.cluster import kubectl
 
     def reach(svc: dict) -> list[str]:
         name = svc["metadata"]["name"]
         port = dig(svc, "spec.ports", [{}])[0].get("port")
         try:
-            with PortForward(cluster, name, port, kubectl=kubectl()) as fwd:
+            with PortForward(cluster, name, port) as fwd:
                 code = wait_answering(fwd.url + "/healthz")
         except UserError:
             code = None
