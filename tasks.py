@@ -273,26 +273,35 @@ tilt = Collection("tilt", tilt_ci, tilt_smoke)
 # ---------------------------------------------------------------------------------------------
 
 
-def _provider(provider: str):
-    """The cluster provider's module: localcluster, or its kind provider for 'kind' (docs/kind.md)."""
-    if provider == "kind":
+def _provider(c, provider: str = ""):
+    """(name, module) of the cluster provider (flag, else setting cluster_provider): localcluster,
+    or its kind provider (docs/kind.md)."""
+    from twotier.errors import UserError
+    from twotier.settings import CLUSTER_PROVIDERS
+
+    name = provider or _settings(c).cluster_provider
+    if name not in CLUSTER_PROVIDERS:
+        raise UserError(f"--provider {name}: unknown provider", hint=f"choose one of {', '.join(CLUSTER_PROVIDERS)}")
+    if name == "kind":
         from localcluster.kind import provider as kind
-        return kind
+        return name, kind
     import localcluster
-    return localcluster
+    return name, localcluster
+
 
 @task(name="up", help={"nodes": "number of nodes (default: setting cluster_nodes, 1); adds or removes nodes 2..N",
                         "kubernetes": "Kubernetes release, e.g. v1.35.4 (default: setting cluster_kubernetes, "
                                       "else localcluster/versions.env's); built once, the cluster is made anew",
-                        "provider": "'kind': a kind cluster with a node image built here (docs/kind.md); "
-                                    "default: the local cluster"})
+                        "provider": "local | kind (a kind cluster with a node image built here, docs/kind.md); "
+                                    "default: setting cluster_provider, local"})
 @friendly
 def cluster_up(c, nodes=0, kubernetes="", provider=""):
     """Start the local Kubernetes cluster (its binaries build once); idempotent."""
     s = _settings(c)
-    if provider == "kind":
-        return _provider(provider).up(nodes=int(nodes) or 1)
-    _provider(provider).up(nodes=int(nodes) or s.cluster_nodes, kubernetes=kubernetes or s.cluster_kubernetes)
+    name, chosen = _provider(c, provider)
+    if name == "kind":
+        return chosen.up(nodes=int(nodes) or 1)
+    chosen.up(nodes=int(nodes) or s.cluster_nodes, kubernetes=kubernetes or s.cluster_kubernetes)
 
 
 @task(name="down", help={"purge": "also delete the local registry's images",
@@ -300,9 +309,10 @@ def cluster_up(c, nodes=0, kubernetes="", provider=""):
 @friendly
 def cluster_down(c, purge=False, provider=""):
     """Stop the local cluster; remove every process, rule and mount it made."""
-    if provider == "kind":
-        return _provider(provider).down()
-    _provider(provider).down(purge=purge)
+    name, chosen = _provider(c, provider)
+    if name == "kind":
+        return chosen.down()
+    chosen.down(purge=purge)
 
 
 @task(name="status", help={"provider": "'kind': the kind cluster's node containers and nodes"})
@@ -311,14 +321,14 @@ def cluster_status(c, provider=""):
     """Show the local cluster's processes and node readiness."""
     from twotier.tables import table
 
-    print(table(["COMPONENT", "PID", "STATE"], _provider(provider).status_rows()))
+    print(table(["COMPONENT", "PID", "STATE"], _provider(c, provider)[1].status_rows()))
 
 
 @task(name="kubeconfig", help={"provider": "'kind': the kind cluster's kubeconfig"})
 @friendly
 def cluster_kubeconfig(c, provider=""):
     """Print the local cluster's kubeconfig path: export KUBECONFIG=$(...)."""
-    print(_provider(provider).kubeconfig_path())
+    print(_provider(c, provider)[1].kubeconfig_path())
 
 
 @task(name="env", help={"provider": "'kind': KUBECONFIG and the settings invoke up needs on the kind cluster"})
@@ -328,7 +338,8 @@ def cluster_env(c, provider=""):
     puts invoke, the pinned kubectl and tilt on PATH."""
     from twotier.dev.shellenv import env_lines
 
-    print("\n".join(_provider(provider).env_lines() if provider == "kind" else env_lines()))
+    name, chosen = _provider(c, provider)
+    print("\n".join(chosen.env_lines() if name == "kind" else env_lines()))
 
 
 @task(name="build", help={"component": "one of kubernetes, etcd, containerd, cri-tools, coredns, tilt "

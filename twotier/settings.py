@@ -21,6 +21,7 @@ from twotier.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "INVOKE_TWOTIER_"
 ACCESS_MODES = ("nodeport", "port-forward")
+CLUSTER_PROVIDERS = ("local", "kind")
 # What ./bootstrap.sh decides when nothing says otherwise: no registry is reachable from the
 # reference machine, so images build FROM the local Debian base; the local cluster's registry.
 BOOTSTRAP_DEFAULTS = {"base_image": "local", "registry": "localhost:5000"}
@@ -65,6 +66,7 @@ class Settings:
     storage_node: str = ""  # node holding local-pv's data ("" = kept, else chosen at first deploy)
     cluster_nodes: int = 1  # nodes of the local cluster (invoke cluster.up --nodes N)
     cluster_kubernetes: str = ""  # the local cluster's Kubernetes release ("" = localcluster/versions.env's)
+    cluster_provider: str = "local"  # what invoke cluster.* make: local (the project's cluster) | kind
     stage: str = "full"
     overlay: str = ""
     field_manager: str = "twotier"
@@ -109,6 +111,9 @@ class Settings:
         if s.access not in ACCESS_MODES:
             raise UserError(f"access must be one of {', '.join(ACCESS_MODES)}, got {s.access!r}",
                             "set twotier.access in invoke.yaml, or INVOKE_TWOTIER_ACCESS=port-forward")
+        if s.cluster_provider not in CLUSTER_PROVIDERS:
+            raise UserError(f"cluster_provider must be one of {', '.join(CLUSTER_PROVIDERS)}, got {s.cluster_provider!r}",
+                            "set twotier.cluster_provider in invoke.yaml, or INVOKE_TWOTIER_CLUSTER_PROVIDER=kind")
         return dataclasses.replace(s, registry=s.registry.rstrip("/"))
 
     @classmethod

@@ -152,3 +152,11 @@ def test_an_unknown_access_mode_says_the_choices():
         Settings.from_mapping({"access": "ingress"})
     assert "nodeport, port-forward" in err.value.message
     assert "INVOKE_TWOTIER_ACCESS" in err.value.hint
+
+
+def test_an_unknown_cluster_provider_says_the_choices():
+    assert Settings.from_mapping({}).cluster_provider == "local"
+    with pytest.raises(UserError) as err:
+        Settings.from_mapping({"cluster_provider": "minikube"})
+    assert "local, kind" in err.value.message
+    assert "INVOKE_TWOTIER_CLUSTER_PROVIDER" in err.value.hint

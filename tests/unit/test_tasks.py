@@ -198,3 +198,19 @@ def test_every_task_has_a_summary_and_help_for_every_argument():
                 assert arg.name.replace("-", "_") in helps or arg.name in helps, f"{name} --{arg.name}"
     for tutorial_command in ("deploy", "loader-shell", "clean", "status", "smoke", "up", "serve"):
         assert tutorial_command in names
+
+
+@pytest.mark.parametrize(("flag", "setting", "expected"), [
+    ("", "", "local"), ("kind", "", "kind"), ("", "kind", "kind"), ("local", "kind", "local")])
+def test_the_cluster_provider_comes_from_the_flag_else_the_setting(monkeypatch, capsys, flag, setting, expected):
+    from localcluster.kind import provider as kind
+
+    env = {"INVOKE_TWOTIER_CLUSTER_PROVIDER": setting} if setting else None
+    tasks.cluster_kubeconfig(ctx(monkeypatch, env), provider=flag)
+    printed = capsys.readouterr().out.strip()
+    assert (printed == str(kind.KUBECONFIG)) == (expected == "kind")
+
+
+def test_an_unknown_provider_flag_is_an_error_with_the_choices(monkeypatch):
+    with pytest.raises(Exit):
+        tasks.cluster_kubeconfig(ctx(monkeypatch), provider="minikube")
