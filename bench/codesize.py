@@ -87,6 +87,9 @@ ISSUE_OF = {
     "bbee024": "multi-node pod addresses",
     "bff6357": "fix: clean/status find every component's objects",
     "105c85b": "port-forward access",
+    "2ca582a": "port-forward access",
+    "505ef3c": "kind provider (19)",
+    "83403b5": "fix: the loader's tag as push makes it",
     "faaece1": "kind provider (19)",
     "439d740": "kind provider (19)",
     "273e3ef": "23",  # kube client: _ns alone, pod logs' optional arguments as they are
