@@ -85,18 +85,23 @@ def tiltfile_result(cluster, tilt, settings, *args: str) -> dict:
 
 
 def test_tiltfile_debug_and_port_forward_access(cluster, tilt, settings):
-    """--debug=app: debugpy's port in the app container, forwarded to 127.0.0.1:5678, no liveness
-    probe; --access=port-forward: both Services on 127.0.0.1 forwards instead of NodePort links."""
+    """--debug=app: debugpy's port in the app container, forwarded to 127.0.0.1:5678 by Tilt (one pod:
+    the one the debugger attaches to), no liveness probe; --access=port-forward: each Service on
+    127.0.0.1 through a resource running twotier.kube.portforward (it follows the Service's ready
+    pods, where Tilt's port_forward would stay on one pod), ready when /healthz answers through it."""
     manifests = tiltfile_result(cluster, tilt, settings, "--debug=app", "--access=port-forward")
     ports = settings.forward_ports
     app, storage = manifests["app"]["DeployTarget"], manifests["storage"]["DeployTarget"]
     assert app["portForwardTemplateSpec"]["forwards"] == [
-        {"localPort": ports["app"], "containerPort": 5001, "host": "localhost", "name": "out-svc (port-forward)",
-         "path": "createlist/0"},
         {"localPort": 5678, "containerPort": 5678, "host": "localhost", "name": "debugpy app"}]
-    assert storage["portForwardTemplateSpec"]["forwards"] == [
-        {"localPort": ports["storage"], "containerPort": 5000, "host": "localhost",
-         "name": "in-svc (port-forward)", "path": "items"}]
+    assert not (storage.get("portForwardTemplateSpec") or {}).get("forwards")
+    for tier, service, port in (("storage", "in-svc", 5000), ("app", "out-svc", 5001)):
+        forward = manifests[f"{tier}-port-forward"]
+        assert forward["ResourceDependencies"] == [tier] and forward["Labels"] == {tier: tier}
+        argv = forward["DeployTarget"]["ServeCmd"]["Argv"]
+        assert argv[1:6] == ["-m", "twotier.kube.portforward", service, str(port), "--local-port"]
+        assert argv[6] == str(ports[tier]) and argv[argv.index("--context") + 1] == "twotier-local"
+        assert forward["DeployTarget"]["ReadinessProbe"]["httpGet"] == {"path": "/healthz", "port": ports[tier]}
     app_yaml = json.dumps(app)
     assert "TWOTIER_DEBUG_PORT" in app_yaml and "livenessProbe" not in app_yaml
     assert "livenessProbe" in json.dumps(storage) and "TWOTIER_DEBUG_PORT" not in json.dumps(storage)
