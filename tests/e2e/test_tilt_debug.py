@@ -17,9 +17,11 @@ import uuid
 
 import pytest
 
+from tests.e2e.conftest import wait_for
 from tests.e2e.test_readme import launch_configuration
 from tests.support import tilt as live
 from tests.support.dap import DapError, attach_when_ready
+from tests.support.traffic import http
 from twotier import settings as settingsmod
 from twotier.dev import tiltrun
 
@@ -47,6 +49,15 @@ def breakpoint_line() -> int:
 def stop_at_createlist(session, n: int) -> None:
     """Attach, break in createlist, GET /createlist/N through out-svc, check the locals, go on."""
     url = live.node_url(session.cluster, 31001, f"/createlist/{n}")
+    # kube-proxy programs out-svc's NodePort a moment after the pod is Ready: the request must
+    # reach the pod, or no breakpoint is ever hit
+    def answering() -> bool:
+        try:
+            return http(live.node_url(session.cluster, 31001, "/healthz"), timeout=5)[0] == 200
+        except OSError:   # refused until kube-proxy has programmed it
+            return False
+
+    wait_for(answering, "out-svc's NodePort answering /healthz", 60, every=0.5)
     line = breakpoint_line()
     try:
         dap, placed = attach_when_ready(DEBUG_HOST, DEBUG_PORT, {str(ROUTES): [line]},
