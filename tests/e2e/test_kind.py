@@ -25,6 +25,7 @@ from localcluster.kind import provider as kind
 from tests.e2e.conftest import must as invoke
 from tests.e2e.conftest import wait_for
 from tests.support.traffic import failed_answers, http, restart_under_load
+from tests.support.tutorial import step3_manifests
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
@@ -107,16 +108,6 @@ def test_the_tutorials_first_stages_through_the_tasks(kind_cluster):
         invoke("clean", env=env)
 
 
-def tutorial_step3_manifests() -> list[dict]:
-    """deploy1.yaml and deploy2.yaml's additions, as docs/first-steps.md gives them."""
-    text = (REPO / "docs" / "first-steps.md").read_text()
-    blocks = []
-    for marker in ("The manifest to use is as follows (`deploy1.yaml`):",
-                   "The final manifest `deploy2.yaml` is the one given previously with the addition"):
-        blocks.append(text[text.index(marker):].split("```", 2)[1])
-    return [d for block in blocks for d in yaml.safe_load_all(block) if d]
-
-
 def test_tutorial_step3_on_two_nodes_replicas_diverge(kind_cluster):
     """The tutorial's hostPath PV on two kind nodes: an item written through one storage replica is
     missing through the other. Changes to its text: our images (stlottini/* cannot be pulled here),
@@ -126,14 +117,7 @@ def test_tutorial_step3_on_two_nodes_replicas_diverge(kind_cluster):
     invoke("push", "--stage", "full", env=env)
     refs = {ref.rsplit("/", 1)[-1].split(":")[0]: ref
             for ref in re.findall(r"image: (\S+)", invoke("render", "--stage", "full", env=env).stdout)}
-    docs = tutorial_step3_manifests()
-    for d in docs:
-        if d["kind"] == "Deployment":
-            for c in d["spec"]["template"]["spec"]["containers"]:
-                c["image"] = refs[c["image"].split("/")[-1].split(":")[0]]
-    sto = next(d for d in docs if d["metadata"]["name"] == "sto-dep")
-    sto["spec"]["template"]["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"labelSelector": {"matchLabels": {"run": "sto-app"}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    docs = step3_manifests(refs)
     for node in WORKERS:
         subprocess.run(["docker", "exec", node, "sh", "-c", "rm -rf /tmp/data/kubetestpv && "
                         "install -d -o 10001 -g 10001 -m 770 /tmp/data/kubetestpv"], check=True)

@@ -31,8 +31,9 @@ import localcluster
 from localcluster import layout as L
 from localcluster import nodes as node_ops
 from localcluster.node import Node
-from tests.e2e.conftest import REPO, http, kubectl, kubectl_json, must, run_invoke
+from tests.e2e.conftest import http, kubectl, kubectl_json, must, run_invoke
 from tests.support.traffic import failed_answers, load, more_results, python_image, restart_under_load
+from tests.support.tutorial import step3_manifests
 from twotier.poll import Timeout, poll
 
 pytestmark = pytest.mark.cluster
@@ -51,8 +52,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
 """
-# The exact Step 3 manifests the tutorial gives (deploy1.yaml, then deploy2.yaml's additions).
-TUTORIAL = REPO / "docs" / "first-steps.md"
 
 
 def node_ips() -> dict[str, str]:
@@ -296,17 +295,6 @@ spec:
 
 # ------------------------------------------------------------------------------ 2. the tutorial's flaw
 
-def tutorial_step3_manifests() -> str:
-    """deploy1.yaml and deploy2.yaml's additions, as docs/first-steps.md gives them."""
-    text = TUTORIAL.read_text()
-    blocks = []
-    for marker in ("The manifest to use is as follows (`deploy1.yaml`):",
-                   "The final manifest `deploy2.yaml` is the one given previously with the addition"):
-        after = text[text.index(marker):]
-        blocks.append(after.split("```", 2)[1].strip("\n"))
-    return "\n---\n".join(blocks)
-
-
 def project_image_refs() -> dict[str, str]:
     """{bare name: reference} of the images `invoke push --stage full` pushed."""
     must("push", "--stage", "full")
@@ -330,17 +318,10 @@ def test_tutorial_step3_on_two_nodes_replicas_diverge(refs):
     sto-dep gets a required pod anti-affinity so that the scheduler's usual spreading of the two
     replicas over two nodes happens on every run, not just most runs."""
     must("cluster.up", "--nodes", "2")
-    docs = [d for d in yaml.safe_load_all(tutorial_step3_manifests()) if d]
+    docs = step3_manifests(refs)
     assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
         ("PersistentVolume", "local-pv"), ("PersistentVolumeClaim", "sto-pvc"), ("Deployment", "sto-dep"),
         ("Service", "in-svc"), ("Deployment", "api-dep"), ("Service", "out-svc")]
-    for d in docs:
-        if d["kind"] == "Deployment":
-            for c in d["spec"]["template"]["spec"]["containers"]:
-                c["image"] = refs[c["image"].split("/")[-1].split(":")[0]]
-    sto = next(d for d in docs if d["metadata"]["name"] == "sto-dep")
-    sto["spec"]["template"]["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"labelSelector": {"matchLabels": {"run": "sto-app"}}, "topologyKey": "kubernetes.io/hostname"}]}}
     # The tutorial's image ran as root; ours runs as uid 10001. Hand each node's directory to it,
     # as the project's storage-owner init container does (node 1's /tmp is the host's).
     dirs = [(Path("/tmp") if i == 1 else Node(i).tmp) / "data" / "kubetestpv" for i in (1, 2)]
