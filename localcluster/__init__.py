@@ -363,12 +363,7 @@ def _addon_current(addon) -> bool:
 
 def _ensure_built_addons(progress) -> None:
     """Addons built from source (localcluster/addons.py): image in the registry, applied, available."""
-    addons.ensure_addon_images(progress)
-    for a in addons.BUILT_ADDONS:
-        progress(f"applying addon {a.name} {a.version}")
-        _apply(a.manifest())
-    for a in addons.BUILT_ADDONS:
-        procs.wait_for(lambda a=a: _addon_current(a), f"addon {a.name} available", 120, progress)
+    addons.install(_apply, _addon_current, progress=progress)
 
 
 def _ensure_nodes(wanted: int, progress) -> None:
@@ -397,13 +392,14 @@ def _remove_nodes_network() -> None:
         subprocess.run(["ip", "route", "del", *route.split()], capture_output=True)
 
 
-def _apply(manifests: str) -> None:
-    """Server-side apply of a multi-document YAML, in its order, through the Python client."""
+def _apply(manifests: str, api_client=None) -> None:
+    """Server-side apply of a multi-document YAML, in its order, through the Python client (on the
+    local cluster, or on API_CLIENT's)."""
     import yaml
     from kubernetes.client.exceptions import ApiException
     from kubernetes.dynamic import DynamicClient
 
-    api = DynamicClient(_api_client())
+    api = DynamicClient(api_client or _api_client())
     for doc in yaml.safe_load_all(manifests):
         if not doc:
             continue

@@ -123,10 +123,13 @@ class Addon:
 
     @property
     def image(self) -> str:
-        return f"{L.REGISTRY_HOST}/twotier-addons/{self.name}:{self.version}"
+        return self.image_at(L.REGISTRY_HOST)
 
-    def manifest(self) -> str:
-        return (ADDONS / f"{self.name}.yaml").read_text().replace("__IMAGE__", self.image)
+    def image_at(self, registry: str) -> str:
+        return f"{registry}/twotier-addons/{self.name}:{self.version}"
+
+    def manifest(self, registry: str = L.REGISTRY_HOST) -> str:
+        return (ADDONS / f"{self.name}.yaml").read_text().replace("__IMAGE__", self.image_at(registry))
 
 
 BUILT_ADDONS = (
@@ -231,23 +234,53 @@ def dockerfile(addon: Addon) -> str:
             f"{user}ENTRYPOINT [\"/{addon.name}\"]\n")
 
 
-def ensure_addon_images(progress=print, addons=BUILT_ADDONS) -> None:
-    """Each addon's image in the local registry: FROM scratch with the static binary, pushed once."""
+def ensure_addon_images(progress=print, addons=BUILT_ADDONS, registry: str = L.REGISTRY_HOST) -> None:
+    """Each addon's image in REGISTRY (the local cluster's, or the kind provider's): FROM scratch with
+    the static binary, pushed once."""
     for a in addons:
-        if registry_has(a.image):
+        image = a.image_at(registry)
+        if registry_has(image):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "rootfs").mkdir()
             image_root(a, Path(tmp) / "rootfs")
             (Path(tmp) / "Dockerfile").write_text(dockerfile(a))
-            _run(["docker", "build", "-q", "-t", a.image, tmp], f"docker build of {a.image}",
+            _run(["docker", "build", "-q", "-t", image, tmp], f"docker build of {image}",
                  env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"})
-        _run(["docker", "push", "-q", a.image], f"docker push of {a.image}")
-        progress(f"addon {a.name} {a.version}: image {a.image} pushed to the local registry")
+        _run(["docker", "push", "-q", image], f"docker push of {image}")
+        progress(f"addon {a.name} {a.version}: image {image} pushed to {registry}")
 
 
-def addon_manifests(addons=BUILT_ADDONS) -> str:
-    return "---\n".join(a.manifest() for a in addons)
+def addon_manifests(addons=BUILT_ADDONS, registry: str = L.REGISTRY_HOST) -> str:
+    return "---\n".join(a.manifest(registry) for a in addons)
+
+
+def install(apply, available, registry: str = L.REGISTRY_HOST, progress=print, timeout: float = 120,
+            addons=BUILT_ADDONS) -> None:
+    """Every addon on a cluster: its image in REGISTRY, its manifest through APPLY(text), then
+    AVAILABLE(addon) awaited. The local cluster and the kind provider differ only in those three."""
+    from localcluster import procs
+
+    ensure_addon_binaries(progress=progress, addons=addons)
+    ensure_addon_images(progress, addons, registry)
+    for a in addons:
+        progress(f"applying addon {a.name} {a.version}")
+        apply(a.manifest(registry))
+    for a in addons:
+        procs.wait_for(lambda a=a: available(a), f"addon {a.name} available", timeout, progress)
+
+
+def workload_available(kind: str, obj: dict) -> bool:
+    """Has this Deployment or DaemonSet (KIND, OBJ as the API serves it) rolled out its current spec,
+    every replica ready?"""
+    st, meta = obj.get("status") or {}, obj["metadata"]
+    if st.get("observedGeneration", 0) < meta.get("generation", 1):
+        return False
+    if kind == "DaemonSet":
+        want = st.get("desiredNumberScheduled", 0)
+        return want > 0 and st.get("numberReady", 0) == want and st.get("updatedNumberScheduled", 0) == want
+    want = obj["spec"].get("replicas", 1)
+    return st.get("updatedReplicas", 0) == want and st.get("availableReplicas", 0) >= want
 
 
 IPSET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "TMP-", "inet6:KUBE-SRC-", "inet6:KUBE-DST-")  # kube-router's

@@ -1,14 +1,15 @@
-"""`invoke cluster.up --provider kind` (issue 19, part 2; started, not finished): a kind cluster whose
-node image is built here from the local cluster's cached binaries (localcluster/kind/trial.sh does
-the building and the `kind create`; docs/kind.md says how and why).
+"""`invoke cluster.up --provider kind` (setting `cluster_provider: kind`): a kind cluster whose node
+image is built here from the local cluster's cached binaries (localcluster/kind/trial.sh does the
+building and the `kind create`; docs/kind.md says how and why).
 
 What it does: up (1 control-plane node + N-1 workers, bridge CNI with routes between the nodes' pod
-subnets, no default StorageClass, kind's local-registry recipe on localhost:5010 with Debian's
-docker-registry), down (the node and registry containers and the `kind` network, nothing else; the
-registry's data stays), status, kubeconfig, env (the settings `invoke up` needs on it: 17 PASS,
-tests/e2e/test_kind.py). Not done yet: a setting for the provider and one for the stock
-`kindest/node` image. A kind cluster made by hand needs no settings: `invoke up` loads the images
-with `kind load` (twotier/images/kindload.py; trial.sh image/config/cni make such a cluster here).
+subnets and no masquerading between pods, no default StorageClass, kind's local-registry recipe on
+localhost:5010 with Debian's docker-registry, the local cluster's addons built from source:
+metrics-server and kube-router's NetworkPolicy firewall), down (the node and registry containers and
+the `kind` network, nothing else; the registry's data stays), status, kubeconfig, env (the settings
+`invoke up` needs on it). Not done: the stock `kindest/node` image (no container registry here). A
+kind cluster made by hand needs no settings: `invoke up` loads the images with `kind load`
+(twotier/images/kindload.py; trial.sh image/config/cni make such a cluster here).
 """
 from __future__ import annotations
 
@@ -76,14 +77,36 @@ def up(nodes: int = 1, progress=print) -> float:
     STATE.mkdir(parents=True, exist_ok=True)
     existing = node_containers()
     if len(existing) == nodes and KUBECONFIG.exists() and all(r[2] == "Ready" for r in _node_rows()):
+        install_addons(progress)
         progress(f"the kind cluster is already up (context {CONTEXT}, {nodes} node{'s' if nodes > 1 else ''})")
         return time.monotonic() - t0
     _script("build", nodes, progress)
     _script("create", nodes, progress)   # deletes a cluster of that name first: kind cannot resize one
+    install_addons(progress)
     progress(f"kind cluster {CLUSTER} up in {time.monotonic() - t0:.0f}s (context {CONTEXT}, KUBECONFIG={KUBECONFIG})")
     progress("for invoke up on it: eval \"$(invoke cluster.env --provider kind)\", or "
              + " ".join(f"{k}={v}" for k, v in settings_env(nodes).items()))
     return time.monotonic() - t0
+
+
+def install_addons(progress=print) -> None:
+    """The local cluster's addons built from source (localcluster/addons.py), the same binaries and
+    manifests, with their images in the kind registry."""
+    from kubernetes import client, config
+
+    from localcluster import _apply, addons
+
+    api_client = config.new_client_from_config(config_file=str(KUBECONFIG))
+    apps = client.AppsV1Api(api_client)
+
+    def available(addon) -> bool:
+        kind, name = addon.workload
+        read = apps.read_namespaced_daemon_set if kind == "DaemonSet" else apps.read_namespaced_deployment
+        return addons.workload_available(kind, api_client.sanitize_for_serialization(
+            read(name, "kube-system", _request_timeout=10)))
+
+    addons.install(lambda text: _apply(text, api_client), available, REGISTRY, progress, timeout=180)
+    progress("addons " + ", ".join(f"{a.name} {a.version}" for a in addons.BUILT_ADDONS) + " available")
 
 
 def down(progress=print) -> None:

@@ -335,12 +335,15 @@ kubeadmConfigPatches:
 - |
   kind: KubeletConfiguration
   failCgroupV1: false
+  serverTLSBootstrap: true
 EOF
 }
 
-# A bridge + host-local conflist (Debian's plugins): one node, so no routes between nodes are needed.
+# A bridge + host-local conflist (Debian's plugins). No ipMasq: the plugin would masquerade what a
+# pod sends to pods on other nodes too, and the NetworkPolicy addon would see the node's address
+# instead of the pod's; MASQ_CHAIN masquerades only what leaves the pods' and the nodes' networks.
 CNI_CONFLIST='{"cniVersion":"0.4.0","name":"kind-bridge","plugins":[
- {"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"hairpinMode":true,
+ {"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"hairpinMode":true,
   "ipam":{"type":"host-local","ranges":[[{"subnet":"SUBNET"}]],"routes":[{"dst":"0.0.0.0/0"}]}},
  {"type":"portmap","capabilities":{"portMappings":true}}]}'
 
@@ -378,6 +381,7 @@ install_cni() {
     done
     [ -n "$cidr" ] || { step "FAILED: node $node got no pod subnet (spec.podCIDR) within 120s"; exit 1; }
     run docker exec -i "$node" sh -c 'cat >/etc/cni/net.d/10-bridge.conflist' <<<"${CNI_CONFLIST/SUBNET/$cidr}"
+    masquerade_leaving "$node" "$cidr"
   done
   step "waiting for the node to be Ready"
   # each node's bridge knows only its own subnet: a route per other node, via that node's address
@@ -393,6 +397,7 @@ install_cni() {
   fi
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" wait --for=condition=Ready node --all --timeout=300s
   step "$NODES node(s) Ready $(($(date +%s) - t0))s after create began"
+  approve_serving_certificates
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" -n kube-system wait --for=condition=Available deployment/coredns --timeout=180s
   step "CoreDNS available $(($(date +%s) - t0))s after create began"
   # a pod on the CNI network resolves a Service name through CoreDNS (a ClusterIP kube-proxy routes);
@@ -402,6 +407,37 @@ install_cni() {
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" wait --for=jsonpath='{.status.phase}'=Succeeded pod/dns-check --timeout=120s
   step "a pod resolved kubernetes.default.svc.cluster.local: $("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" logs dns-check | tr -s ' ')"
   run "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" delete pod dns-check --wait=false
+}
+
+MASQ_CHAIN=CNI-TWOTIER-MASQ
+masquerade_leaving() {  # NODE POD_CIDR
+  local kindnet; kindnet=$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' | tr ' ' '\n' | grep -v : | head -1)
+  run docker exec "$1" sh -ec "
+    iptables -t nat -N $MASQ_CHAIN 2>/dev/null || iptables -t nat -F $MASQ_CHAIN
+    for dst in 10.244.0.0/16 $kindnet 224.0.0.0/4; do iptables -t nat -A $MASQ_CHAIN -d \$dst -j RETURN; done
+    iptables -t nat -A $MASQ_CHAIN -j MASQUERADE
+    iptables -t nat -C POSTROUTING -s $2 -j $MASQ_CHAIN 2>/dev/null || iptables -t nat -A POSTROUTING -s $2 -j $MASQ_CHAIN"
+}
+
+# With serverTLSBootstrap (cluster_config), each kubelet asks for a serving certificate signed by the
+# cluster CA (kubelet-serving CSRs are never approved automatically): approve them and wait until
+# every node has one, so that metrics-server can verify the kubelets and kubectl logs/exec work.
+approve_serving_certificates() {
+  local node
+  for node in $("$KIND" get nodes --name "$CLUSTER"); do
+    docker exec "$node" grep -q '^serverTLSBootstrap: true' /var/lib/kubelet/config.yaml || return 0
+  done
+  local jp='{range .items[?(@.spec.signerName=="kubernetes.io/kubelet-serving")]}{.metadata.name} {.spec.username} {.status.certificate}{"\n"}{end}'
+  local rows pending issued
+  for _ in $(seq 1 120); do
+    rows=$("$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get csr -o jsonpath="$jp" 2>>"$LOG" || true)
+    pending=$(awk 'NF == 2 {print $1}' <<<"$rows")
+    [ -z "$pending" ] || "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" certificate approve $pending >>"$LOG" 2>&1 || true
+    issued=$(awk 'NF == 3 {print $2}' <<<"$rows" | sort -u | wc -l)
+    [ "$issued" -ge "$NODES" ] && { step "kubelet serving certificates approved and issued for $NODES node(s)"; return 0; }
+    sleep 1
+  done
+  step "FAILED: kubelet serving certificates: $issued of $NODES nodes have one after 120s"; exit 1
 }
 
 # For a cluster made by hand (`kind create cluster --name NAME --image "$(trial.sh image)" --config <(trial.sh config)`):

@@ -1,9 +1,12 @@
 """`invoke cluster.up --provider kind --nodes 3` (docs/kind.md): a kind cluster whose node image is
 built here, and on it what the local cluster's own tests prove: every node Ready with its own IP and
-pod subnet; the tutorial's stages through the tasks; the tutorial's flaw with its own Step 3
-manifests (replicas on two nodes diverge); `invoke up` with its 17 PASS lines and one item list
-through every node; a rolling update of both tiers under load with 0 failed requests; `tilt ci`.
-`cluster.down --provider kind` then leaves no node or registry container and no `kind` network.
+pod subnet; the addons built from source (kube-router's NetworkPolicy firewall on every node,
+metrics-server verifying the kubelets); the tutorial's stages through the tasks; the tutorial's
+flaw with its own Step 3 manifests (replicas on two nodes diverge); `invoke up` with its 17 PASS
+lines and one item list through every node; a rolling update of both tiers under load with 0 failed
+requests; the network-policy component holding across nodes; the autoscale component's HPA reading
+CPU from metrics-server; `tilt ci`. `cluster.down --provider kind` then leaves no node or registry
+container and no `kind` network.
 
 Self-contained (no fixture of conftest.py is used), so it can run alone, without touching the local
 cluster: `pytest --noconftest tests/e2e/test_kind.py`. Under the whole e2e run the session fixtures
@@ -99,6 +102,22 @@ def test_registry_advertised_and_no_default_storageclass(kind_cluster):
         "storageclass.kubernetes.io/is-default-class") == "true"], "a default StorageClass would take sto-pvc"
 
 
+def test_addons_on_every_node_with_verified_kubelets(kind_cluster):
+    """The local cluster's addons, built from source, on kind: kube-router's firewall on each node;
+    metrics-server serving every node's metrics while verifying the kubelets' serving certificates
+    (issued by the cluster CA: serverTLSBootstrap and approved CSRs), not skipping the check."""
+    router = [p for p in kubectl_json("-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-router")["items"]
+              if all(c.get("ready") for c in p["status"].get("containerStatuses", [{}]))]
+    assert sorted(p["spec"]["nodeName"] for p in router) == sorted(node_ips()), router
+    args = kubectl_json("-n", "kube-system", "get", "deployment", "metrics-server")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert "--kubelet-insecure-tls" not in args and any(a.startswith("--kubelet-certificate-authority=") for a in args)
+    metrics = wait_for(lambda: (m := json.loads(kubectl("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes",
+                                                        check=False) or "{}").get("items", []))
+                       and len(m) == NODES and m, "metrics of every node", 120)
+    assert {m["metadata"]["name"] for m in metrics} == set(node_ips())
+
+
 def test_the_tutorials_first_stages_through_the_tasks(kind_cluster):
     """Step 1-2 (hello) and deploy1.yaml (storage) as the tasks deploy and check them, each stage alone."""
     env = kind.settings_env()
@@ -178,6 +197,82 @@ def test_zero_failed_requests_through_a_rolling_update(kind_cluster):
     failed = failed_answers(results)
     print(f"rolling update on kind, {NODES} nodes: {len(results)} requests over every node IP, {len(failed)} failed")
     assert len(results) > 40 and failed == [], failed[:5]
+
+
+def run_client(name: str, node: str, labels: str, image: str) -> None:
+    """A curl-capable pod (the loader's image) with LABELS, pinned to NODE."""
+    overrides = {"spec": {"nodeName": node, "automountServiceAccountToken": False, "containers": [{
+        "name": name, "image": image, "command": ["sleep", "600"]}]}}
+    kubectl("run", name, f"--image={image}", f"--labels={labels}", "--restart=Never",
+            f"--overrides={json.dumps(overrides)}")
+
+
+def curl_exit(pod: str, url: str) -> int:
+    """curl's exit code for GET URL from POD, 3 s at most (7: refused, 28: timed out)."""
+    return subprocess.run([str(L.kubectl_path()), "--kubeconfig", str(kind.KUBECONFIG), "exec", pod, "--",
+                           "curl", "-sSf", "-m", "3", "-o", "/dev/null", url],
+                          capture_output=True, text=True, timeout=30).returncode
+
+
+def test_network_policy_holds_across_nodes(kind_cluster):
+    """With the network-policy component, in-svc answers only the app tier and the loader, judged by
+    the client pod's labels also when it runs on another node than the storage pods (pod traffic
+    between nodes keeps its source address); a stranger is refused on either node."""
+    # internal-storage: this host is not a node, so the policy refuses it at the storage NodePort
+    # (`invoke up` with network-policy alone says so in its FAIL line, tests/unit/test_ops_smoke.py)
+    env = {**kind.settings_env(), "INVOKE_TWOTIER_OVERLAY": "volume-owner,network-policy,internal-storage"}
+    storage_node, other_node = WORKERS
+    clients = {"as-loader-far": (other_node, "run=loader,twotier.test=kind-policy"),
+               "stranger-far": (other_node, "twotier.test=kind-policy"),
+               "stranger-near": (storage_node, "twotier.test=kind-policy")}
+    try:
+        out = invoke("up", env=env).stdout
+        assert not re.search(r"^FAIL", out, re.M) and re.search(r"^smoke \(full\): 1[67] passed, 0 failed", out, re.M)
+        assert ":31000" not in out, "internal-storage: no NodePort on in-svc"
+        assert {p["metadata"]["name"] for p in kubectl_json("get", "networkpolicy")["items"]} == {
+            "sto-allow-clients", "api-allow-clients"}
+        assert list(pods_by_node("run=sto-app")) == [storage_node]
+        image = kubectl_json("get", "pod", "loader")["spec"]["containers"][0]["image"]
+        for name, (node, labels) in clients.items():
+            run_client(name, node, labels, image)
+        kubectl("wait", "--for=condition=Ready", *[f"pod/{n}" for n in clients], "--timeout=120s", timeout=150)
+        sto_ips = [p["status"]["podIP"] for p in ready_pods("run=sto-app")]
+        for url in ["http://in-svc:5000/items", *(f"http://{ip}:5000/items" for ip in sto_ips)]:
+            assert curl_exit("as-loader-far", url) == 0, url
+            assert curl_exit("stranger-far", url) in (7, 28), url
+            assert curl_exit("stranger-near", url) in (7, 28), url
+        # the app tier is public, and reaches the storage tier from wherever it runs
+        created = kubectl("exec", "stranger-far", "--", "curl", "-sSf", "-m", "10", "http://out-svc:5001/createlist/1")
+        assert json.loads(created)["faileds"] == [], created
+        kubectl("exec", "stranger-far", "--", "curl", "-sSf", "-m", "10", "http://out-svc:5001/clear")
+    finally:
+        kubectl("delete", "pod", "-l", "twotier.test=kind-policy", "--wait=false", check=False)
+        invoke("clean", env=env)
+
+
+def hpa_cpu(name: str) -> int | None:
+    """The CPU utilization the HPA last read from the metrics API, once it scales on it."""
+    st = kubectl_json("get", "hpa", name).get("status", {})
+    active = any(c["type"] == "ScalingActive" and c["status"] == "True" for c in st.get("conditions", []))
+    cpu = [m["resource"]["current"].get("averageUtilization") for m in st.get("currentMetrics") or []
+           if m.get("type") == "Resource" and m["resource"]["name"] == "cpu"]
+    return cpu[0] if active and cpu and cpu[0] is not None else None
+
+
+def test_autoscale_component_reads_cpu_on_kind(kind_cluster):
+    """The autoscale component's HorizontalPodAutoscaler gets api-dep's CPU from metrics-server."""
+    env = {**kind.settings_env(), "INVOKE_TWOTIER_OVERLAY": "volume-owner,autoscale"}
+    try:
+        res = invoke("up", env=env)
+        assert "FAIL" not in res.stdout, res.stdout[-3000:]
+        hpa = kubectl_json("get", "hpa")["items"]
+        assert [h["spec"]["scaleTargetRef"]["name"] for h in hpa] == ["api-dep"], hpa
+        name = hpa[0]["metadata"]["name"]
+        read = wait_for(lambda: (cpu := hpa_cpu(name)) is not None and [cpu], "the HPA to read api-dep's CPU",
+                        180, every=3)   # a list: 0% is a reading too
+        print(f"HPA on kind reads api-dep at {read[0]}% CPU")
+    finally:
+        invoke("clean", env=env)
 
 
 def test_tilt_ci_on_kind(kind_cluster):

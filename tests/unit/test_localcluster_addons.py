@@ -105,3 +105,28 @@ def test_an_addon_whose_host_tool_is_missing_names_the_package(tmp_path, monkeyp
     with pytest.raises(addons.UserError) as err:
         addons.image_root(addon, tmp_path)
     assert "apt-get install -y some-package" in err.value.hint
+
+
+def test_an_addon_image_and_manifest_name_the_registry_they_are_pushed_to():
+    kr = next(a for a in addons.BUILT_ADDONS if a.name == "kube-router")
+    assert kr.image_at("localhost:5010") == f"localhost:5010/twotier-addons/kube-router:{kr.version}"
+    assert f"image: localhost:5010/twotier-addons/kube-router:{kr.version}" in kr.manifest("localhost:5010")
+    assert "localhost:5000" not in kr.manifest("localhost:5010")
+
+
+@pytest.mark.parametrize("kind,obj,available", [
+    ("DaemonSet", {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "desiredNumberScheduled": 3,
+                                                             "numberReady": 3, "updatedNumberScheduled": 3}}, True),
+    ("DaemonSet", {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "desiredNumberScheduled": 3,
+                                                             "numberReady": 2, "updatedNumberScheduled": 3}}, False),
+    ("DaemonSet", {"metadata": {"generation": 3}, "status": {"observedGeneration": 2, "desiredNumberScheduled": 3,
+                                                             "numberReady": 3, "updatedNumberScheduled": 3}}, False),
+    ("DaemonSet", {"metadata": {"generation": 1}, "status": {"observedGeneration": 1}}, False),
+    ("Deployment", {"metadata": {"generation": 1}, "spec": {"replicas": 1},
+                    "status": {"observedGeneration": 1, "updatedReplicas": 1, "availableReplicas": 1}}, True),
+    ("Deployment", {"metadata": {"generation": 1}, "spec": {"replicas": 1},
+                    "status": {"observedGeneration": 1, "updatedReplicas": 1, "availableReplicas": 0}}, False),
+    ("Deployment", {"metadata": {"generation": 1}, "spec": {"replicas": 1}, "status": {}}, False),
+])
+def test_workload_available_only_when_its_current_spec_is_ready_everywhere(kind, obj, available):
+    assert addons.workload_available(kind, obj) is available

@@ -221,6 +221,40 @@ def test_reads_are_retried_while_there_is_no_answer_writes_are_not():
     assert len(attempts) == 1
 
 
+def test_a_node_port_that_a_network_policy_closes_says_why_and_what_to_do(seed):
+    system, lines = seed(), []
+    system.down.add("192.0.2.2:31000")
+    sto, _, _ = eps()
+    sto.ingress_policies = ["sto-allow-clients"]
+    make(system, lines).storage(sto)
+    failed = [ln for ln in lines if ln.startswith("FAIL")]
+    assert len(failed) == 1 and "192.0.2.2:31000" in failed[0], lines
+    assert "NetworkPolicy sto-allow-clients admits only chosen pods" in failed[0]
+    assert "internal-storage" in failed[0]
+
+
+def test_a_refused_node_port_without_policies_gets_no_policy_hint(seed):
+    system, lines = seed(), []
+    system.down.add("192.0.2.2:31000")
+    sto, _, _ = eps()
+    make(system, lines).storage(sto)
+    assert [ln for ln in lines if ln.startswith("FAIL") and "NetworkPolicy" in ln] == []
+
+
+def test_ingress_policies_are_those_whose_selector_picks_the_pods():
+    from twotier.ops.smoke import ingress_policies
+
+    def pol(name, labels, types=None):
+        spec = {"podSelector": {"matchLabels": labels}} | ({"policyTypes": types} if types else {})
+        return {"metadata": {"name": name}, "spec": spec}
+
+    policies = [pol("sto", {"run": "sto-app"}), pol("api", {"run": "api-app"}),
+                pol("all", {}), pol("egress-only", {"run": "sto-app"}, ["Egress"]),
+                pol("both", {"run": "sto-app"}, ["Ingress", "Egress"])]
+    assert ingress_policies(policies, {"run": "sto-app", "tier": "storage"}) == ["all", "both", "sto"]
+    assert ingress_policies([], {"run": "sto-app"}) == []
+
+
 def test_wrong_http_status_is_reported():
     s = Smoke(lambda m, u: Response(503, '{"error":"unavailable"}'), None, "default", "ip",
               out=lambda x: None)

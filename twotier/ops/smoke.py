@@ -115,6 +115,14 @@ class Endpoint:
     node_port: int | None
     pod_port: int
     pod_ips: list[str] = field(default_factory=list)
+    ingress_policies: list[str] = field(default_factory=list)  # NetworkPolicies that pick its clients
+
+
+def ingress_policies(policies: list[dict], pod_labels: dict) -> list[str]:
+    """The names of the NetworkPolicies that restrict ingress to pods with POD_LABELS (matchLabels)."""
+    return sorted(p["metadata"]["name"] for p in policies
+                  if "Ingress" in dig(p, "spec.policyTypes", ["Ingress"])
+                  and dig(p, "spec.podSelector.matchLabels", {}).items() <= pod_labels.items())
 
 
 def _resolve_target_port(svc_port: dict, pods: list[dict]) -> int:
@@ -141,9 +149,11 @@ def endpoint(cluster, deployment: str, service: str) -> Endpoint:
     pods = sorted((p for p in cluster.list("v1", "Pod", label_selector=pod_selector(dep)) if pod_ready(p)),
                   key=lambda p: p["metadata"]["name"])
     port = dig(svc, "spec.ports", [{}])[0]
+    policies = ingress_policies(cluster.list("networking.k8s.io/v1", "NetworkPolicy"),
+                                dig(dep, "spec.template.metadata.labels", {}))
     return Endpoint(service, svc["spec"].get("clusterIP", ""), int(port.get("port")),
                     port.get("nodePort"), _resolve_target_port(port, pods),
-                    [p["status"]["podIP"] for p in pods if dig(p, "status.podIP")])
+                    [p["status"]["podIP"] for p in pods if dig(p, "status.podIP")], policies)
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,8 +200,9 @@ class Smoke:
         except Timeout:
             raise failed[0] from None
 
-    def expect(self, name: str, via, method: str, url: str, check, retry: bool = True):
-        """Run a request and a check on its JSON; record PASS/FAIL; return the JSON (or None)."""
+    def expect(self, name: str, via, method: str, url: str, check, retry: bool = True, unreachable: str = ""):
+        """Run a request and a check on its JSON; record PASS/FAIL; return the JSON (or None).
+        UNREACHABLE: what to add when no answer came at all."""
         try:
             resp = self.call(via, method, url, retry=retry and method == "GET")
             if not 200 <= resp.status < 300:  # the seed's Flask said 200; a 201 for PUT is fine
@@ -199,7 +210,7 @@ class Smoke:
                 return None
             data = resp.json()
         except ProbeError as err:
-            self.record(name, False, f"{method} {url}: {err}")
+            self.record(name, False, f"{method} {url}: {err}" + (f" ({unreachable})" if unreachable else ""))
             return None
         problem = check(data)
         self.record(name, not problem, problem or _compact(data))
@@ -239,8 +250,11 @@ class Smoke:
     def reach_all_ways(self, ep: Endpoint, path: str, check, what: str) -> None:
         """The seed's access paths: NodePort from the host, Service IP, pod IP, short and FQDN."""
         if ep.node_port:
+            policed = (f"NetworkPolicy {', '.join(ep.ingress_policies)} admits only chosen pods, and a host "
+                       f"that is not a node is refused: keep the NodePort off with the internal-storage "
+                       f"component, or check from the loader pod") if ep.ingress_policies else ""
             self.expect(f"host -> {self.host_via}:{ep.node_port}{path} ({what})", self.host, "GET",
-                        f"http://{self.node_ip}:{ep.node_port}{path}", check)
+                        f"http://{self.node_ip}:{ep.node_port}{path}", check, unreachable=policed)
         self.expect(f"loader -> service IP {ep.cluster_ip}:{ep.port}{path}", self.pod, "GET",
                     f"http://{ep.cluster_ip}:{ep.port}{path}", check)
         if ep.pod_ips:
