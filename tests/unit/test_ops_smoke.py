@@ -318,6 +318,25 @@ def test_endpoint_reads_live_objects():
     assert ep.pod_ips == ["10.244.0.5", "10.244.0.6"]  # ready pods only, by name
 
 
+def test_endpoint_names_the_policies_that_pick_its_clients_and_does_without_the_right_to_list_them():
+    cluster = storage_cluster()
+    cluster.put({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"name": "sto-allow-clients", "namespace": "default"},
+                 "spec": {"podSelector": {"matchLabels": {"run": "sto-app"}}, "policyTypes": ["Ingress"]}})
+    assert endpoint(cluster, "sto-dep", "in-svc").ingress_policies == ["sto-allow-clients"]
+
+    listing = cluster.list
+
+    def forbidden(api_version, kind, **kw):
+        if kind == "NetworkPolicy":
+            raise UserError("list NetworkPolicy: 403 Forbidden")
+        return listing(api_version, kind, **kw)
+
+    cluster.list = forbidden
+    ep = endpoint(cluster, "sto-dep", "in-svc")
+    assert ep.ingress_policies == [] and ep.pod_ips == ["10.244.0.5", "10.244.0.6"]
+
+
 def test_endpoint_missing_objects_say_deploy_first():
     with pytest.raises(UserError, match="service/in-svc and deployment/sto-dep not found") as info:
         endpoint(FakeCluster(), "sto-dep", "in-svc")
