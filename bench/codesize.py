@@ -79,6 +79,7 @@ ISSUE_OF = {
     "435ac1f": "23",  # tiltrun's docstring points to docs/dev-loop.md
     "1821982": "23",  # one Ready-condition reader; a dead function removed
     "a50a141": "addons on kind (20)",
+    "3787229": "addons on kind (20)",
     "309f92c": "23",  # one provider choice for the cluster.* tasks
     "410d1f1": "23",  # Smoke.full, only tests called it
     "4e36afe": "23",  # lint reads pod specs through kube.objects
