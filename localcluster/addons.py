@@ -251,10 +251,6 @@ def ensure_addon_images(progress=print, addons=BUILT_ADDONS, registry: str = L.R
         progress(f"addon {a.name} {a.version}: image {image} pushed to {registry}")
 
 
-def addon_manifests(addons=BUILT_ADDONS, registry: str = L.REGISTRY_HOST) -> str:
-    return "---\n".join(a.manifest(registry) for a in addons)
-
-
 def install(apply, available, registry: str = L.REGISTRY_HOST, progress=print, timeout: float = 120,
             addons=BUILT_ADDONS) -> None:
     """Every addon on a cluster: its image in REGISTRY, its manifest through APPLY(text), then

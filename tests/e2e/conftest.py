@@ -36,6 +36,14 @@ def kubectl_json(*args: str):
     return json.loads(kubectl(*args, "-o", "json"))
 
 
+def curl_in_pod(ns: str, pod: str, url: str, method: str = "GET", max_time: int = 3) -> tuple[int, str]:
+    """(curl's exit code, HTTP status) of one request from inside the pod, MAX_TIME s at most."""
+    res = subprocess.run(kubectl_argv("-n", ns, "exec", pod, "--", "curl", "-s", "-m", str(max_time), "-o",
+                                      "/dev/null", "-w", "%{http_code}", "-X", method, url),
+                         capture_output=True, text=True, timeout=30 + max_time)
+    return res.returncode, res.stdout.strip()
+
+
 @pytest.fixture(scope="session")
 def cluster():
     """The local cluster must be up: a missing cluster is a failure, never a skip."""

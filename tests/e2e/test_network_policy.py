@@ -16,11 +16,10 @@ storage tier only its clients reach (the `network-policy` component).
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.e2e.conftest import kubectl, kubectl_argv, kubectl_json, must, wait_for
+from tests.e2e.conftest import curl_in_pod, kubectl, kubectl_json, must, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
 
@@ -52,16 +51,8 @@ def wait_ready(ns: str, *names: str) -> None:
     kubectl("-n", ns, "wait", "--for=condition=Ready", *[f"pod/{n}" for n in names], "--timeout=120s", timeout=150)
 
 
-def curl(ns: str, pod: str, url: str, method: str = "GET") -> tuple[int, str]:
-    """(curl's exit code, HTTP status) of one request from inside the pod, 3 s at most."""
-    res = subprocess.run(kubectl_argv("-n", ns, "exec", pod, "--", "curl", "-s", "-m", "3", "-o", "/dev/null",
-                                      "-w", "%{http_code}", "-X", method, url),
-                         capture_output=True, text=True, timeout=30)
-    return res.returncode, res.stdout.strip()
-
-
 def reaches(ns: str, pod: str, url: str, method: str = "GET") -> bool:
-    code, status = curl(ns, pod, url, method)
+    code, status = curl_in_pod(ns, pod, url, method)
     if code == 0 and status.startswith("2"):
         return True
     assert code in REFUSED, f"{pod} -> {method} {url}: unexpected curl exit {code}, status {status}"
@@ -140,7 +131,7 @@ def test_only_the_app_tier_and_the_loader_reach_the_storage_api(cluster, image, 
         wait_for(lambda: not reaches(other_ns, "stranger", f"http://{sto_ip}:5000/items"), "the policies", 30)
         # through in-svc's NodePort: reported, not asserted (what kube-proxy's rewrite of the source
         # means for the policy is explained in k8s/README.md); strict mode removes the NodePort
-        via_nodeport = curl(other_ns, "stranger", f"http://{node_ip}:31000/items")
+        via_nodeport = curl_in_pod(other_ns, "stranger", f"http://{node_ip}:31000/items")
         res = must("up", "--stage", "full", env={"INVOKE_TWOTIER_OVERLAY": "network-policy,internal-storage"})
         lines = res.stdout.splitlines()
         assert len([x for x in lines if x.startswith("PASS")]) >= 16 and not [x for x in lines if x.startswith("FAIL")]
@@ -154,7 +145,7 @@ def test_only_the_app_tier_and_the_loader_reach_the_storage_api(cluster, image, 
                 assert not reaches(ns, "stranger", f"{url}/items"), f"stranger in {ns} listed items at {url}"
                 assert not reaches(ns, "stranger", f"{url}/items/intruder", "PUT"), f"stranger in {ns} wrote at {url}"
         assert "intruder" not in items_of("default", "loader", urls[0])  # the loader still reaches it
-        code, _ = curl("default", "loader", f"http://{node_ip}:31001/createlist/3")
+        code, _ = curl_in_pod("default", "loader", f"http://{node_ip}:31001/createlist/3")
         assert code == 0  # the application API serves, and reaches the storage API
         # the component removed: deploy without it; apply does not prune, so its policies go by hand
         kubectl("delete", "networkpolicy", "sto-allow-clients", "api-allow-clients")

@@ -8,13 +8,12 @@ from a fixture, so they also pass alone.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from datetime import UTC, datetime
 
 import pytest
 
-from tests.e2e.conftest import http, kubectl, kubectl_argv, kubectl_json, must
+from tests.e2e.conftest import curl_in_pod, http, kubectl, kubectl_json, must
 from twotier.poll import poll
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("clean_slate")]
@@ -26,13 +25,6 @@ def from_loader(url: str, method: str = "GET") -> object:
     """curl from the throw-away loader pod, as in the seed (`kubectl exec loader -- curl ...`)."""
     out = kubectl("exec", "loader", "--", "curl", "-sS", "--fail-with-body", "-m", "10", "-X", method, url)
     return json.loads(out)
-
-
-def loader_reaches(url: str) -> bool:
-    """One short try from the loader pod: did the URL answer 2xx?"""
-    res = subprocess.run(kubectl_argv("exec", "loader", "--", "curl", "-sS", "-o", "/dev/null", "--fail",
-                                      "-m", "2", url), capture_output=True, text=True, timeout=60)
-    return res.returncode == 0
 
 
 def pods(selector: str) -> list[dict]:
@@ -107,8 +99,8 @@ def test_items_survive_deleting_every_storage_pod():
     # Ready pods are not yet routed: kube-proxy rewrites in-svc's rules a moment later, and a
     # connection made before that goes to a deleted pod's address and hangs (conntrack keeps it
     # there), so each try is a new short connection until the Service answers.
-    poll(lambda: loader_reaches("http://in-svc:5000/items"), timeout=60, interval=0.5,
-         what="in-svc to route to the new storage pods")
+    poll(lambda: curl_in_pod("default", "loader", "http://in-svc:5000/items", max_time=2) == (0, "200"),
+         timeout=60, interval=0.5, what="in-svc to route to the new storage pods")
     assert from_loader("http://in-svc:5000/items") == {"items": ["0", "1", "2", "3", "4", "5", "6"]}
     assert from_loader("http://out-svc.default.svc.cluster.local:5001/clear") == {
         "createds": [], "deleteds": ["0", "1", "2", "3", "4", "5", "6"], "faileds": []}
