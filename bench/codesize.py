@@ -80,6 +80,7 @@ ISSUE_OF = {
     "1821982": "23",  # one Ready-condition reader; a dead function removed
     "a50a141": "addons on kind (20)",
     "3787229": "addons on kind (20)",
+    "1a3c95a": "addons on kind (20)",  # review: addon_manifests (dead) removed
     "309f92c": "23",  # one provider choice for the cluster.* tasks
     "410d1f1": "23",  # Smoke.full, only tests called it
     "4e36afe": "23",  # lint reads pod specs through kube.objects
